@@ -1,0 +1,121 @@
+"""The base of every CTR model: named outputs and named loss terms (TFRS ``compute_loss`` pattern).
+
+A model implements ``forward(features, training) -> ModelOutput(logit, aux_losses)`` and declares
+its auxiliary loss terms with their weights in ``loss_weights()`` (a term switched off in the
+config is simply absent there). ``compute_loss`` adds ``ctr`` (binary cross-entropy through
+``tfrs.tasks.Ranking``) and every weighted term, and fails loudly when the model returns a term
+it did not declare or omits one it did: an auxiliary loss can never be silently skipped. Each
+term is logged every epoch as ``loss_<name>`` beside the total.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+from typing import Dict, Mapping, Optional, Tuple
+
+import pydantic
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+import tf_keras
+
+from models.inputs import FeatureEmbeddings
+from transforms.features import LABEL, FeatureSpec
+
+
+class ModelParams(pydantic.BaseModel):
+    """Hyper-parameters every model has; a model's own ``Params`` subclasses this."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+    embedding_dim: Optional[int] = pydantic.Field(None, ge=1)  # default: features.embedding_dim
+    embedding_l2: float = pydantic.Field(0.0, ge=0)
+    dropout: float = pydantic.Field(0.0, ge=0, lt=1)
+    mlp_units: Tuple[int, ...] = (256, 128)  # the prediction MLP
+
+
+@dataclasses.dataclass
+class ModelOutput:
+    logit: tf.Tensor  # [B] float32
+    aux_losses: Dict[str, tf.Tensor] = dataclasses.field(default_factory=dict)  # unweighted scalars
+
+
+class CTRModel(tfrs.models.Model):
+    """Base class; subclasses set ``Params`` and implement ``forward``."""
+
+    Params = ModelParams
+
+    def __init__(self, spec: FeatureSpec, vocab_sizes: Mapping[str, int], params: ModelParams, name: str):
+        super().__init__(name=name)
+        if not isinstance(params, self.Params):
+            raise TypeError(f"{type(self).__name__} needs {self.Params.__name__}, got {type(params).__name__}")
+        self.spec, self.params = spec, params
+        self.embedding_dim = params.embedding_dim or spec.embedding_dim
+        self.embeddings = FeatureEmbeddings(spec, vocab_sizes, self.embedding_dim, l2=params.embedding_l2)
+        self.task = tfrs.tasks.Ranking(
+            loss=tf_keras.losses.BinaryCrossentropy(
+                from_logits=True, reduction=tf_keras.losses.Reduction.SUM_OVER_BATCH_SIZE
+            ),
+            metrics=[tf_keras.metrics.AUC(from_logits=True, name="auc")],
+        )
+        self.loss_trackers = {
+            term: tf_keras.metrics.Mean(name=f"loss_{term}")
+            for term in ["ctr", *self.loss_weights(), "regularization"]
+        }
+
+    # ---- to implement --------------------------------------------------------------------------
+    def loss_weights(self) -> Dict[str, float]:
+        """Active auxiliary loss terms -> weight. Override in models with auxiliary losses."""
+        return {}
+
+    def forward(self, features: Mapping[str, tf.Tensor], training: bool = False) -> ModelOutput:
+        raise NotImplementedError
+
+    # ---- shared behaviour ----------------------------------------------------------------------
+    def call(self, features, training=False):
+        logit = self.forward(features, training=training).logit
+        return {"logit": logit, "probability": tf.sigmoid(logit)}
+
+    def _checked_terms(self, output: ModelOutput) -> Dict[str, tf.Tensor]:
+        declared, returned = set(self.loss_weights()), set(output.aux_losses)
+        if declared != returned:
+            raise ValueError(
+                f"{self.name}: loss terms declared {sorted(declared)} but forward returned {sorted(returned)}"
+            )
+        return {name: tf.cast(value, tf.float32) for name, value in output.aux_losses.items()}
+
+    def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
+        features, labels = inputs
+        output = self.forward(features, training=training)
+        terms = self._checked_terms(output)
+        labels = tf.reshape(tf.cast(labels, tf.float32), [-1])
+        terms["ctr"] = self.task(labels=labels, predictions=output.logit, training=training)
+        terms["regularization"] = tf.add_n(self.losses) if self.losses else tf.constant(0.0)
+        weights = dict(self.loss_weights(), ctr=1.0, regularization=1.0)
+        for name, value in terms.items():
+            self.loss_trackers[name].update_state(value)
+        return tf.add_n([weights[name] * value for name, value in terms.items()])
+
+    @property
+    def metrics(self):
+        return [*self.task.metrics, *self.loss_trackers.values()]
+
+    def train_step(self, inputs):
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        with tf.GradientTape() as tape:
+            # gradients are summed over replicas: scale so the update is the global mean
+            loss = self.compute_loss(inputs, training=True) / replicas
+        self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
+        return {metric.name: metric.result() for metric in self.metrics}
+
+    def test_step(self, inputs):
+        self.compute_loss(inputs, training=False)
+        return {metric.name: metric.result() for metric in self.metrics}
+
+
+def split_label(features: Mapping[str, tf.Tensor]):
+    """(features without the label, label) from a transformed feature dict."""
+    features = dict(features)
+    return features, features.pop(LABEL)

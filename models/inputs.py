@@ -1,0 +1,82 @@
+"""Embeddings of the transformed features, driven by the FeatureSpec.
+
+One table per field, shared by name between a target field and every history of that field
+(``item_id`` and ``hist_click_item_id`` look up the same table, as in DeepCTR). One table for
+the bucketized time gaps, added to every attribute embedding of its position (MODELS.md).
+Masks come from ids: a history position is real where its ``item_id`` index is not 0.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+from typing import Dict, Mapping, Tuple
+
+import tensorflow as tf
+import tf_keras
+
+from transforms.features import CONTEXT_FIELDS, CONTEXT_SIZES, PAD_INDEX, FeatureSpec
+
+GAP_TABLE = "gap"
+
+
+def table_sizes(spec: FeatureSpec, vocab_sizes: Mapping[str, int]) -> Dict[str, int]:
+    """Rows of each embedding table: vocabulary + OOV buckets + the pad row 0."""
+    missing = [f for f in spec.scalar_fields if f not in vocab_sizes]
+    if missing:
+        raise ValueError(f"vocab_sizes lacks fields {missing}")
+    sizes = {field: int(vocab_sizes[field]) + spec.oov_buckets + 1 for field in spec.scalar_fields}
+    sizes.update(CONTEXT_SIZES)
+    sizes[GAP_TABLE] = spec.gap_buckets + 1
+    return sizes
+
+
+class FeatureEmbeddings(tf_keras.layers.Layer):
+    """Looks up the embeddings of users, target items, context and behaviour sequences.
+
+    Every output is [..., E]; history outputs are zero at pad positions.
+    """
+
+    def __init__(self, spec: FeatureSpec, vocab_sizes: Mapping[str, int], dim: int, l2: float = 0.0, name: str = "embeddings"):
+        super().__init__(name=name)
+        self.spec, self.dim = spec, dim
+        regularizer = tf_keras.regularizers.L2(l2) if l2 else None
+        self.tables = {
+            field: tf_keras.layers.Embedding(rows, dim, embeddings_regularizer=regularizer, name=f"table_{field}")
+            for field, rows in table_sizes(spec, vocab_sizes).items()
+        }
+
+    def lookup(self, field: str, ids: tf.Tensor) -> tf.Tensor:
+        return self.tables[field](ids)
+
+    def user(self, features) -> tf.Tensor:
+        """[B, M+1, E]: user_id and the profile fields."""
+        return tf.stack([self.lookup(f, features[f]) for f in self.spec.user_fields], axis=1)
+
+    def target(self, features) -> tf.Tensor:
+        """[B, N, E]: item_id and the target item's attributes."""
+        return tf.stack([self.lookup(f, features[f]) for f in self.spec.item_fields], axis=1)
+
+    def context(self, features) -> tf.Tensor:
+        """[B, C, E]: hour and weekday."""
+        return tf.stack([self.lookup(f, features[f]) for f in CONTEXT_FIELDS], axis=1)
+
+    def sequence_mask(self, features, feedback: str) -> tf.Tensor:
+        """[B, T] bool: True at real (non-pad) positions of a feedback sequence."""
+        return tf.not_equal(features[self.spec.history(feedback, "item_id")], PAD_INDEX)
+
+    def sequence(self, features, feedback: str, with_gap: bool = True) -> Tuple[tf.Tensor, tf.Tensor]:
+        """([B, T, N, E], mask [B, T]): attribute embeddings per position, gap embedding added."""
+        mask = self.sequence_mask(features, feedback)
+        emb = tf.stack(
+            [self.lookup(f, features[self.spec.history(feedback, f)]) for f in self.spec.item_fields], axis=2
+        )
+        if with_gap:
+            emb = emb + self.lookup(GAP_TABLE, features[self.spec.history_gap(feedback)])[:, :, tf.newaxis, :]
+        return emb * tf.cast(mask, emb.dtype)[:, :, tf.newaxis, tf.newaxis], mask
+
+    def item_vectors(self, item_embeddings: tf.Tensor) -> tf.Tensor:
+        """Concatenates the N attribute embeddings of items: [..., N, E] -> [..., N*E]."""
+        shape = tf.shape(item_embeddings)
+        return tf.reshape(item_embeddings, tf.concat([shape[:-2], [len(self.spec.item_fields) * self.dim]], 0))

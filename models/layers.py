@@ -1,0 +1,146 @@
+"""Layers and functions shared by the models: one place for each.
+
+Masks are always explicit boolean tensors computed from ids (``id != 0``), never Keras implicit
+masks, so they survive SavedModel export and reload unchanged.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+from typing import Optional, Sequence
+
+import tensorflow as tf
+import tf_keras
+
+NEG_INF = -1e9
+
+
+def masked_softmax(logits: tf.Tensor, mask: tf.Tensor, axis: int = -1) -> tf.Tensor:
+    """Softmax over ``axis`` where ``mask`` is False gets exactly 0; an all-masked row gives 0s."""
+    mask = tf.cast(mask, logits.dtype)
+    shifted = logits + (1.0 - mask) * tf.cast(NEG_INF, logits.dtype)
+    weights = tf.nn.softmax(shifted, axis=axis) * mask
+    return tf.math.divide_no_nan(weights, tf.reduce_sum(weights, axis=axis, keepdims=True))
+
+
+def masked_mean(values: tf.Tensor, mask: tf.Tensor, axis: int = 1) -> tf.Tensor:
+    """Mean of ``values`` over ``axis`` counting only positions where ``mask`` is True.
+
+    ``mask`` has the shape of ``values`` without its trailing dimensions; an empty row gives 0.
+    """
+    mask = tf.cast(mask, values.dtype)
+    while len(mask.shape) < len(values.shape):
+        mask = mask[..., tf.newaxis]
+    total = tf.reduce_sum(values * mask, axis=axis)
+    count = tf.reduce_sum(mask, axis=axis)
+    return tf.math.divide_no_nan(total, count)
+
+
+def cosine_similarity(a: tf.Tensor, b: tf.Tensor, axis: int = -1) -> tf.Tensor:
+    """Cosine similarity along ``axis`` (0 for a zero vector, never NaN)."""
+    return tf.reduce_sum(tf.math.l2_normalize(a, axis=axis) * tf.math.l2_normalize(b, axis=axis), axis=axis)
+
+
+class MLP(tf_keras.layers.Layer):
+    """Dense blocks: Dense -> (BatchNorm) -> activation -> (Dropout), then an optional output."""
+
+    def __init__(
+        self,
+        units: Sequence[int],
+        activation: str = "relu",
+        dropout: float = 0.0,
+        batch_norm: bool = False,
+        output_units: Optional[int] = None,
+        name: Optional[str] = None,
+    ):
+        super().__init__(name=name)
+        self.blocks = []
+        for width in units:
+            block = [tf_keras.layers.Dense(width, use_bias=not batch_norm)]
+            if batch_norm:
+                block.append(tf_keras.layers.BatchNormalization())
+            block.append(tf_keras.layers.Activation(activation))
+            if dropout:
+                block.append(tf_keras.layers.Dropout(dropout))
+            self.blocks.append(block)
+        self.output_layer = tf_keras.layers.Dense(output_units) if output_units else None
+
+    def call(self, x, training=False):
+        for block in self.blocks:
+            for layer in block:
+                x = layer(x, training=training)
+        return self.output_layer(x) if self.output_layer is not None else x
+
+
+class LogitHead(tf_keras.layers.Layer):
+    """An MLP ending in one float32 logit per example (float32 even under mixed precision)."""
+
+    def __init__(self, units: Sequence[int], dropout: float = 0.0, batch_norm: bool = False, name: Optional[str] = None):
+        super().__init__(name=name)
+        self.mlp = MLP(units, dropout=dropout, batch_norm=batch_norm)
+        self.logit = tf_keras.layers.Dense(1, dtype="float32")
+
+    def call(self, x, training=False):
+        return tf.squeeze(self.logit(self.mlp(x, training=training)), axis=-1)
+
+
+class TargetAttention(tf_keras.layers.Layer):
+    """DIN's activation unit: score_j = MLP([q, k_j, q - k_j, q * k_j]), pooled over masked keys.
+
+    query [B, D], keys [B, T, D], values [B, T, D'] (defaults to keys), mask [B, T].
+    ``normalization="softmax"`` uses a masked softmax; ``None`` keeps DIN's raw (unnormalised)
+    weights, zeroed at pad slots. Returns (pooled [B, D'], weights [B, T]).
+    """
+
+    def __init__(self, units: Sequence[int] = (64, 32), activation: str = "sigmoid", normalization: Optional[str] = "softmax", name: Optional[str] = None):
+        super().__init__(name=name)
+        if normalization not in ("softmax", None):
+            raise ValueError(f"normalization must be 'softmax' or None, got {normalization!r}")
+        self.normalization = normalization
+        self.score = MLP(units, activation=activation, output_units=1)
+
+    def call(self, query, keys, mask, values=None, training=False):
+        values = keys if values is None else values
+        steps = tf.shape(keys)[1]
+        q = tf.tile(query[:, tf.newaxis, :], [1, steps, 1])
+        scores = tf.squeeze(self.score(tf.concat([q, keys, q - keys, q * keys], axis=-1), training=training), -1)
+        if self.normalization == "softmax":
+            weights = masked_softmax(scores, mask)
+        else:
+            weights = scores * tf.cast(mask, scores.dtype)
+        return tf.einsum("bt,btd->bd", weights, values), weights
+
+
+class MultiHeadAttention(tf_keras.layers.Layer):
+    """Scaled dot-product multi-head attention with an explicit key mask.
+
+    query [B, Tq, D], key/value [B, Tk, D], key_mask [B, Tk]. Scaled by sqrt(head dimension).
+    ``key_scale`` [B, Tk, H] (optional) multiplies each head's logits on the key side before the
+    masked softmax (CAMN eq. 5). Returns (output [B, Tq, D_out], weights [B, H, Tq, Tk]).
+    """
+
+    def __init__(self, num_heads: int, head_dim: int, output_dim: Optional[int] = None, name: Optional[str] = None):
+        super().__init__(name=name)
+        self.num_heads, self.head_dim = num_heads, head_dim
+        width = num_heads * head_dim
+        self.w_q = tf_keras.layers.Dense(width, use_bias=False, name="W_Q")
+        self.w_k = tf_keras.layers.Dense(width, use_bias=False, name="W_K")
+        self.w_v = tf_keras.layers.Dense(width, use_bias=False, name="W_V")
+        self.w_o = tf_keras.layers.Dense(output_dim, use_bias=False, name="W_O") if output_dim else None
+
+    def _split(self, x):
+        batch, steps = tf.shape(x)[0], tf.shape(x)[1]
+        return tf.transpose(tf.reshape(x, [batch, steps, self.num_heads, self.head_dim]), [0, 2, 1, 3])
+
+    def call(self, query, key, value, key_mask, key_scale=None):
+        q, k, v = self._split(self.w_q(query)), self._split(self.w_k(key)), self._split(self.w_v(value))
+        logits = tf.einsum("bhqd,bhkd->bhqk", q, k) / tf.math.sqrt(tf.cast(self.head_dim, q.dtype))
+        if key_scale is not None:
+            logits = logits * tf.cast(tf.transpose(key_scale, [0, 2, 1]), logits.dtype)[:, :, tf.newaxis, :]
+        weights = masked_softmax(logits, key_mask[:, tf.newaxis, tf.newaxis, :])
+        out = tf.einsum("bhqk,bhkd->bhqd", weights, v)
+        batch, steps = tf.shape(out)[0], tf.shape(out)[2]
+        out = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [batch, steps, self.num_heads * self.head_dim])
+        return (self.w_o(out) if self.w_o is not None else out), weights

@@ -1,0 +1,138 @@
+"""Checks every model must pass, on batches of transformed features built from a FeatureSpec.
+
+A model test calls these with its own model; they assert behaviour users rely on (ranges,
+masking, learning, gradients reaching parameters), so a broken model fails them.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+from typing import Callable, Dict, Iterable
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+from models import registry
+from transforms.features import CONTEXT_SIZES, LABEL, FeatureSpec
+
+SPEC = FeatureSpec(
+    user_fields=("user_id", "gender", "age"),
+    item_fields=("item_id", "category", "brand"),
+    max_length=8,
+    gap_buckets=6,
+    embedding_dim=8,
+)
+VOCAB_SIZES = {"user_id": 30, "gender": 2, "age": 7, "item_id": 40, "category": 6, "brand": 9}
+
+
+def random_batch(spec: FeatureSpec = SPEC, vocab_sizes=VOCAB_SIZES, batch: int = 32, seed: int = 0, min_length: int = 0):
+    """(features, labels) of transformed features; sequences left-padded with random lengths."""
+    rng = np.random.default_rng(seed)
+    features: Dict[str, np.ndarray] = {}
+    for field in spec.scalar_fields:
+        features[field] = rng.integers(1, vocab_sizes[field] + 1, size=batch)
+    for field, size in CONTEXT_SIZES.items():
+        features[field] = rng.integers(0, size, size=batch)
+    steps = spec.max_length
+    for feedback in spec.feedback_types:
+        lengths = rng.integers(min_length, steps + 1, size=batch)
+        real = np.arange(steps)[None, :] >= (steps - lengths)[:, None]
+        for field in spec.item_fields:
+            ids = rng.integers(1, vocab_sizes[field] + 1, size=(batch, steps))
+            features[spec.history(feedback, field)] = np.where(real, ids, 0)
+        gaps = rng.integers(1, spec.gap_buckets + 1, size=(batch, steps))
+        features[spec.history_gap(feedback)] = np.where(real, gaps, 0)
+    labels = rng.integers(0, 2, size=batch)
+    as_tensors = {k: tf.constant(v, tf.int64) for k, v in features.items()}
+    return as_tensors, tf.constant(labels, tf.int64)
+
+
+def build(name: str, params=None, spec: FeatureSpec = SPEC):
+    tf_keras.utils.set_random_seed(0)
+    return registry.build(name, spec, VOCAB_SIZES, params)
+
+
+def assert_output_shape_and_range(model, features):
+    out = model(features, training=False)
+    batch = int(features["user_id"].shape[0])
+    assert out["probability"].shape == (batch,) and out["logit"].shape == (batch,)
+    prob = out["probability"].numpy()
+    assert np.all(np.isfinite(prob)) and np.all((prob > 0) & (prob < 1)), prob
+    np.testing.assert_allclose(prob, tf.sigmoid(out["logit"]).numpy(), rtol=1e-5)
+
+
+def scramble_padding(features, spec: FeatureSpec = SPEC, seed: int = 1):
+    """The same batch with random attribute ids and gaps written into every pad position.
+
+    Pad positions are those whose ``item_id`` is 0; a model that derives its masks from ids and
+    honours them everywhere gives the same output for both batches.
+    """
+    rng = np.random.default_rng(seed)
+    scrambled = dict(features)
+    for feedback in spec.feedback_types:
+        pad = features[spec.history(feedback, "item_id")].numpy() == 0
+        for name in spec.transformed_sequence_names(feedback)[1:]:
+            values = features[name].numpy()
+            noise = rng.integers(1, 6, size=values.shape)
+            scrambled[name] = tf.constant(np.where(pad, noise, values), tf.int64)
+    return scrambled
+
+
+def assert_padding_changes_nothing(model, features, seed: int = 1):
+    before = model(features, training=False)["probability"].numpy()
+    after = model(scramble_padding(features, seed=seed), training=False)["probability"].numpy()
+    np.testing.assert_allclose(before, after, rtol=1e-5, atol=1e-6)
+
+
+def eval_loss(model, features, labels) -> float:
+    return float(model.compute_loss((features, labels), training=False))
+
+
+def assert_fit_step_lowers_loss(model, features, labels, learning_rate: float = 1e-2):
+    model.compile(optimizer=tf_keras.optimizers.Adam(learning_rate))
+    before = eval_loss(model, features, labels)
+    model.fit(tf.data.Dataset.from_tensors((features, labels)), epochs=1, verbose=0)
+    after = eval_loss(model, features, labels)
+    assert after < before, f"loss did not go down after one step: {before} -> {after}"
+
+
+def aux_loss_gradients(model, features, term: str) -> Dict[str, float]:
+    """Gradient norm of auxiliary loss ``term`` alone, per trainable variable name."""
+    with tf.GradientTape() as tape:
+        output = model.forward(features, training=True)
+        assert term in output.aux_losses, f"{term} not returned; got {sorted(output.aux_losses)}"
+        loss = output.aux_losses[term]
+    variables = model.trainable_variables
+    grads = tape.gradient(loss, variables)
+    return {v.name: (0.0 if g is None else float(tf.norm(tf.convert_to_tensor(g)))) for v, g in zip(variables, grads)}
+
+
+def assert_gradient_reaches(grad_norms: Dict[str, float], must_reach: Iterable[str], must_not_reach: Iterable[str] = ()):
+    """Every name fragment in ``must_reach`` matches some variable with a non-zero gradient."""
+    for fragment in must_reach:
+        hits = {n: g for n, g in grad_norms.items() if fragment in n}
+        assert hits, f"no variable matches {fragment!r}: {sorted(grad_norms)}"
+        assert any(g > 0 for g in hits.values()), f"no gradient reaches {fragment!r}: {hits}"
+    for fragment in must_not_reach:
+        hits = {n: g for n, g in grad_norms.items() if fragment in n and g > 0}
+        assert not hits, f"gradient unexpectedly reaches {hits}"
+
+
+def logged_loss_terms(model, features, labels) -> Dict[str, float]:
+    """The per-term losses a ``fit`` epoch logs (``loss_<term>``)."""
+    model.compile(optimizer=tf_keras.optimizers.Adam(1e-3))
+    history = model.fit(tf.data.Dataset.from_tensors((features, labels)), epochs=1, verbose=0)
+    return {k[len("loss_"):]: v[-1] for k, v in history.history.items() if k.startswith("loss_")}
+
+
+def run_standard_checks(name: str, params=None) -> Callable:
+    """Shape/range, padding, one-step learning: the checks shared by all models."""
+    features, labels = random_batch()
+    model = build(name, params)
+    assert_output_shape_and_range(model, features)
+    assert_padding_changes_nothing(model, features)
+    assert_fit_step_lowers_loss(model, features, labels)
+    return model

@@ -1,0 +1,119 @@
+"""The one feature specification (FuxiCTR's FeatureMap idea).
+
+``FeatureSpec`` names every feature once. The Beam sequence builder writes raw examples with these
+names, ``preprocessing_fn`` turns them into model inputs with these names, the models look their
+inputs up by these names, the serving signatures and the client build requests from them.
+
+Raw features (tf.Example, written by the sequence builder, sent by clients):
+  user fields, item fields          bytes scalars (``user_id``, ``item_id`` first)
+  ``timestamp``                     int64 scalar, unix seconds (UTC)
+  ``hist_<fb>_<item field>``        bytes lists, most recent last, at most ``max_length``
+  ``hist_<fb>_timestamp``           int64 lists, the timestamps of those events
+  ``clicked``                       int64 label; ``click_prob`` float (synthetic logs only)
+Transformed features (model inputs, the output of the transform graph):
+  user / item fields                int64 [B], vocabulary index >= 1 (shared with the history)
+  ``hour``, ``weekday``             int64 [B] in [0, 24) and [0, 7)
+  ``hist_<fb>_<item field>``        int64 [B, T], left-padded with 0 = pad, most recent last
+  ``hist_<fb>_gap``                 int64 [B, T], bucketized time gap, 0 = pad
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, Tuple
+
+FEEDBACK_TYPES: Tuple[str, ...] = ("click", "unclick", "like", "dislike")
+LABEL = "clicked"
+TIMESTAMP = "timestamp"
+CLICK_PROB = "click_prob"
+CONTEXT_FIELDS: Tuple[str, ...] = ("hour", "weekday")
+CONTEXT_SIZES: Dict[str, int] = {"hour": 24, "weekday": 7}
+PAD_INDEX = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSpec:
+    user_fields: Tuple[str, ...]  # "user_id" first
+    item_fields: Tuple[str, ...]  # "item_id" first
+    max_length: int
+    gap_buckets: int
+    embedding_dim: int = 16
+    oov_buckets: int = 1
+    vocab_min_frequency: int = 1
+    feedback_types: Tuple[str, ...] = FEEDBACK_TYPES
+
+    def __post_init__(self):
+        if not self.user_fields or self.user_fields[0] != "user_id":
+            raise ValueError(f"user_fields must start with 'user_id', got {self.user_fields}")
+        if not self.item_fields or self.item_fields[0] != "item_id":
+            raise ValueError(f"item_fields must start with 'item_id', got {self.item_fields}")
+        names = list(self.user_fields) + list(self.item_fields)
+        clash = {n for n in names if names.count(n) > 1} | (set(names) & set(self.reserved_names()))
+        if clash:
+            raise ValueError(f"field names used twice or reserved: {sorted(clash)}")
+        unknown = set(self.feedback_types) - set(FEEDBACK_TYPES)
+        if unknown:
+            raise ValueError(f"unknown feedback types {sorted(unknown)}; known: {FEEDBACK_TYPES}")
+
+    @staticmethod
+    def reserved_names() -> Tuple[str, ...]:
+        return (LABEL, TIMESTAMP, CLICK_PROB) + CONTEXT_FIELDS
+
+    @classmethod
+    def from_config(cls, config) -> "FeatureSpec":
+        """Builds the spec of a ``pipeline.config.PipelineConfig``."""
+        from transforms import sources
+
+        user_attributes, item_attributes = sources.attribute_names(config.data)
+        return cls(
+            user_fields=("user_id",) + tuple(user_attributes),
+            item_fields=("item_id",) + tuple(item_attributes),
+            max_length=config.sequences.max_length,
+            gap_buckets=config.features.gap_buckets,
+            embedding_dim=config.features.embedding_dim,
+            oov_buckets=config.features.oov_buckets,
+            vocab_min_frequency=config.features.vocab_min_frequency,
+        )
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "FeatureSpec":
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+
+    # ---- names -------------------------------------------------------------------------------
+    @staticmethod
+    def history(feedback: str, field: str) -> str:
+        return f"hist_{feedback}_{field}"
+
+    @staticmethod
+    def history_timestamp(feedback: str) -> str:
+        return f"hist_{feedback}_timestamp"
+
+    @staticmethod
+    def history_gap(feedback: str) -> str:
+        return f"hist_{feedback}_gap"
+
+    @staticmethod
+    def vocabulary_name(field: str) -> str:
+        """Vocabulary file of a field; a target item field and its histories share one."""
+        return f"vocab_{field}"
+
+    @property
+    def scalar_fields(self) -> Tuple[str, ...]:
+        return self.user_fields + self.item_fields
+
+    # ---- raw features ------------------------------------------------------------------------
+    def raw_features(self) -> Dict[str, Tuple[str, bool]]:
+        """Raw model inputs: name -> (dtype "string" | "int64", is_sequence). No label."""
+        spec: Dict[str, Tuple[str, bool]] = {name: ("string", False) for name in self.scalar_fields}
+        spec[TIMESTAMP] = ("int64", False)
+        for feedback in self.feedback_types:
+            for field in self.item_fields:
+                spec[self.history(feedback, field)] = ("string", True)
+            spec[self.history_timestamp(feedback)] = ("int64", True)
+        return spec
+
+    # ---- transformed features ----------------------------------------------------------------
+    def transformed_sequence_names(self, feedback: str) -> Tuple[str, ...]:
+        return tuple(self.history(feedback, f) for f in self.item_fields) + (self.history_gap(feedback),)
