@@ -53,3 +53,8 @@ def test_a_loss_term_cannot_be_skipped_or_smuggled(cls):
     model = cls(h.SPEC, h.VOCAB_SIZES, DNN.Params())
     with pytest.raises(ValueError, match="loss terms declared"):
         model.compute_loss((features, labels), training=True)
+
+
+@pytest.mark.parametrize("name", ["dnn", "din"])
+def test_saved_model_round_trip(name, tmp_path):
+    h.assert_export_roundtrip(name, tmp_dir=str(tmp_path))

@@ -114,6 +114,14 @@ class FeatureSpec:
             spec[self.history_timestamp(feedback)] = ("int64", True)
         return spec
 
+    def raw_dtype(self, name: str) -> str:
+        """"string", "int64" or "float" for any raw feature, label and click_prob included."""
+        if name == CLICK_PROB:
+            return "float"
+        if name == LABEL:
+            return "int64"
+        return self.raw_features()[name][0]
+
     # ---- transformed features ----------------------------------------------------------------
     def transformed_sequence_names(self, feedback: str) -> Tuple[str, ...]:
         return tuple(self.history(feedback, f) for f in self.item_fields) + (self.history_gap(feedback),)

@@ -42,6 +42,13 @@ class HistoryState:
             kind: collections.deque(maxlen=max_length) for kind in feedback_types
         }
 
+    @classmethod
+    def from_snapshot(cls, snapshot: Mapping[str, Sequence[Event]], max_length: int, feedback_types: Sequence[str]) -> "HistoryState":
+        state = cls(max_length, feedback_types)
+        for kind, events in snapshot.items():
+            state.recent[kind].extend(events)
+        return state
+
     def add(self, event: Event) -> None:
         """Appends an event; events must arrive in ``event_order_key`` order."""
         for kind in feedback_types_of(event):

@@ -1,0 +1,221 @@
+"""CAMN (Zhou et al., CIKM 2022): multi-interest refinement by collaborative attributes modeling.
+
+Section 2 of the paper, with the open points closed by MODELS.md:
+
+- Input (section 2): the click sequence; each of its ``l`` positions carries ``k`` attributes (the
+  spec's item fields, ``item_id`` first), each embedded in ``d`` dimensions. ``X_r`` [l, d] is the
+  r-th attribute sequence, ``X`` [l, k*d] their concatenation.
+- Collaborative attribute routing (eq. 1-3): ``P = Softmax(keepTopq(LayerNorm(X) W_h, q))``, one
+  score per position and attribute; only the top ``q`` attributes of a position survive.
+- Modified Transformer (eq. 4-6), one head per attribute r with ``X_r`` as its only input:
+  ``A_r = Softmax(P[:, r] (.) X_r W_r^Q (X_r W_r^K)^T / sqrt(d))``, ``X^_r = A_r X_r W_r^V``,
+  ``X~_r = max(0, X^_r W_1 + b_1) W_2 + b_2``.
+- Interest extractor (DMIN): ``X~_r`` is pooled by target attention with the target item's
+  attribute r as query, one interest per attribute; the prediction MLP sees
+  [k interests, target item embedding, user fields].
+- Diversity loss (eq. 7): ``L_d = 1/k^2 sum_i sum_j ||A_i (.) A_j||_F``; ``L = L_p + alpha L_d`` (eq. 8).
+
+Deviations from the paper, and why:
+
+1. Eq. 4 writes ``P (.) (X_r W^Q (X_r W^K)^T / sqrt(d))`` with P of shape l x k and the logits
+   l x l, which do not match. Following MODELS.md the logits of head r are scaled on the **key
+   side**: logit[t, j] is multiplied by ``P[j, r]``, the score of key position j for attribute r
+   (so a position whose attribute r the router deems influential is attended to more sharply).
+2. Padding (not discussed in the paper): pad positions are excluded everywhere. The router gives
+   them P = 0 (a masked softmax over nothing), they are masked out as keys of eq. 4 and in the
+   interest extractor, and their (meaningless) query rows of ``A_r`` are dropped from eq. 7. The
+   diversity loss is averaged over the examples that have at least one click, so an empty history
+   neither contributes nor dilutes the term.
+3. Eq. 7's ``||.||`` is read as the Frobenius norm (MODELS.md) and the double sum runs over all
+   k^2 ordered pairs **including i = j**, as eq. 7 (both sums from 1 to k, divided by k^2) and
+   MODELS.md ("mean over all ordered pairs") state. The diagonal terms ``||A_i (.) A_i||_F``
+   penalise peaked attention (the paper's "attention smoothing"); the off-diagonal terms push the
+   heads apart. The norm uses a zero-safe square root so an all-zero product has gradient 0, not NaN.
+4. Time gaps (MODELS.md input contract): the bucketized gap embedding of a position is added to each
+   of its attribute embeddings, so X (router input) and X_r (attention input) carry recency; the
+   paper has no time information.
+5. The sequence is truncated to the most recent ``sequence_length`` clicks (default 20, the paper's
+   maximum length; MODELS.md "default length 20"); ``None`` uses every position the data provide.
+6. The FFN of eq. 6 is shared by the k heads (``W_1``, ``W_2`` carry no r index in the paper) and,
+   as eq. 5-6 are written, there is no residual connection or layer normalisation around the
+   attention or the FFN (standard Transformer blocks, and DMIN's, have both).
+7. Interest extractor (the paper only says "following DMIN"): one DIN activation unit
+   MLP([q, k, q-k, q*k]) per attribute with a softmax over the real positions, as in DMIN's
+   reference code (one target attention per head); DMIN's extra position embedding is replaced by
+   the gap embedding of point 4. Sigmoid units ``attention_units`` (64, 32) as in the DIN baseline.
+8. Prediction MLP inputs follow MODELS.md ([k interests, target item embedding, user fields]); the
+   paper lists only the interests and the target item. Context fields (hour, weekday) are not used,
+   as neither the paper nor MODELS.md lists them.
+9. Softmaxes of the router and of eq. 4 are computed in float32 (also under mixed precision).
+
+Ablations (section 3.5): ``router=False`` is CAMN-loss (no routing module; P = 1, no key scaling,
+``W_h`` is not created); ``diversity_loss=False`` is CAMN-route (eq. 7 neither computed nor declared).
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional, Tuple
+
+import pydantic
+import tensorflow as tf
+import tf_keras
+
+from models.base import CTRModel, ModelOutput, ModelParams
+from models.layers import LogitHead, TargetAttention, masked_softmax
+
+FEEDBACK = "click"
+
+
+class CAMNParams(ModelParams):
+    sequence_length: Optional[int] = pydantic.Field(20, ge=1)  # most recent clicks used; None: all
+    q: Optional[int] = pydantic.Field(None, ge=1)  # keepTopq of eq. 2-3; None: ceil(k / 2)
+    router: bool = True  # eq. 1-3; False: P = 1 (the paper's CAMN-loss ablation)
+    diversity_loss: bool = True  # eq. 7; False: not computed (the paper's CAMN-route ablation)
+    alpha: float = pydantic.Field(1e-4, ge=0)  # weight of the diversity loss, eq. 8
+    attention_units: Tuple[int, ...] = (64, 32)  # DMIN interest extractor's activation unit
+
+
+def default_q(num_attributes: int) -> int:
+    """MODELS.md default of keepTopq: q = ceil(k / 2)."""
+    return int(math.ceil(num_attributes / 2))
+
+
+# ---- equations as pure functions ------------------------------------------------------------------
+def keep_top_q(scores: tf.Tensor, q: int) -> tf.Tensor:
+    """Eq. 3: bool mask, True at exactly the ``q`` largest entries of the last axis (ties: lowest index)."""
+    _, indices = tf.math.top_k(scores, k=q, sorted=False)
+    return tf.reduce_sum(tf.one_hot(indices, tf.shape(scores)[-1], dtype=tf.int32), axis=-2) > 0
+
+
+def collaborative_scores(scores: tf.Tensor, q: int, mask: tf.Tensor) -> tf.Tensor:
+    """Eq. 2: ``P = Softmax(keepTopq(scores, q))`` over the k attributes, in float32.
+
+    scores [B, l, k] (``X~ W_h``), mask [B, l]. Dropped entries (the -inf of eq. 3) get exactly 0,
+    so only the top q have non-zero derivatives; pad positions get P = 0 in every attribute.
+    """
+    keep = tf.logical_and(keep_top_q(scores, q), mask[..., tf.newaxis])
+    return masked_softmax(tf.cast(scores, tf.float32), keep)
+
+
+def diversity_loss(attention: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+    """Eq. 7: ``L_d = 1/k^2 sum_{i,j} ||A_i (.) A_j||_F``, averaged over examples with a click.
+
+    attention [B, k, l, l] (the A_r of eq. 4), mask [B, l]. Rows of pad query positions are
+    dropped (pad key columns are already 0). All k^2 ordered pairs are counted, i = j included.
+    """
+    mask = tf.cast(mask, tf.float32)
+    squared = tf.square(tf.cast(attention, tf.float32)) * mask[:, tf.newaxis, :, tf.newaxis]
+    # ||A_i (.) A_j||_F^2 = sum_{t,s} A_i[t,s]^2 A_j[t,s]^2: the Gram matrix of the squared heads
+    gram = tf.einsum("bits,bjts->bij", squared, squared)
+    positive = gram > 0
+    norms = tf.where(positive, tf.sqrt(tf.where(positive, gram, tf.ones_like(gram))), tf.zeros_like(gram))
+    per_example = tf.reduce_mean(norms, axis=[1, 2])  # 1/k^2 sum_{i,j}
+    has_clicks = tf.cast(tf.reduce_any(mask > 0, axis=1), tf.float32)
+    return tf.math.divide_no_nan(tf.reduce_sum(per_example * has_clicks), tf.reduce_sum(has_clicks))
+
+
+# ---- layers ---------------------------------------------------------------------------------------
+class CollaborativeAttributeRouter(tf_keras.layers.Layer):
+    """Section 2.1, eq. 1-3: X [B, l, k, d], mask [B, l] -> P [B, l, k] (float32)."""
+
+    def __init__(self, num_attributes: int, q: int, name: str = "router"):
+        super().__init__(name=name)
+        if not 1 <= q <= num_attributes:
+            raise ValueError(f"keepTopq needs 1 <= q <= k = {num_attributes}, got q = {q}")
+        self.q = q
+        self.layer_norm = tf_keras.layers.LayerNormalization(name="router_layer_norm")  # eq. 1
+        self.W_h = tf_keras.layers.Dense(num_attributes, use_bias=False, name="W_h")  # kd -> k
+
+    def call(self, x, mask):
+        shape = tf.shape(x)
+        X = tf.reshape(x, [shape[0], shape[1], x.shape[2] * x.shape[3]])  # [B, l, k*d]
+        X_tilde = self.layer_norm(X)  # eq. 1
+        return collaborative_scores(self.W_h(X_tilde), self.q, mask)  # eq. 2-3
+
+
+class AttributeAttention(tf_keras.layers.Layer):
+    """Section 2.2, eq. 4-5: one attention head per attribute r, fed only with ``X_r``.
+
+    x [B, l, k, d], mask [B, l], P [B, l, k] or None (no key scaling). Returns
+    (X^ [B, l, k, d], A [B, k, l, l] float32). The k heads are computed together with
+    per-attribute weights ``W_Q, W_K, W_V`` [k, d, d] (``W_Q[r]`` is the paper's ``W_r^Q``).
+    """
+
+    def __init__(self, num_attributes: int, dim: int, name: str = "attribute_attention"):
+        super().__init__(name=name)
+        self.num_attributes, self.dim = num_attributes, dim
+
+    def build(self, input_shape):
+        shape = (self.num_attributes, self.dim, self.dim)
+        init = tf_keras.initializers.GlorotUniform
+        self.W_Q = self.add_weight(name="W_Q", shape=shape, initializer=init())
+        self.W_K = self.add_weight(name="W_K", shape=shape, initializer=init())
+        self.W_V = self.add_weight(name="W_V", shape=shape, initializer=init())
+        super().build(input_shape)
+
+    def call(self, x, mask, P=None):
+        Q = tf.einsum("blrd,rde->brle", x, self.W_Q)  # X_r W_r^Q, heads first: [B, k, l, d]
+        K = tf.einsum("blrd,rde->brle", x, self.W_K)
+        V = tf.einsum("blrd,rde->brle", x, self.W_V)
+        logits = tf.cast(tf.einsum("brte,brse->brts", Q, K), tf.float32) / math.sqrt(self.dim)
+        if P is not None:  # eq. 4, key side: logit[r, t, j] * P[j, r]
+            logits = logits * tf.transpose(tf.cast(P, tf.float32), [0, 2, 1])[:, :, tf.newaxis, :]
+        A = masked_softmax(logits, mask[:, tf.newaxis, tf.newaxis, :])  # [B, k, l(query), l(key)]
+        X_hat = tf.einsum("brts,brse->btre", tf.cast(A, V.dtype), V)  # eq. 5
+        return X_hat, A
+
+
+class CAMN(CTRModel):
+    """CAMN; see the module docstring for the equations and every deviation from the paper."""
+
+    Params = CAMNParams
+
+    def __init__(self, spec, vocab_sizes, params: CAMNParams, name: str = "camn"):
+        super().__init__(spec, vocab_sizes, params, name=name)
+        k, d = len(spec.item_fields), self.embedding_dim
+        self.num_attributes = k
+        self.q = params.q if params.q is not None else default_q(k)
+        self.router = CollaborativeAttributeRouter(k, self.q) if params.router else None
+        self.attention = AttributeAttention(k, d)
+        # eq. 6, shared by the k heads
+        self.W_1 = tf_keras.layers.Dense(d, activation="relu", name="W_1")
+        self.W_2 = tf_keras.layers.Dense(d, name="W_2")
+        self.interest_extractors = [
+            TargetAttention(params.attention_units, normalization="softmax", name=f"interest_extractor_{r}")
+            for r in range(k)
+        ]
+        self.head = LogitHead(params.mlp_units, dropout=params.dropout, name="prediction_mlp")
+
+    def loss_weights(self) -> Dict[str, float]:
+        return {"diversity": self.params.alpha} if self.params.diversity_loss else {}
+
+    def click_sequence(self, features):
+        """(X [B, l, k, d], mask [B, l]): the most recent ``sequence_length`` clicks, gap added."""
+        length = self.params.sequence_length
+        if length is not None:
+            features = dict(features)
+            for name in self.spec.transformed_sequence_names(FEEDBACK):
+                features[name] = features[name][:, -length:]
+        return self.embeddings.sequence(features, FEEDBACK)
+
+    def refine(self, x, mask):
+        """Eq. 1-6: (X~ [B, l, k, d], A [B, k, l, l], P [B, l, k] or None)."""
+        P = self.router(x, mask) if self.router is not None else None
+        X_hat, A = self.attention(x, mask, P)
+        return self.W_2(self.W_1(X_hat)), A, P
+
+    def forward(self, features, training=False):
+        emb = self.embeddings
+        x, mask = self.click_sequence(features)
+        X_tilde, A, _ = self.refine(x, mask)
+        target = emb.target(features)  # [B, k, d]
+        interests = [
+            extractor(target[:, r], X_tilde[:, :, r], mask, training=training)[0]
+            for r, extractor in enumerate(self.interest_extractors)
+        ]
+        user = emb.user(features)
+        flat = tf.concat(
+            interests + [emb.item_vectors(target), tf.reshape(user, [tf.shape(user)[0], -1])], axis=-1
+        )
+        aux = {"diversity": diversity_loss(A, mask)} if self.params.diversity_loss else {}
+        return ModelOutput(logit=self.head(flat, training=training), aux_losses=aux)

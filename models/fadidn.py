@@ -1,0 +1,358 @@
+"""FADIDN: Fine-grained Attribute Decoupling and Interest Denoising Network (Li, Zhu, Zhu, 2025).
+
+Paper: /work/shared/papers/FADIDN.txt, section 2; open points closed by MODELS.md "FADIDN".
+
+For each feedback type f in {click, unclick} (the paper's C and V):
+
+* 2.2  ``E_cp^n = E_c^n + E_gap``: the attribute-n sequence plus the time-gap embedding
+  (``FeatureEmbeddings.sequence``), [B, T, N, E] for all n at once, zero at pad positions.
+* eq. 1  gate: ``w^n = softmax_n(LeakyReLU(W_l g_{l-1} + b_l))`` with ``g_0 = E_cp^n`` (hidden 256,
+  output E), the softmax taken across the N attributes per position and dimension.
+* eq. 2  profile attention per attribute n, h heads: ``Q = E_u W_Q`` (the M+1 user fields),
+  ``K = (E_cp^n * w^n) W_K``, ``V = E_cp^n W_V``, ``softmax(Q K^T / sqrt(d_k)) V`` over real positions.
+* eq. 3  ``o^n = Concat(head_1..head_h) W_F``: [M+1, E] per attribute.
+* eq. 4  target attention, one head per attribute n: ``Q* = e_tar^n W_Q*^n``, ``K* = o^n W_K*^n``,
+  ``V* = o^n W_V*^n``; ``f = FFN(Concat(head_1..head_N) W_s)``, FFN (256, 128): ``f_c`` and ``f_v``.
+
+Section 2.4 (contrastive interest optimisation, on ``f_c``): the anchor is ``f_c`` projected to the
+item width N*E (items are their N attribute embeddings concatenated); positives are the top-k click
+items of the user with ``sim > eta``; hard negatives the top-q unclick items of the user most
+similar to the anchor; random negatives other users' unclick items of the batch, K in total;
+``L_cl`` is InfoNCE with temperature tau (eq. 5) and ``L = L_ce + lambda_cl * L_cl`` (eq. 7).
+Prediction: MLP (256, 128) over [E_u, e_tar, f_c, f_v].
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence, Tuple
+
+import pydantic
+import tensorflow as tf
+import tf_keras
+
+from models.base import CTRModel, ModelOutput, ModelParams
+from models.layers import MLP, NEG_INF, LogitHead, MultiHeadAttention, cosine_similarity
+
+FEEDBACK = ("click", "unclick")  # the two sequences FADIDN models (C and V in the paper)
+LEAKY_SLOPE = 0.01  # LeakyReLU slope: PyTorch's default (the paper's implementation is in PyTorch)
+_BELOW_ANY_COSINE = -2.0  # score given to pad slots before top-k: every real item (cosine >= -1) ranks first
+
+
+class FADIDNParams(ModelParams):
+    """FADIDN hyper-parameters; defaults from MODELS.md (the paper's values where it gives them)."""
+
+    num_heads: int = pydantic.Field(2, ge=1)  # h of eq. 2-3 (must divide the embedding dimension)
+    gate: bool = True  # eq. 1 attribute gate; off (FADIDN-G): keys are ungated, K = E_cp^n W_K
+    gate_units: Tuple[int, ...] = (256,)  # hidden layers of the gate; its output layer has width E
+    ffn_units: Tuple[int, ...] = (256, 128)  # point-wise FFN of eq. 4 (width of f_c, f_v = last)
+    context: bool = False  # also feed hour/weekday to the prediction MLP (MODELS.md leaves them out)
+    contrastive: bool = True  # section 2.4 InfoNCE term (FADIDN-CL when off); logged as `contrastive`
+    lambda_cl: float = pydantic.Field(0.2, ge=0)  # lambda of eq. 7
+    num_positives: int = pydantic.Field(4, ge=1)  # k: top-k click items ...
+    eta: float = pydantic.Field(0.0, ge=-1, lt=1)  # ... whose cosine to the anchor is > eta
+    num_hard_negatives: int = pydantic.Field(4, ge=0)  # q: top-q most similar unclick items
+    num_negatives: int = pydantic.Field(64, ge=1)  # K: hard + random negatives in total
+    tau: float = pydantic.Field(0.2, gt=0)  # InfoNCE temperature
+
+    @pydantic.model_validator(mode="after")
+    def _negatives_include_the_hard_ones(self):
+        if self.num_negatives < self.num_hard_negatives:
+            raise ValueError(
+                f"num_negatives (K={self.num_negatives}) counts the hard negatives "
+                f"(q={self.num_hard_negatives}), so it must be >= q"
+            )
+        return self
+
+
+# ---- loss equations (pure functions, float32) --------------------------------------------------
+def top_k_masked(scores: tf.Tensor, mask: tf.Tensor, k: int) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Top-k of ``scores`` [B, T] among real slots: (values [B, k'], indices, real [B, k']).
+
+    Pad slots rank below every real one (cosines are >= -1); a row with fewer than k real slots
+    returns pads at its end, flagged ``real = False``. k' = min(k, T).
+    """
+    steps = scores.shape[1]
+    k = min(k, steps) if steps is not None else tf.minimum(k, tf.shape(scores)[1])
+    ranked = tf.where(mask, scores, tf.cast(_BELOW_ANY_COSINE, scores.dtype))
+    values, indices = tf.math.top_k(ranked, k=k)
+    return values, indices, tf.gather(mask, indices, batch_dims=1)
+
+
+def hard_sample_pairs(
+    anchor: tf.Tensor,
+    clicks: tf.Tensor,
+    click_mask: tf.Tensor,
+    unclicks: tf.Tensor,
+    unclick_mask: tf.Tensor,
+    k: int,
+    q: int,
+    eta: float,
+) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Section 2.4 pair construction, all from the user's own sequences.
+
+    anchor [B, D]; clicks [B, T, D], unclicks [B, T', D] with masks. Positives L: the top-k click
+    items by ``sim(f_c, e_i)`` (cosine) with sim > eta. Hard negatives J: the top-q unclick items
+    by the same similarity. Returns (positive_sim [B, k], positive_valid, hard_sim [B, q], hard_valid).
+    """
+    click_sim = cosine_similarity(anchor[:, tf.newaxis, :], clicks)  # [B, T]
+    positive_sim, _, real = top_k_masked(click_sim, click_mask, k)
+    positive_valid = real & (positive_sim > tf.cast(eta, positive_sim.dtype))
+    if q == 0:
+        empty = tf.zeros_like(positive_sim[:, :0])
+        return positive_sim, positive_valid, empty, tf.cast(empty, tf.bool)
+    unclick_sim = cosine_similarity(anchor[:, tf.newaxis, :], unclicks)  # [B, T']
+    hard_sim, _, hard_valid = top_k_masked(unclick_sim, unclick_mask, q)
+    return positive_sim, positive_valid, hard_sim, hard_valid
+
+
+def sample_random_negatives(
+    unclicks: tf.Tensor, unclick_mask: tf.Tensor, user_ids: tf.Tensor, uniform: tf.Tensor
+) -> Tuple[tf.Tensor, tf.Tensor]:
+    """Random negatives: unclick items of OTHER users of the batch, drawn uniformly with replacement.
+
+    unclicks [B, T, D], unclick_mask [B, T], user_ids [B], uniform [B, R] in [0, 1) (the draws).
+    The pool is every real unclick event of the batch; a draw that lands on an event of the same
+    user_id is dropped (invalid), so each user gets up to R. Returns (items [B, R, D], valid [B, R]).
+    """
+    steps = tf.shape(unclicks, out_type=tf.int64)[1]
+    flat = tf.reshape(unclicks, [-1, tf.shape(unclicks)[-1]])
+    positions = tf.where(tf.reshape(unclick_mask, [-1]))[:, 0]  # flat indices of real events
+    count = tf.size(positions, out_type=tf.int64)
+    pick = tf.cast(tf.floor(uniform * tf.cast(count, uniform.dtype)), tf.int64)
+    pick = tf.minimum(pick, tf.maximum(count - 1, 0))
+    # a dummy slot keeps the gather legal when the batch has no unclick at all (then nothing is valid)
+    source = tf.gather(tf.concat([positions, tf.zeros([1], tf.int64)], 0), pick)  # [B, R]
+    owner = tf.gather(user_ids, source // steps)
+    valid = (count > 0) & tf.not_equal(owner, user_ids[:, tf.newaxis])
+    return tf.gather(flat, source), valid
+
+
+def info_nce(
+    positive_sim: tf.Tensor, positive_valid: tf.Tensor, negative_sim: tf.Tensor, negative_valid: tf.Tensor, tau: float
+) -> tf.Tensor:
+    """Eq. 5: ``L_cl = -1/N sum_i log(e^{s_i^+/tau} / (e^{s_i^+/tau} + sum_j e^{s_j^-/tau}))``.
+
+    positive_sim [B, P], negative_sim [B, K] (cosines) with validity masks. Every valid positive
+    pair (f_c, e_i) of a user is scored against that user's valid negatives; N is the number of
+    valid positive pairs in the batch, so a user with no valid positive contributes nothing.
+    Returns a float32 scalar (0 when the batch has no valid positive pair).
+    """
+    positive_logit = tf.cast(positive_sim, tf.float32) / tau
+    negative_logit = tf.where(negative_valid, tf.cast(negative_sim, tf.float32) / tau, NEG_INF)
+    negatives = tf.reduce_logsumexp(negative_logit, axis=-1, keepdims=True)  # log sum_j e^{s_j^-/tau}
+    denominator = tf.reduce_logsumexp(
+        tf.stack([positive_logit, tf.broadcast_to(negatives, tf.shape(positive_logit))], axis=-1), axis=-1
+    )
+    per_pair = denominator - positive_logit  # -log(e^{s+/tau} / (e^{s+/tau} + sum_j e^{s-/tau}))
+    valid = tf.cast(positive_valid, tf.float32)
+    return tf.math.divide_no_nan(tf.reduce_sum(per_pair * valid), tf.reduce_sum(valid))
+
+
+# ---- layers ------------------------------------------------------------------------------------
+class AttributeGate(tf_keras.layers.Layer):
+    """Eq. 1: ``w^n = softmax(LeakyReLU(W_l g_{l-1} + b_l))``, ``g_0 = E_cp^n``, per position.
+
+    The same MLP scores every attribute (W_l carries no n in the paper); the softmax is taken
+    across the N attributes (axis 2 of [B, T, N, E]), per position and embedding dimension.
+    """
+
+    def __init__(self, hidden_units: Sequence[int], output_dim: int, name: Optional[str] = None):
+        super().__init__(name=name)
+        self.hidden = [tf_keras.layers.Dense(units, name=f"W_{l + 1}") for l, units in enumerate(hidden_units)]
+        self.output_layer = tf_keras.layers.Dense(output_dim, name=f"W_{len(hidden_units) + 1}")
+
+    def call(self, E_cp):
+        g = E_cp
+        for dense in self.hidden:
+            g = tf.nn.leaky_relu(dense(g), alpha=LEAKY_SLOPE)
+        scores = tf.nn.leaky_relu(self.output_layer(g), alpha=LEAKY_SLOPE)
+        return tf.nn.softmax(scores, axis=2)  # across the N attributes
+
+
+class AttributeTargetAttention(tf_keras.layers.Layer):
+    """Eq. 4's multi-head target attention: head n attends from ``e_tar^n`` over the rows of ``o^n``.
+
+    Each head n has its own ``W_Q*^n, W_K*^n, W_V*^n`` (E x E); logits scaled by sqrt(E).
+    e_tar [B, N, E], o [B, N, R, E] (R = M+1 user-field rows, none padded) -> [B, N, E].
+    """
+
+    def __init__(self, num_attributes: int, dim: int, name: Optional[str] = None):
+        super().__init__(name=name)
+        self.num_attributes, self.dim = num_attributes, dim
+
+    def build(self, input_shape):  # in build, so the weights carry the layer's name scope
+        shape = (self.num_attributes, self.dim, self.dim)
+        self.W_Q_star = self.add_weight(name="W_Q_star", shape=shape, initializer="glorot_uniform")
+        self.W_K_star = self.add_weight(name="W_K_star", shape=shape, initializer="glorot_uniform")
+        self.W_V_star = self.add_weight(name="W_V_star", shape=shape, initializer="glorot_uniform")
+        super().build(input_shape)
+
+    def call(self, e_tar, o):
+        q = tf.einsum("bne,ned->bnd", e_tar, self.W_Q_star)
+        k = tf.einsum("bnre,ned->bnrd", o, self.W_K_star)
+        v = tf.einsum("bnre,ned->bnrd", o, self.W_V_star)
+        logits = tf.einsum("bnd,bnrd->bnr", q, k) / tf.math.sqrt(tf.cast(self.dim, q.dtype))
+        return tf.einsum("bnr,bnrd->bnd", tf.nn.softmax(logits, axis=-1), v)
+
+
+class FineGrainedInterest(tf_keras.layers.Layer):
+    """Section 2.3 for one feedback sequence: gate (eq. 1), profile attention (eq. 2-3), target
+    attention + W_s + FFN (eq. 4). Returns the denoised interest f ([B, ffn_units[-1]])."""
+
+    def __init__(
+        self,
+        num_attributes: int,
+        dim: int,
+        num_heads: int,
+        gate_units: Optional[Sequence[int]],
+        ffn_units: Sequence[int],
+        name: Optional[str] = None,
+    ):
+        super().__init__(name=name)
+        self.gate = AttributeGate(gate_units, dim, name="attribute_gate") if gate_units is not None else None
+        # W_Q, W_K, W_V of eq. 2 (shared by the attributes), d_k = E / h; W_F of eq. 3
+        self.profile_attention = MultiHeadAttention(num_heads, dim // num_heads, name="profile_attention")
+        self.W_F = tf_keras.layers.Dense(dim, use_bias=False, name="W_F")
+        self.target_attention = AttributeTargetAttention(num_attributes, dim, name="target_attention")
+        self.W_s = tf_keras.layers.Dense(num_attributes * dim, use_bias=False, name="W_s")
+        self.ffn = MLP(ffn_units, name="ffn")
+
+    def call(self, E_u, E_cp, mask, e_tar, training=False):
+        batch, steps = tf.shape(E_cp)[0], tf.shape(E_cp)[1]
+        num_attributes, dim = E_cp.shape[2], E_cp.shape[3]
+        rows = E_u.shape[1]  # M+1 user fields
+        keys = E_cp * self.gate(E_cp) if self.gate is not None else E_cp  # eq. 1: E_cp^n (.) w^n
+
+        # eq. 2-3 for every attribute at once: fold the N attributes into the batch
+        def fold(x):  # [B, T, N, E] -> [B*N, T, E]
+            return tf.reshape(tf.transpose(x, [0, 2, 1, 3]), [batch * num_attributes, steps, dim])
+
+        queries = tf.reshape(tf.tile(E_u[:, tf.newaxis], [1, num_attributes, 1, 1]), [-1, rows, dim])
+        key_mask = tf.reshape(tf.tile(mask[:, tf.newaxis, :], [1, num_attributes, 1]), [-1, steps])
+        heads, _ = self.profile_attention(queries, fold(keys), fold(E_cp), key_mask)
+        o = tf.reshape(self.W_F(heads), [batch, num_attributes, rows, dim])  # o^n, [B, N, M+1, E]
+
+        target_heads = self.target_attention(e_tar, o)  # eq. 4, [B, N, E]
+        concat = tf.reshape(target_heads, [batch, num_attributes * dim])
+        return self.ffn(self.W_s(concat), training=training)
+
+
+class FADIDN(CTRModel):
+    """FADIDN (see the module docstring for the equations and where they are).
+
+    Deviations from the paper (MODELS.md decides where the paper is silent or ambiguous):
+
+    * Queries of the profile attention are the M+1 user-field embeddings only (MODELS.md); the
+      paper's phrase "all features except the user's historical behavior" is not followed. The
+      prediction MLP sees [E_u, e_tar, f_c, f_v] (MODELS.md); hour/weekday only when ``context``.
+    * Gate (eq. 1): one gate MLP per feedback type, shared by the attributes (W_l has no n); the
+      softmax runs across the N attributes per position and dimension (MODELS.md; the paper does
+      not name the axis). LeakyReLU slope 0.01 (PyTorch's default; the paper does not give it).
+    * Profile attention: W_Q, W_K, W_V, W_F shared by the attributes, without bias; d_k = E / h.
+      h = 2 (the paper's settings and MODELS.md; its Table 4 peaks at 4).
+    * Target attention (eq. 4): "multi-head" read as one head per attribute n, each with its own
+      E x E projections W_Q*^n, W_K*^n, W_V*^n (the paper does not say whether they are shared),
+      scaled by sqrt(E). W_s maps N*E -> N*E. The "point-wise FFN" is Dense(256)-ReLU-Dense(128)-ReLU
+      on the one vector, without residual or LayerNorm (its width changes, so no residual fits).
+    * Contrastive module (2.4): ``f_c`` (width 128) cannot be compared with items (width N*E) as the
+      paper writes, so a linear ``anchor_projection`` maps it to N*E (MODELS.md). Items are their N
+      attribute embeddings concatenated WITHOUT the time-gap embedding (an item, not an event).
+      Positives need cosine strictly > eta; hard negatives have no threshold. Pads are never
+      selected. Random negatives (K - q of them, MODELS.md: K = 64, the paper's 256-1024 is a
+      tuning range) are drawn uniformly with replacement from the real unclick events of the batch;
+      draws landing on the same user_id are dropped, so a user has up to K negatives. In training
+      the draws are random; with ``training=False`` they use a fixed stateless seed, so evaluation
+      losses are deterministic. ``L_cl`` averages over all valid (anchor, positive) pairs of the
+      batch (the paper's 1/N over pairs); a user without a valid positive contributes nothing and a
+      batch without any gives 0. Pair selection (top-k/top-q) is by current similarity; gradients
+      flow through the selected similarities into both the anchor side and the item embeddings.
+    * The contrastive term is computed on f_c only (the paper and MODELS.md); f_v has none.
+    """
+
+    Params = FADIDNParams
+
+    def __init__(self, spec, vocab_sizes, params: FADIDNParams, name: str = "fadidn"):
+        super().__init__(spec, vocab_sizes, params, name=name)
+        missing = [f for f in FEEDBACK if f not in spec.feedback_types]
+        if missing:
+            raise ValueError(f"FADIDN needs the feedback sequences {FEEDBACK}; the spec lacks {missing}")
+        dim, num_attributes = self.embedding_dim, len(spec.item_fields)
+        if dim % params.num_heads:
+            raise ValueError(f"num_heads={params.num_heads} must divide the embedding dimension {dim}")
+        self.interest = {
+            feedback: FineGrainedInterest(
+                num_attributes,
+                dim,
+                params.num_heads,
+                params.gate_units if params.gate else None,
+                params.ffn_units,
+                name=f"{feedback}_interest",
+            )
+            for feedback in FEEDBACK
+        }
+        if params.contrastive:
+            self.anchor_projection = tf_keras.layers.Dense(num_attributes * dim, name="anchor_projection")
+        self.head = LogitHead(params.mlp_units, dropout=params.dropout, name="prediction_mlp")
+
+    def loss_weights(self) -> Dict[str, float]:
+        return {"contrastive": self.params.lambda_cl} if self.params.contrastive else {}
+
+    def forward(self, features, training=False):
+        emb = self.embeddings
+        E_u, e_tar = emb.user(features), emb.target(features)  # [B, M+1, E], [B, N, E]
+        interests, masks = {}, {}
+        for feedback in FEEDBACK:
+            E_cp, masks[feedback] = emb.sequence(features, feedback)  # 2.2: E_c^n + E_gap
+            interests[feedback] = self.interest[feedback](E_u, E_cp, masks[feedback], e_tar, training=training)
+        f_c, f_v = interests["click"], interests["unclick"]
+
+        batch = tf.shape(E_u)[0]
+        parts = [tf.reshape(E_u, [batch, -1]), emb.item_vectors(e_tar), f_c, f_v]
+        if self.params.context:
+            parts.append(tf.reshape(emb.context(features), [batch, -1]))
+        logit = self.head(tf.concat(parts, axis=-1), training=training)
+
+        aux_losses = {}
+        if self.params.contrastive:
+            aux_losses["contrastive"] = self._contrastive_loss(features, f_c, masks, training)
+        return ModelOutput(logit=logit, aux_losses=aux_losses)
+
+    def _contrastive_loss(self, features, f_c, masks, training) -> tf.Tensor:
+        """Section 2.4: pairs around the anchor f_c, then InfoNCE (eq. 5), in float32."""
+        p = self.params
+        emb = self.embeddings
+        anchor = tf.cast(self.anchor_projection(f_c), tf.float32)  # [B, N*E]
+        items = {
+            feedback: tf.cast(emb.item_vectors(emb.sequence(features, feedback, with_gap=False)[0]), tf.float32)
+            for feedback in FEEDBACK
+        }  # [B, T, N*E]: concatenated attribute embeddings, zero at pads
+        positive_sim, positive_valid, negative_sim, negative_valid = hard_sample_pairs(
+            anchor, items["click"], masks["click"], items["unclick"], masks["unclick"],
+            k=p.num_positives, q=p.num_hard_negatives, eta=p.eta,
+        )
+        num_random = p.num_negatives - p.num_hard_negatives
+        if num_random > 0:
+            shape = tf.stack([tf.shape(anchor)[0], num_random])
+            if training:
+                uniform = tf.random.uniform(shape)
+            else:  # evaluation and serving: deterministic (and stateless, so unused branches prune)
+                uniform = tf.random.stateless_uniform(shape, seed=[0, 0])
+            random_items, random_valid = sample_random_negatives(
+                items["unclick"], masks["unclick"], features["user_id"], uniform
+            )
+            random_sim = cosine_similarity(anchor[:, tf.newaxis, :], random_items)  # [B, K-q]
+            negative_sim = tf.concat([negative_sim, random_sim], axis=1)
+            negative_valid = tf.concat([negative_valid, random_valid], axis=1)
+        return info_nce(positive_sim, positive_valid, negative_sim, negative_valid, p.tau)
+
+
+__all__ = [
+    "FADIDN",
+    "FADIDNParams",
+    "AttributeGate",
+    "AttributeTargetAttention",
+    "FineGrainedInterest",
+    "hard_sample_pairs",
+    "info_nce",
+    "sample_random_negatives",
+    "top_k_masked",
+]

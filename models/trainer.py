@@ -1,0 +1,130 @@
+"""TFX Trainer module: ``run_fn`` (referenced by name as ``models.trainer.run_fn``).
+
+Reads the transformed examples through the tfxio dataset factory, trains the model named in
+``custom_config`` under ``tf.distribute.MirroredStrategy`` (all GPUs when there are any, the CPU
+otherwise), stops early on the eval split's AUC, and exports the serving SavedModel.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import json
+import logging
+import time
+from typing import Dict, Optional
+
+import tensorflow as tf
+import tensorflow_transform as tft
+import tf_keras
+from tfx_bsl.public import tfxio
+
+from models import registry
+from models.export import export_serving_model
+from transforms.features import LABEL, FeatureSpec
+
+TRAINING_STATS = "training_stats.json"
+
+
+def vocabulary_sizes(tft_output, spec: FeatureSpec) -> Dict[str, int]:
+    return {f: tft_output.vocabulary_size_by_name(spec.vocabulary_name(f)) for f in spec.scalar_fields}
+
+
+def make_dataset(fn_args, files, tft_output, batch_size: int, shuffle: bool, seed: int) -> tf.data.Dataset:
+    """(features, label) batches of transformed examples, one pass (Keras re-iterates per epoch)."""
+    options = tfxio.TensorFlowDatasetOptions(
+        batch_size=batch_size, label_key=LABEL, num_epochs=1, shuffle=shuffle, shuffle_seed=seed,
+        shuffle_buffer_size=10000,
+    )
+    dataset = fn_args.data_accessor.tf_dataset_factory(files, options, tft_output.transformed_metadata.schema)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def distribution_strategy(devices: Optional[list] = None) -> tf.distribute.Strategy:
+    """MirroredStrategy over all GPUs, or over ``devices``; the CPU when there is no GPU."""
+    if devices is None and not tf.config.list_logical_devices("GPU"):
+        devices = ["/cpu:0"]
+    return tf.distribute.MirroredStrategy(devices=devices)
+
+
+class ThroughputLogger(tf_keras.callbacks.Callback):
+    """Logs each epoch's metrics and the training examples/s after ``warmup_steps`` steps."""
+
+    def __init__(self, batch_size: int, warmup_steps: int = 50):
+        super().__init__()
+        self.batch_size, self.warmup_steps = batch_size, warmup_steps
+        self.steps, self.timed_steps, self.timed_seconds, self.start = 0, 0, 0.0, None
+        self.epochs = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.start = time.perf_counter() if self.steps >= self.warmup_steps else None
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.start is not None:
+            self.timed_seconds += time.perf_counter() - self.start
+            self.timed_steps += 1
+        self.steps += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        self.epochs.append(logs)
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(logs.items()))
+        logging.info("epoch %d: %s", epoch + 1, shown)
+        print(f"[{self.model.name}] epoch {epoch + 1}: {shown}", flush=True)
+
+    @property
+    def examples_per_second(self) -> Optional[float]:
+        if not self.timed_steps:
+            return None
+        return self.timed_steps * self.batch_size / self.timed_seconds
+
+
+def train(fn_args, strategy: Optional[tf.distribute.Strategy] = None):
+    """Trains and exports; returns the trained model (``run_fn`` is this without the return)."""
+    config = fn_args.custom_config
+    spec = FeatureSpec.from_dict(config["feature_spec"])
+    training = config["training"]
+    name = config["model_name"]
+    tf_keras.utils.set_random_seed(training["seed"])
+    if training.get("mixed_precision"):
+        tf_keras.mixed_precision.set_global_policy("mixed_float16")
+    tft_output = tft.TFTransformOutput(fn_args.transform_output)
+    vocab = vocabulary_sizes(tft_output, spec)
+    strategy = strategy or distribution_strategy()
+    batch = training["batch_size"] * strategy.num_replicas_in_sync
+    train_ds = make_dataset(fn_args, fn_args.train_files, tft_output, batch, True, training["seed"])
+    eval_ds = make_dataset(fn_args, fn_args.eval_files, tft_output, batch, False, training["seed"])
+    with strategy.scope():
+        model = registry.build(name, spec, vocab, config.get("model_params") or {})
+        model.compile(optimizer=tf_keras.optimizers.Adam(training["learning_rate"]))
+    throughput = ThroughputLogger(batch)
+    callbacks = [
+        tf_keras.callbacks.EarlyStopping(
+            monitor="val_auc", mode="max", patience=training["early_stopping_patience"], restore_best_weights=True
+        ),
+        tf_keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir),
+        throughput,
+    ]
+    started = time.perf_counter()
+    model.fit(
+        train_ds, validation_data=eval_ds, epochs=training["epochs"],
+        steps_per_epoch=training.get("steps_per_epoch"), callbacks=callbacks, verbose=0,
+    )
+    stats = {
+        "model": name,
+        "replicas": strategy.num_replicas_in_sync,
+        "epochs": throughput.epochs,
+        "train_seconds": time.perf_counter() - started,
+        "train_examples_per_second": throughput.examples_per_second,
+    }
+    tf.io.gfile.makedirs(fn_args.model_run_dir)
+    with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, TRAINING_STATS), "w") as handle:
+        json.dump(stats, handle, indent=2)
+    tf_keras.mixed_precision.set_global_policy("float32")
+    export_serving_model(model, tft_output, spec, fn_args.serving_model_dir)
+    return model
+
+
+def run_fn(fn_args) -> None:
+    train(fn_args)

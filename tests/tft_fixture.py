@@ -1,0 +1,55 @@
+"""Runs the real preprocessing_fn with tf.Transform's Beam implementation, in-process."""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import apache_beam as beam
+import tensorflow as tf
+import tensorflow_transform as tft
+import tensorflow_transform.beam as tft_beam
+from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io, schema_utils
+
+from transforms import preprocessing
+from transforms.features import FeatureSpec
+from transforms.schema import raw_schema
+from transforms.sequences import to_tf_example
+
+
+def _feature_spec(spec: FeatureSpec):
+    return schema_utils.schema_as_feature_spec(raw_schema(spec, with_click_prob=True)).feature_spec
+
+
+def as_instance(example: dict, spec: FeatureSpec) -> dict:
+    """A raw feature dict in the instance-dict format tf.Transform's Beam API takes."""
+    return {name: example[name] if isinstance(example[name], list) else [example[name]] for name in _feature_spec(spec)}
+
+
+def analyze(spec: FeatureSpec, train: list, output_dir: str = None) -> str:
+    """Analyzes ``train`` raw examples; returns the transform output directory."""
+    output_dir = output_dir or tempfile.mkdtemp(prefix="tft-")
+    metadata = dataset_metadata.DatasetMetadata(raw_schema(spec, with_click_prob=True))
+    config = {preprocessing.SPEC_KEY: spec.to_dict()}
+    with beam.Pipeline() as pipeline, tft_beam.Context(temp_dir=os.path.join(output_dir, "tmp"), force_tf_compat_v1=False):
+        rows = pipeline | beam.Create([as_instance(e, spec) for e in train])
+        transform_fn = (rows, metadata) | tft_beam.AnalyzeDataset(lambda inputs: preprocessing.preprocessing_fn(inputs, config))
+        _ = transform_fn | tft_beam.WriteTransformFn(output_dir)
+    # the raw schema beside the graph, as TFX's Transform writes it (read by raw_feature_spec())
+    metadata_io.write_metadata(metadata, os.path.join(output_dir, tft.TFTransformOutput.RAW_METADATA_DIR))
+    return output_dir
+
+
+def parse(examples: list, spec: FeatureSpec, with_label: bool = True) -> dict:
+    """Raw feature dicts -> the parsed raw tensors (what serving_default parses)."""
+    feature_spec = dict(_feature_spec(spec))
+    feature_spec.pop("click_prob")
+    if not with_label:
+        feature_spec.pop("clicked")
+    serialized = tf.constant([to_tf_example(e, spec) for e in examples])
+    return tf.io.parse_example(serialized, feature_spec)
+
+
+def transform(tft_dir: str, examples: list, spec: FeatureSpec) -> dict:
+    """Transformed features of raw examples through the saved transform graph."""
+    layer = tft.TFTransformOutput(tft_dir).transform_features_layer()
+    return {k: v.numpy() for k, v in layer(parse(examples, spec)).items()}

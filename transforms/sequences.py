@@ -1,0 +1,330 @@
+"""Beam: interaction logs -> one raw tf.Example per event with its behaviour histories.
+
+Scaling: events are grouped by (user, time window), never by user alone, so one worker holds at
+most one window of one user's events. A window's history from earlier windows arrives as a
+carried ``HistoryState`` (the last T events of each feedback type: O(4T) per window), computed
+from the per-window tails. A user with years of history never needs all of it in one place.
+
+Nothing vanishes: every log row becomes an example or a quarantine record with its reason, and
+``counts.json`` is checked: rows in = examples out + rows quarantined.
+
+Split (``split.method``):
+  time: sort all examples by (timestamp, user_id, item_id); the first ``train`` fraction is train,
+        the next ``eval`` eval, the rest test (protocol ml1m-seq). Exact, without a global sort:
+        hourly counts locate the two cut points; only the examples of the (at most two) hours
+        holding a cut are sorted together.
+  user: a salted hash of user_id assigns whole users to a split.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from typing import Dict, Iterable, List, Optional, Tuple
+
+import apache_beam as beam
+
+from transforms import history as hist
+from transforms import sources
+from transforms.features import CLICK_PROB, LABEL, TIMESTAMP, FeatureSpec
+
+SPLITS = ("train", "eval", "test")
+BUCKET_SECONDS = 3600
+QUARANTINE = "quarantine"
+
+
+def quarantine_record(q: sources.Quarantined) -> dict:
+    return {"source": q.source, "reason": q.reason, "detail": q.detail, "raw": q.raw}
+
+
+# ---- reading and validating --------------------------------------------------------------------
+class _ReadAndValidate(beam.DoFn):
+    """One log file -> events with their user and item attributes, or quarantined rows."""
+
+    def __init__(self, data_config):
+        self.data_config = data_config
+
+    def process(self, path, items, users):
+        for record in sources.read_events(path, self.data_config):
+            if isinstance(record, sources.Quarantined):
+                yield beam.pvalue.TaggedOutput(QUARANTINE, quarantine_record(record))
+                continue
+            event = record.as_dict()
+            if items is not None and event["item_id"] not in items:
+                yield beam.pvalue.TaggedOutput(
+                    QUARANTINE, _reference_error(record, "unknown_item", f"item_id {event['item_id']!r} is not in the items table")
+                )
+                continue
+            if users is not None and event["user_id"] not in users:
+                yield beam.pvalue.TaggedOutput(
+                    QUARANTINE, _reference_error(record, "unknown_user", f"user_id {event['user_id']!r} is not in the users table")
+                )
+                continue
+            event.update((items or {}).get(event["item_id"], {}))
+            yield event
+
+
+def _reference_error(event: sources.Event, reason: str, detail: str) -> dict:
+    return {"source": event.source, "reason": reason, "detail": detail, "raw": json.dumps(event.as_dict())}
+
+
+# ---- per (user, window) --------------------------------------------------------------------------
+def _window_key(window_seconds: float):
+    def key(event):
+        return (event["user_id"], int(event[TIMESTAMP] // window_seconds)), event
+
+    return key
+
+
+def _dedupe_window(keyed_events, spec: FeatureSpec):
+    """Sorts one (user, window)'s events; a repeated (user, item, timestamp) is quarantined.
+
+    Yields ("events", (key, sorted events)), ("tail", (user, (window, state))) and quarantine.
+    """
+    (user, window), events = keyed_events
+    ordered: List[dict] = []
+    for event in sorted(events, key=lambda e: (hist.event_order_key(e), e["source"])):
+        if ordered and hist.event_order_key(ordered[-1]) == hist.event_order_key(event):
+            yield beam.pvalue.TaggedOutput(
+                QUARANTINE,
+                {
+                    "source": event["source"],
+                    "reason": "duplicate_event",
+                    "detail": f"user {user!r} item {event['item_id']!r} at {event[TIMESTAMP]} already seen at {ordered[-1]['source']}",
+                    "raw": json.dumps(event),
+                },
+            )
+            continue
+        ordered.append(event)
+    tail = hist.HistoryState(spec.max_length, spec.feedback_types)
+    tail.extend(ordered)
+    yield beam.pvalue.TaggedOutput("tail", (user, (window, tail.snapshot())))
+    yield (user, window), ordered
+
+
+def _carried_states(user_tails, spec: FeatureSpec):
+    """For each window of a user: the history state carried in from all earlier windows."""
+    user, tails = user_tails
+    carried = hist.HistoryState(spec.max_length, spec.feedback_types)
+    for window, tail in sorted(tails, key=lambda wt: wt[0]):
+        yield (user, window), carried.snapshot()
+        carried = carried.merged_with(hist.HistoryState.from_snapshot(tail, spec.max_length, spec.feedback_types))
+
+
+def _examples_of_window(joined, spec: FeatureSpec, users: Optional[dict]):
+    """(sort key, raw feature dict) for every event of one (user, window)."""
+    (user, _), groups = joined
+    (events,) = groups["events"]
+    (carry,) = groups["carry"] or [{}]
+    state = hist.HistoryState.from_snapshot(carry, spec.max_length, spec.feedback_types)
+    profile = (users or {}).get(user, {})
+    for event, histories in hist.examples_with_histories(events, state):
+        features = {"user_id": user, **{f: profile.get(f, "") for f in spec.user_fields[1:]}}
+        features.update({f: str(event.get(f, "")) for f in spec.item_fields})
+        features[TIMESTAMP] = int(event[TIMESTAMP])
+        features[LABEL] = int(event["clicked"])
+        if event.get(CLICK_PROB) is not None:
+            features[CLICK_PROB] = float(event[CLICK_PROB])
+        features.update(hist.history_features(spec, histories))
+        yield (features[TIMESTAMP], user, features["item_id"]), features
+
+
+def to_tf_example(features: Dict[str, object], spec: FeatureSpec) -> bytes:
+    """Serializes a raw feature dict (values or lists of values) as a tf.Example."""
+    from tensorflow.core.example import example_pb2, feature_pb2
+
+    def feature(name, value):
+        values = value if isinstance(value, list) else [value]
+        dtype = spec.raw_dtype(name)
+        if dtype == "string":
+            return feature_pb2.Feature(bytes_list=feature_pb2.BytesList(value=[str(v).encode("utf-8") for v in values]))
+        if dtype == "float":
+            return feature_pb2.Feature(float_list=feature_pb2.FloatList(value=values))
+        return feature_pb2.Feature(int64_list=feature_pb2.Int64List(value=values))
+
+    return example_pb2.Example(
+        features=feature_pb2.Features(feature={k: feature(k, v) for k, v in features.items()})
+    ).SerializeToString()
+
+
+# ---- splits --------------------------------------------------------------------------------------
+def time_cuts(bucket_counts: Iterable[Tuple[int, int]], fractions: Tuple[float, float]) -> List[Tuple[int, int]]:
+    """For each cumulative fraction: (bucket holding the cut, examples of that bucket before it).
+
+    The cut of fraction f is the global rank floor(f * N): examples ranked below it go left.
+    """
+    counts = sorted(bucket_counts)
+    total = sum(n for _, n in counts)
+    cuts = []
+    for fraction in fractions:
+        rank, seen = math.floor(fraction * total), 0
+        for bucket, n in counts:
+            if seen + n > rank:
+                cuts.append((bucket, rank - seen))
+                break
+            seen += n
+        else:
+            cuts.append((counts[-1][0] + 1 if counts else 0, 0))
+    return cuts
+
+
+def _split_by_bucket(bucket: int, cuts) -> Optional[int]:
+    """Split index of a bucket with no cut in it; None for a bucket holding a cut."""
+    for index, (cut_bucket, _) in enumerate(cuts):
+        if bucket == cut_bucket:
+            return None
+        if bucket < cut_bucket:
+            return index
+    return len(cuts)
+
+
+def _assign_boundary_bucket(bucket_examples, cuts):
+    bucket, examples = bucket_examples
+    ordered = sorted(examples, key=lambda ke: ke[0])
+    for rank, (_, example) in enumerate(ordered):
+        split = len(cuts)
+        for index, (cut_bucket, offset) in enumerate(cuts):
+            if bucket < cut_bucket or (bucket == cut_bucket and rank < offset):
+                split = index
+                break
+        yield split, example
+
+
+def user_split(user_id: str, fractions: Tuple[float, float, float], seed: int) -> int:
+    digest = hashlib.sha256(f"{seed}:{user_id}".encode("utf-8")).digest()
+    point = int.from_bytes(digest[:8], "big") / 2**64
+    return 0 if point < fractions[0] else 1 if point < fractions[0] + fractions[1] else 2
+
+
+class _SplitByTime(beam.PTransform):
+    def __init__(self, train: float, eval_: float):
+        super().__init__()
+        self.fractions = (train, train + eval_)
+
+    def expand(self, keyed):
+        buckets = keyed | "HourOf" >> beam.Map(lambda ke: (ke[0][0] // BUCKET_SECONDS, 1)) | beam.CombinePerKey(sum)
+        cuts = beam.pvalue.AsSingleton(
+            buckets
+            | beam.combiners.ToList()
+            | "Cuts" >> beam.Map(time_cuts, self.fractions)
+        )
+
+        def route(key_example, cuts):
+            bucket = key_example[0][0] // BUCKET_SECONDS
+            split = _split_by_bucket(bucket, cuts)
+            if split is None:
+                yield beam.pvalue.TaggedOutput("boundary", (bucket, key_example))
+            else:
+                yield split, key_example[1]
+
+        routed = keyed | "Route" >> beam.ParDo(route, cuts).with_outputs("boundary", main="decided")
+        at_cuts = routed.boundary | beam.GroupByKey() | "RankAtCut" >> beam.FlatMap(_assign_boundary_bucket, cuts)
+        return (routed.decided, at_cuts) | beam.Flatten()
+
+
+# ---- the whole transform ---------------------------------------------------------------------------
+class BuildExamples(beam.PTransform):
+    """Logs -> {"train"|"eval"|"test": serialized raw tf.Examples, "quarantine": dicts, "counts": dict}."""
+
+    def __init__(self, config, spec: FeatureSpec):
+        super().__init__()
+        self.config, self.spec = config, spec
+
+    def expand(self, pipeline):
+        data = self.config.data
+        items, item_rows = sources.load_items(data)
+        users, user_rows = sources.load_users(data)
+        items_side = pipeline | "Items" >> beam.Create([items])
+        users_side = pipeline | "Users" >> beam.Create([users])
+        read = (
+            pipeline
+            | "LogFiles" >> beam.Create(sources.list_event_files(data))
+            | "Read" >> beam.ParDo(
+                _ReadAndValidate(data), beam.pvalue.AsSingleton(items_side), beam.pvalue.AsSingleton(users_side)
+            ).with_outputs(QUARANTINE, main="events")
+        )
+        window_seconds = self.config.sequences.window_days * 86400
+        windows = (
+            read.events
+            | "ByUserWindow" >> beam.Map(_window_key(window_seconds))
+            | "GroupWindow" >> beam.GroupByKey()
+            | "SortDedupe" >> beam.FlatMap(_dedupe_window, self.spec).with_outputs(QUARANTINE, "tail", main="events")
+        )
+        carry = windows.tail | "TailsByUser" >> beam.GroupByKey() | "Carry" >> beam.FlatMap(_carried_states, self.spec)
+        keyed = (
+            {"events": windows.events, "carry": carry}
+            | "Join" >> beam.CoGroupByKey()
+            | "Examples" >> beam.FlatMap(
+                lambda joined, users: _examples_of_window(joined, self.spec, users), beam.pvalue.AsSingleton(users_side)
+            )
+        )
+        split = self.config.split
+        if split.method == "time":
+            assigned = keyed | "SplitByTime" >> _SplitByTime(split.train, split.eval)
+        else:
+            fractions = (split.train, split.eval, split.test)
+            assigned = keyed | "SplitByUser" >> beam.Map(
+                lambda ke: (user_split(ke[1]["user_id"], fractions, split.seed), ke[1])
+            )
+        parts = assigned | "Partition" >> beam.Partition(lambda se, _: se[0], len(SPLITS))
+        outputs = {
+            name: parts[i] | f"Serialize{name}" >> beam.Map(lambda se: to_tf_example(se[1], self.spec))
+            for i, name in enumerate(SPLITS)
+        }
+        table_rows = item_rows + user_rows
+        outputs[QUARANTINE] = (
+            read[QUARANTINE],
+            windows[QUARANTINE],
+            pipeline | "TableRows" >> beam.Create([quarantine_record(q) for q in table_rows]),
+        ) | "AllQuarantined" >> beam.Flatten()
+        outputs["counts"] = self._counts(read, outputs, len(table_rows))
+        return outputs
+
+    def _counts(self, read, outputs, table_rows_quarantined: int):
+        def tally(label, pcoll, key_fn):
+            return pcoll | f"Tally{label}" >> beam.Map(lambda x: (key_fn(x), 1))
+
+        tallies = [
+            tally("Events", read.events, lambda _: "events_read"),
+            tally("ReadQuarantine", read[QUARANTINE], lambda _: "log_rows_quarantined_at_read"),
+            tally("Quarantine", outputs[QUARANTINE], lambda q: f"quarantined.{q['reason']}"),
+        ] + [tally(f"Split{name}", outputs[name], lambda _, n=name: f"examples.{n}") for name in SPLITS]
+        return (
+            tallies
+            | "FlattenTallies" >> beam.Flatten()
+            | "SumTallies" >> beam.CombinePerKey(sum)
+            | beam.combiners.ToDict()
+            | "Summarize" >> beam.Map(summarize_counts, table_rows_quarantined)
+        )
+
+
+def summarize_counts(tallies: Dict[str, int], table_rows_quarantined: int) -> dict:
+    """Row accounting of a run: log rows in = examples out + log rows quarantined."""
+    examples = {name: tallies.get(f"examples.{name}", 0) for name in SPLITS}
+    quarantined = {k.split(".", 1)[1]: v for k, v in sorted(tallies.items()) if k.startswith("quarantined.")}
+    rows_in = tallies.get("events_read", 0) + tallies.get("log_rows_quarantined_at_read", 0)
+    log_rows_quarantined = sum(quarantined.values()) - table_rows_quarantined
+    return {
+        "log_rows_in": rows_in,
+        "examples": examples,
+        "examples_total": sum(examples.values()),
+        "log_rows_quarantined": log_rows_quarantined,
+        "table_rows_quarantined": table_rows_quarantined,
+        "quarantined_by_reason": quarantined,
+        "balanced": rows_in == sum(examples.values()) + log_rows_quarantined,
+    }
+
+
+def write_outputs(outputs, examples_uri: str, quarantine_dir: str, counts_path: str) -> None:
+    """Writes the splits in TFX's Examples layout (Split-<name>/*.gz), quarantine and counts."""
+    for name in SPLITS:
+        outputs[name] | f"Write{name}" >> beam.io.WriteToTFRecord(
+            os.path.join(examples_uri, f"Split-{name}", "data_tfrecord"), file_name_suffix=".gz"
+        )
+    outputs[QUARANTINE] | "QuarantineJson" >> beam.Map(json.dumps) | "WriteQuarantine" >> beam.io.WriteToText(
+        os.path.join(quarantine_dir, "quarantine"), file_name_suffix=".jsonl"
+    )
+    outputs["counts"] | "CountsJson" >> beam.Map(lambda c: json.dumps(c, indent=2, sort_keys=True)) | "WriteCounts" >> beam.io.WriteToText(
+        counts_path, shard_name_template=""
+    )
