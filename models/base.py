@@ -55,9 +55,9 @@ class CTRModel(tfrs.models.Model):
         self.embedding_dim = params.embedding_dim or spec.embedding_dim
         self.embeddings = FeatureEmbeddings(spec, vocab_sizes, self.embedding_dim, l2=params.embedding_l2)
         self.task = tfrs.tasks.Ranking(
-            loss=tf_keras.losses.BinaryCrossentropy(
-                from_logits=True, reduction=tf_keras.losses.Reduction.SUM_OVER_BATCH_SIZE
-            ),
+            # per-example losses, averaged in compute_loss (the only reduction allowed under
+            # tf.distribute outside compile())
+            loss=tf_keras.losses.BinaryCrossentropy(from_logits=True, reduction=tf_keras.losses.Reduction.NONE),
             metrics=[tf_keras.metrics.AUC(from_logits=True, name="auc")],
         )
         self.loss_trackers = {
@@ -90,8 +90,9 @@ class CTRModel(tfrs.models.Model):
         features, labels = inputs
         output = self.forward(features, training=training)
         terms = self._checked_terms(output)
-        labels = tf.reshape(tf.cast(labels, tf.float32), [-1])
-        terms["ctr"] = self.task(labels=labels, predictions=output.logit, training=training)
+        labels = tf.reshape(tf.cast(labels, tf.float32), [-1, 1])
+        per_example = self.task(labels=labels, predictions=output.logit[:, tf.newaxis], training=training)
+        terms["ctr"] = tf.reduce_mean(per_example)
         terms["regularization"] = tf.add_n(self.losses) if self.losses else tf.constant(0.0)
         weights = dict(self.loss_weights(), ctr=1.0, regularization=1.0)
         for name, value in terms.items():

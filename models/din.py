@@ -12,7 +12,7 @@ from typing import Tuple
 import tensorflow as tf
 
 from models.base import CTRModel, ModelOutput, ModelParams
-from models.layers import LogitHead, TargetAttention
+from models.layers import LogitHead, TargetAttention, flatten_fields
 
 
 class DINParams(ModelParams):
@@ -32,8 +32,5 @@ class DIN(CTRModel):
         user, target, context = emb.user(features), emb.target(features), emb.context(features)
         clicks, mask = emb.sequence(features, "click")
         interest, _ = self.attention(emb.item_vectors(target), emb.item_vectors(clicks), mask, training=training)
-        batch = tf.shape(user)[0]
-        flat = tf.concat(
-            [tf.reshape(user, [batch, -1]), emb.item_vectors(target), tf.reshape(context, [batch, -1]), interest], -1
-        )
+        flat = tf.concat([flatten_fields(user), emb.item_vectors(target), flatten_fields(context), interest], -1)
         return ModelOutput(logit=self.head(flat, training=training))

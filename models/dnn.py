@@ -4,7 +4,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from models.base import CTRModel, ModelOutput, ModelParams
-from models.layers import LogitHead, masked_mean
+from models.layers import LogitHead, flatten_fields, masked_mean
 
 
 class DNN(CTRModel):
@@ -20,5 +20,5 @@ class DNN(CTRModel):
         for feedback in self.spec.feedback_types:
             sequence, mask = emb.sequence(features, feedback)
             parts.append(masked_mean(sequence, mask, axis=1))  # [B, N, E]
-        flat = tf.concat([tf.reshape(p, [tf.shape(p)[0], -1]) for p in parts], axis=-1)
+        flat = tf.concat([flatten_fields(p) for p in parts], axis=-1)
         return ModelOutput(logit=self.head(flat, training=training))

@@ -78,5 +78,7 @@ class FeatureEmbeddings(tf_keras.layers.Layer):
 
     def item_vectors(self, item_embeddings: tf.Tensor) -> tf.Tensor:
         """Concatenates the N attribute embeddings of items: [..., N, E] -> [..., N*E]."""
-        shape = tf.shape(item_embeddings)
-        return tf.reshape(item_embeddings, tf.concat([shape[:-2], [len(self.spec.item_fields) * self.dim]], 0))
+        width = len(self.spec.item_fields) * self.dim
+        if item_embeddings.shape.rank == 3:  # keep the batch dimension static-free but the width static
+            return tf.reshape(item_embeddings, [-1, width])
+        return tf.reshape(item_embeddings, [-1, int(item_embeddings.shape[1]), width])

@@ -38,6 +38,14 @@ def masked_mean(values: tf.Tensor, mask: tf.Tensor, axis: int = 1) -> tf.Tensor:
     return tf.math.divide_no_nan(total, count)
 
 
+def flatten_fields(x: tf.Tensor) -> tf.Tensor:
+    """[B, d1, ..., dk] -> [B, d1*...*dk] keeping the static width (Dense layers need it)."""
+    width = 1
+    for dim in x.shape[1:]:
+        width *= int(dim)
+    return tf.reshape(x, [-1, width])
+
+
 def cosine_similarity(a: tf.Tensor, b: tf.Tensor, axis: int = -1) -> tf.Tensor:
     """Cosine similarity along ``axis`` (0 for a zero vector, never NaN)."""
     return tf.reduce_sum(tf.math.l2_normalize(a, axis=axis) * tf.math.l2_normalize(b, axis=axis), axis=axis)

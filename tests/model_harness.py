@@ -128,10 +128,18 @@ def logged_loss_terms(model, features, labels) -> Dict[str, float]:
     return {k[len("loss_"):]: v[-1] for k, v in history.history.items() if k.startswith("loss_")}
 
 
+def assert_builds_in_a_graph_with_unknown_batch(model, features):
+    """The first call happens in a graph with unknown batch size, as in the Trainer."""
+    signature = {k: tf.TensorSpec([None] + list(v.shape[1:]), v.dtype) for k, v in features.items()}
+    probability = tf.function(lambda f: model(f, training=True)["probability"], input_signature=[signature])(features)
+    assert probability.shape == (int(features["user_id"].shape[0]),)
+
+
 def run_standard_checks(name: str, params=None) -> Callable:
-    """Shape/range, padding, one-step learning: the checks shared by all models."""
+    """Graph build, shape/range, padding, one-step learning: the checks shared by all models."""
     features, labels = random_batch()
     model = build(name, params)
+    assert_builds_in_a_graph_with_unknown_batch(model, features)
     assert_output_shape_and_range(model, features)
     assert_padding_changes_nothing(model, features)
     assert_fit_step_lowers_loss(model, features, labels)

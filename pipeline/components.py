@@ -1,0 +1,178 @@
+"""The project's own TFX components (Python-function components, tracked in ML Metadata).
+
+- ``SequenceExampleGen``: logs -> raw tf.Examples with behaviour histories, split
+  train/eval/test, plus the quarantine and the row accounting (Beam, ``transforms.sequences``).
+- ``FeatureSpecSchemaGen``: the raw schema derived from the feature spec (``transforms.schema``).
+- ``AnomalyGate``: stops the run before Transform/Trainer when ExampleValidator found anomalies.
+- ``WarmupRequests``: the trained model plus TF Serving warmup requests from real examples.
+- ``ModelsConfig``: after a push, TF Serving's ``models.config`` listing every pushed model.
+- ``ThresholdCheck``: fails loudly when a blessing threshold names a metric that was never
+  computed (TFMA would only decline to bless).
+"""
+import hashlib
+import json
+import os
+from typing import TypedDict
+
+import apache_beam as beam
+import tensorflow as tf
+from tfx.dsl.component.experimental.annotations import (
+    BeamComponentParameter,
+    InputArtifact,
+    OutputArtifact,
+    Parameter,
+)
+from tfx.dsl.component.experimental.decorators import component
+from tfx.types import artifact, standard_artifacts
+from tfx.types.standard_artifact_utils import encode_split_names
+
+COUNTS_FILE = "counts.json"
+
+
+class Quarantine(artifact.Artifact):
+    """Log rows that could not be used, as JSON lines with their reason, plus counts.json."""
+
+    TYPE_NAME = "CtrQuarantine"
+
+
+@component(use_beam=True)
+def SequenceExampleGen(
+    config_json: Parameter[str],
+    input_fingerprint: Parameter[str],
+    examples: OutputArtifact[standard_artifacts.Examples],
+    quarantine: OutputArtifact[Quarantine],
+    beam_pipeline: BeamComponentParameter[beam.Pipeline] = None,
+) -> TypedDict("RowCounts", {"log_rows_in": int, "examples_total": int, "log_rows_quarantined": int}):
+    """``input_fingerprint`` (paths, sizes, mtimes of the logs) makes the cache see new data."""
+    del input_fingerprint  # only part of the cache key
+    from pipeline.config import parse_config
+    from transforms import sequences
+    from transforms.features import FeatureSpec
+
+    config = parse_config(json.loads(config_json))
+    spec = FeatureSpec.from_config(config)
+    counts_path = os.path.join(quarantine.uri, COUNTS_FILE)
+    with beam_pipeline as pipeline:
+        outputs = pipeline | "BuildExamples" >> sequences.BuildExamples(config, spec)
+        sequences.write_outputs(outputs, examples.uri, quarantine.uri, counts_path)
+    examples.split_names = encode_split_names(list(sequences.SPLITS))
+    examples.span = 0
+    examples.version = 0
+    with tf.io.gfile.GFile(counts_path) as handle:
+        counts = json.load(handle)
+    report_counts(counts, quarantine.uri)
+    return {
+        "log_rows_in": counts["log_rows_in"],
+        "examples_total": counts["examples_total"],
+        "log_rows_quarantined": counts["log_rows_quarantined"],
+    }
+
+
+def report_counts(counts: dict, quarantine_dir: str) -> None:
+    """Prints the row accounting; raises when rows in != examples out + rows quarantined."""
+    splits = ", ".join(f"{k} {v:,}" for k, v in counts["examples"].items())
+    print(f"[SequenceExampleGen] log rows in {counts['log_rows_in']:,} = examples {counts['examples_total']:,} ({splits})"
+          f" + quarantined {counts['log_rows_quarantined']:,}", flush=True)
+    if counts["quarantined_by_reason"]:
+        reasons = ", ".join(f"{k} {v:,}" for k, v in counts["quarantined_by_reason"].items())
+        print(f"[SequenceExampleGen] quarantined by reason: {reasons} (rows in {quarantine_dir})", flush=True)
+    if not counts["balanced"]:
+        raise RuntimeError(f"row accounting does not balance: {json.dumps(counts)}")
+    if counts["examples_total"] == 0:
+        raise RuntimeError(f"no examples were built; see the quarantine in {quarantine_dir}")
+
+
+@component
+def FeatureSpecSchemaGen(feature_spec_json: Parameter[str], with_click_prob: Parameter[int], schema: OutputArtifact[standard_artifacts.Schema]):
+    from tfx.utils import io_utils
+
+    from transforms.features import FeatureSpec
+    from transforms.schema import raw_schema
+
+    spec = FeatureSpec.from_dict(json.loads(feature_spec_json))
+    io_utils.write_pbtxt_file(os.path.join(schema.uri, "schema.pbtxt"), raw_schema(spec, bool(with_click_prob)))
+
+
+def anomaly_messages(anomalies_artifact_uri: str, split_names) -> list:
+    """One line per anomalous feature: split, feature, description."""
+    from tensorflow_data_validation.utils import anomalies_util
+
+    lines = []
+    for split in split_names:
+        path = os.path.join(anomalies_artifact_uri, f"Split-{split}", "SchemaDiff.pb")
+        anomalies = anomalies_util.load_anomalies_binary(path)
+        for feature, info in sorted(anomalies.anomaly_info.items()):
+            lines.append(f"split {split}, feature {feature!r}: {info.short_description} ({info.description})")
+        if anomalies.HasField("dataset_anomaly_info"):
+            lines.append(f"split {split}, dataset: {anomalies.dataset_anomaly_info.description}")
+    return lines
+
+
+@component
+def AnomalyGate(anomalies: InputArtifact[standard_artifacts.ExampleAnomalies]) -> TypedDict("AnomalyGateResult", {"anomaly_free": int}):
+    from tfx.types.standard_artifact_utils import decode_split_names
+
+    lines = anomaly_messages(anomalies.uri, decode_split_names(anomalies.split_names))
+    if lines:
+        raise RuntimeError("data anomalies found, stopping before training:\n  " + "\n  ".join(lines))
+    return {"anomaly_free": 1}
+
+
+@component
+def WarmupRequests(
+    model: InputArtifact[standard_artifacts.Model],
+    examples: InputArtifact[standard_artifacts.Examples],
+    warmed_model: OutputArtifact[standard_artifacts.Model],
+    model_name: Parameter[str],
+    warmup_count: Parameter[int] = 10,
+):
+    """The trained model plus TF Serving warmup requests made of real test examples.
+
+    Written before evaluation and push, so the pushed version already holds
+    ``assets.extra/tf_serving_warmup_requests`` when a model server first sees it.
+    """
+    from tfx.utils import io_utils, path_utils
+
+    from serving.warmup import write_warmup_requests
+
+    source = path_utils.serving_model_dir(model.uri)
+    target = path_utils.serving_model_dir(warmed_model.uri)
+    io_utils.copy_dir(source, target)
+    files = tf.io.gfile.glob(os.path.join(examples.uri, "Split-test", "*"))
+    records = tf.data.TFRecordDataset(files, compression_type="GZIP").take(warmup_count)
+    path = write_warmup_requests(target, model_name, [r.numpy() for r in records])
+    print(f"[WarmupRequests] {model_name}: {path}", flush=True)
+
+
+@component
+def ModelsConfig(pushed_model: InputArtifact[standard_artifacts.PushedModel], serving_root: Parameter[str]) -> TypedDict("ModelsConfigResult", {"models_config": str}):
+    """(Re)writes TF Serving's models.config listing every model under the serving root."""
+    from serving.model_config import write_models_config
+
+    del pushed_model  # runs after each push
+    path = write_models_config(serving_root)
+    print(f"[ModelsConfig] {path}", flush=True)
+    return {"models_config": path}
+
+
+@component
+def ThresholdCheck(evaluation: InputArtifact[standard_artifacts.ModelEvaluation]) -> TypedDict("ThresholdCheckResult", {"blessed": int}):
+    import tensorflow_model_analysis as tfma
+
+    result = tfma.load_validation_result(evaluation.uri)
+    if result.missing_thresholds:
+        raise RuntimeError(
+            f"a blessing threshold names a metric the evaluation never computed ({evaluation.uri}); "
+            "check the metric names of evaluation thresholds"
+        )
+    return {"blessed": int(result.validation_ok)}
+
+
+def input_fingerprint(paths) -> str:
+    """A cache key for the raw logs: a digest of each file's path, size and modification time."""
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        stat = os.stat(path)
+        digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}\n".encode("utf-8"))
+    return f"{len(paths)} files, sha256 {digest.hexdigest()}"
+

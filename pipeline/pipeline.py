@@ -1,0 +1,163 @@
+"""The TFX pipeline: logs -> sequences -> statistics/schema/validation -> Transform ->
+per model (Trainer, WarmupRequests, Evaluator, ThresholdCheck, Pusher, ModelsConfig).
+
+One shared Transform feeds one Trainer/Evaluator/Pusher per model in ``training.models``;
+component ids carry the model name (``Trainer.din``), and each model is gated against its own
+latest blessed version and pushed under its own name.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import json
+from typing import List, Optional
+
+import tensorflow_model_analysis as tfma
+from tfx import v1 as tfx
+from tfx.proto import transform_pb2
+
+from pipeline import components
+from pipeline.config import PipelineConfig, validate_model_params
+from transforms.features import LABEL, FeatureSpec
+from transforms.preprocessing import SPEC_KEY
+
+PREPROCESSING_FN = "transforms.preprocessing.preprocessing_fn"
+RUN_FN = "models.trainer.run_fn"
+PREDICTION_KEY = "probability"
+# metric names TFMA emits for the metrics configured below (thresholds may only use these)
+AUC, LOGLOSS = "auc", "binary_crossentropy"
+
+
+def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
+    """AUC, logloss, gAUC and example count; blessing thresholds on the overall slice only."""
+    bound = config.evaluation
+    auc_threshold = tfma.MetricThreshold(
+        value_threshold=tfma.GenericValueThreshold(lower_bound={"value": bound.auc_lower_bound}),
+        change_threshold=tfma.GenericChangeThreshold(
+            direction=tfma.MetricDirection.HIGHER_IS_BETTER, absolute={"value": -bound.auc_max_drop}
+        ),
+    )
+    return tfma.EvalConfig(
+        model_specs=[
+            tfma.ModelSpec(
+                signature_name="serving_default",
+                label_key=LABEL,
+                prediction_key=PREDICTION_KEY,
+                preprocessing_function_names=["transform_features"],
+            )
+        ],
+        slicing_specs=[tfma.SlicingSpec()],
+        metrics_specs=[
+            tfma.MetricsSpec(
+                metrics=[
+                    tfma.MetricConfig(class_name="ExampleCount"),
+                    tfma.MetricConfig(class_name="AUC", per_slice_thresholds=[
+                        tfma.PerSliceMetricThreshold(slicing_specs=[tfma.SlicingSpec()], threshold=auc_threshold)
+                    ]),
+                    tfma.MetricConfig(class_name="BinaryCrossEntropy", module="tensorflow_model_analysis.metrics"),
+                ]
+            ),
+            tfma.MetricsSpec(
+                metrics=[tfma.MetricConfig(class_name="GAUC", module="pipeline.metrics")],
+                query_key="user_id",
+            ),
+        ],
+    )
+
+
+def _data_files(path: str) -> List[str]:
+    if os.path.isfile(path):
+        return [path]
+    return [os.path.join(root, name) for root, _, names in os.walk(path) for name in names]
+
+
+def create_pipeline(config: PipelineConfig, models: Optional[List[str]] = None, for_kubeflow: bool = False) -> tfx.dsl.Pipeline:
+    """Builds the pipeline for ``config`` (``models`` narrows ``training.models``)."""
+    model_params = validate_model_params(config)
+    names = models or list(model_params)
+    unknown = set(names) - set(model_params)
+    if unknown:
+        raise ValueError(f"models {sorted(unknown)} are not in training.models ({sorted(model_params)})")
+    spec = FeatureSpec.from_config(config)
+
+    example_gen = components.SequenceExampleGen(
+        config_json=config.model_dump_json(),
+        input_fingerprint="" if for_kubeflow else components.input_fingerprint(_data_files(config.data.path)),
+    )
+    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    schema_gen = components.FeatureSpecSchemaGen(
+        feature_spec_json=json.dumps(spec.to_dict()), with_click_prob=int(config.data.columns.click_prob is not None)
+    )
+    example_validator = tfx.components.ExampleValidator(
+        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"]
+    )
+    anomaly_gate = components.AnomalyGate(anomalies=example_validator.outputs["anomalies"])
+    transform = tfx.components.Transform(
+        examples=example_gen.outputs["examples"],
+        schema=schema_gen.outputs["schema"],
+        preprocessing_fn=PREPROCESSING_FN,
+        splits_config=transform_pb2.SplitsConfig(analyze=["train"], transform=["train", "eval", "test"]),
+        custom_config={SPEC_KEY: spec.to_dict()},
+    )
+    transform.add_upstream_node(anomaly_gate)
+    nodes = [example_gen, statistics_gen, schema_gen, example_validator, anomaly_gate, transform]
+    for name in names:
+        nodes += _model_nodes(config, spec, name, model_params[name].model_dump(mode="json"), example_gen, transform)
+    return tfx.dsl.Pipeline(
+        pipeline_name=config.pipeline_name,
+        pipeline_root=config.pipeline_root,
+        components=nodes,
+        enable_cache=config.enable_cache,
+        metadata_connection_config=None if for_kubeflow else tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path),
+        beam_pipeline_args=config.beam_pipeline_args(),
+    )
+
+
+def _model_nodes(config: PipelineConfig, spec: FeatureSpec, name: str, params: dict, example_gen, transform) -> list:
+    """Trainer, WarmupRequests, resolver, Evaluator, ThresholdCheck, Pusher, ModelsConfig of one model."""
+    trainer = tfx.components.Trainer(
+        run_fn=RUN_FN,
+        examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        train_args=tfx.proto.TrainArgs(splits=["train"]),
+        eval_args=tfx.proto.EvalArgs(splits=["eval"]),
+        custom_config={
+            "model_name": name,
+            "model_params": params,
+            "feature_spec": spec.to_dict(),
+            "training": config.training.model_dump(mode="json", exclude={"models"}),
+        },
+    ).with_id(f"Trainer.{name}")
+    warmed = components.WarmupRequests(
+        model=trainer.outputs["model"], examples=example_gen.outputs["examples"], model_name=name
+    ).with_id(f"WarmupRequests.{name}")
+    baseline = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model, producer_component_id=warmed.id),
+        model_blessing=tfx.dsl.Channel(
+            type=tfx.types.standard_artifacts.ModelBlessing, producer_component_id=f"Evaluator.{name}"
+        ),
+    ).with_id(f"LatestBlessedModel.{name}")
+    evaluator = tfx.components.Evaluator(
+        examples=example_gen.outputs["examples"],
+        model=warmed.outputs["warmed_model"],
+        baseline_model=baseline.outputs["model"],
+        eval_config=eval_config(config),
+        example_splits=[config.evaluation.split],
+    ).with_id(f"Evaluator.{name}")
+    threshold_check = components.ThresholdCheck(evaluation=evaluator.outputs["evaluation"]).with_id(f"ThresholdCheck.{name}")
+    pusher = tfx.components.Pusher(
+        model=warmed.outputs["warmed_model"],
+        model_blessing=evaluator.outputs["blessing"],
+        push_destination=tfx.proto.PushDestination(
+            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=os.path.join(config.serving_root, name))
+        ),
+    ).with_id(f"Pusher.{name}")
+    models_config = components.ModelsConfig(
+        pushed_model=pusher.outputs["pushed_model"], serving_root=config.serving_root
+    ).with_id(f"ModelsConfig.{name}")
+    return [trainer, warmed, baseline, evaluator, threshold_check, pusher, models_config]
+
+

@@ -1,0 +1,162 @@
+"""The result of the latest pipeline run, read back from ML Metadata (SQLite).
+
+Per model: test AUC / gAUC / logloss (TFMA), blessed or not, where it was pushed, training
+examples/s; per stage: wall time; and the oracle AUC of the test split when the logs carry the
+true click probability (synthetic logs). Printed as a table and saved as ``report.json``.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+from typing import Dict, List, Optional
+
+from ml_metadata.metadata_store import metadata_store
+from ml_metadata.proto import metadata_store_pb2
+
+from pipeline.metrics import GAUC_NAME, auc
+
+REPORT_FILE = "report.json"
+_OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
+
+
+class _Run:
+    """The executions of the newest pipeline run and their output artifacts, by node id."""
+
+    def __init__(self, metadata_path: str, pipeline_name: str):
+        if not os.path.exists(metadata_path):
+            raise FileNotFoundError(f"no ML Metadata at {metadata_path}: has the pipeline run?")
+        config = metadata_store_pb2.ConnectionConfig()
+        config.sqlite.filename_uri = metadata_path
+        config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+        self.store = metadata_store.MetadataStore(config)
+        runs = self.store.get_contexts_by_type("pipeline_run")
+        if not runs:
+            raise RuntimeError(f"ML Metadata at {metadata_path} records no pipeline run")
+        run = max(runs, key=lambda c: c.create_time_since_epoch)
+        self.run_id = run.name
+        prefix = f"{pipeline_name}."
+        self.executions: Dict[str, metadata_store_pb2.Execution] = {}
+        for execution in self.store.get_executions_by_context(run.id):
+            for context in self.store.get_contexts_by_execution(execution.id):
+                if context.type == "node" and context.name.startswith(prefix):
+                    self.executions[context.name[len(prefix):]] = execution
+
+    def outputs(self, node_id: str) -> Dict[str, metadata_store_pb2.Artifact]:
+        execution = self.executions.get(node_id)
+        if execution is None:
+            return {}
+        events = [e for e in self.store.get_events_by_execution_ids([execution.id]) if e.type in _OUTPUT_EVENTS]
+        artifacts = {a.id: a for a in self.store.get_artifacts_by_id([e.artifact_id for e in events])}
+        return {e.path.steps[0].key: artifacts[e.artifact_id] for e in events if e.path.steps}
+
+    def seconds(self, node_id: str) -> Optional[float]:
+        execution = self.executions.get(node_id)
+        if execution is None:
+            return None
+        return (execution.last_update_time_since_epoch - execution.create_time_since_epoch) / 1000.0
+
+    def state(self, node_id: str) -> str:
+        execution = self.executions.get(node_id)
+        return metadata_store_pb2.Execution.State.Name(execution.last_known_state) if execution else "NOT RUN"
+
+
+def _overall_metrics(evaluation_uri: str) -> Dict[str, float]:
+    import tensorflow_model_analysis as tfma
+
+    for metrics in tfma.load_metrics(evaluation_uri):
+        if not metrics.slice_key.single_slice_keys:
+            return {
+                kv.key.name: kv.value.double_value.value
+                for kv in metrics.metric_keys_and_values
+                if not kv.key.HasField("sub_key") and not kv.key.is_diff and kv.value.HasField("double_value")
+            }
+    return {}
+
+
+def oracle_auc(examples_uri: str, split: str = "test") -> Optional[float]:
+    """AUC of the true click probability on a split, when the logs carry it."""
+    import tensorflow as tf
+
+    labels, probs = [], []
+    files = glob.glob(os.path.join(examples_uri, f"Split-{split}", "*"))
+    for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
+        features = tf.train.Example.FromString(record.numpy()).features.feature
+        if "click_prob" not in features:
+            return None
+        labels.append(features["clicked"].int64_list.value[0])
+        probs.append(features["click_prob"].float_list.value[0])
+    return auc(labels, probs) if labels else None
+
+
+def _prop(artifact, name):
+    value = artifact.custom_properties.get(name)
+    if value is None:
+        return None
+    return value.int_value if value.HasField("int_value") else value.string_value
+
+
+def collect(config, models: List[str]) -> dict:
+    run = _Run(config.metadata_path, config.pipeline_name)
+    stages = {node: {"seconds": run.seconds(node), "state": run.state(node)} for node in sorted(run.executions)}
+    example_gen = run.outputs("SequenceExampleGen")
+    counts = {}
+    if "quarantine" in example_gen:
+        with open(os.path.join(example_gen["quarantine"].uri, "counts.json"), encoding="utf-8") as handle:
+            counts = json.load(handle)
+    rows = []
+    for name in models:
+        evaluation = run.outputs(f"Evaluator.{name}")
+        metrics = _overall_metrics(evaluation["evaluation"].uri) if "evaluation" in evaluation else {}
+        blessed = _prop(evaluation["blessing"], "blessed") if "blessing" in evaluation else None
+        pushed = run.outputs(f"Pusher.{name}").get("pushed_model")
+        trainer = run.outputs(f"Trainer.{name}")
+        stats = {}
+        if "model_run" in trainer:
+            path = os.path.join(trainer["model_run"].uri, "training_stats.json")
+            if os.path.exists(path):
+                with open(path, encoding="utf-8") as handle:
+                    stats = json.load(handle)
+        rows.append({
+            "model": name,
+            "auc": metrics.get("auc"),
+            "gauc": metrics.get(GAUC_NAME),
+            "logloss": metrics.get("binary_crossentropy"),
+            "examples": metrics.get("example_count"),
+            "blessed": bool(blessed) if blessed is not None else None,
+            "pushed": (_prop(pushed, "pushed_destination") if pushed is not None and _prop(pushed, "pushed") == 1 else None),
+            "train_examples_per_second": stats.get("train_examples_per_second"),
+        })
+    oracle = oracle_auc(example_gen["examples"].uri, config.evaluation.split) if "examples" in example_gen else None
+    report = {"run_id": run.run_id, "split": config.evaluation.split, "models": rows, "oracle_auc": oracle, "stages": stages, "counts": counts}
+    with open(os.path.join(config.pipeline_root, REPORT_FILE), "w", encoding="utf-8") as handle:
+        json.dump(report, handle, indent=2)
+    return report
+
+
+def _fmt(value, digits=4):
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def format_report(report: dict) -> str:
+    lines = [f"run {report['run_id']} — metrics on the {report['split']} split"]
+    header = f"{'model':<8} {'AUC':>7} {'gAUC':>7} {'logloss':>8} {'blessed':>8} {'train ex/s':>10}  pushed"
+    lines += [header, "-" * len(header)]
+    for row in report["models"]:
+        blessed = "-" if row["blessed"] is None else ("yes" if row["blessed"] else "no")
+        speed = "-" if row["train_examples_per_second"] is None else f"{row['train_examples_per_second']:,.0f}"
+        lines.append(
+            f"{row['model']:<8} {_fmt(row['auc']):>7} {_fmt(row['gauc']):>7} {_fmt(row['logloss']):>8} {blessed:>8} {speed:>10}  {row['pushed'] or '-'}"
+        )
+    if report["oracle_auc"] is not None:
+        lines.append(f"{'oracle':<8} {_fmt(report['oracle_auc']):>7}   (AUC of the true click probability: the ceiling)")
+    counts = report.get("counts") or {}
+    if counts:
+        lines.append(
+            f"rows: {counts['log_rows_in']:,} in = {counts['examples_total']:,} examples {counts['examples']} + {counts['log_rows_quarantined']:,} quarantined"
+        )
+    lines.append("stage wall times: " + ", ".join(
+        f"{node} {info['seconds']:.0f}s" + ("" if info["state"] == "COMPLETE" else f" ({info['state'].lower()})")
+        for node, info in report["stages"].items() if info["seconds"] is not None
+    ))
+    return "\n".join(lines)

@@ -1,0 +1,445 @@
+"""Scores one user's candidate items through TF Serving's gRPC API.
+
+Works against real TF Serving and against ``serving.server`` alike: it only uses the standard
+``PredictionService`` calls. The model's input contract is read from ``GetModelMetadata``: the
+``serving_raw`` signature has one input per raw feature (``FeatureSpec.raw_features()``), so
+
+* feedback types are those ``fb`` with a ``hist_<fb>_timestamp`` input,
+* item fields are those ``f`` with a ``hist_<fb>_<f>`` input,
+* user fields are the other string inputs of rank 1.
+
+Histories are built by ``transforms.history.user_histories_at`` (events strictly before the
+request's timestamp, most recent last, at most ``max_history`` per feedback type), the code that
+built the training examples. One PredictRequest scores all candidates of the user, through
+``serving_default`` (serialized tf.Examples) or ``serving_raw`` (raw tensors; histories are
+right-padded with "" and 0 to the longest history, at least one position).
+
+Request JSON (one user)::
+
+    {"user": {"user_id": "u1", <user fields>...},
+     "timestamp": 1700000000,                      # optional, default: now (unix seconds)
+     "events": [{"item_id": "i1", "timestamp": 1690000000, "clicked": 1,
+                 "liked": 0, "disliked": 0, <item fields>...}],   # optional; liked/disliked too
+     "candidates": [{"item_id": "i7", <item fields>...}]}
+
+Field values are strings (integers are accepted and turned into strings); every user and item
+field the model uses is required; other keys are ignored.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import argparse
+import dataclasses
+import datetime
+import json
+import sys
+import time
+from typing import Dict, List, Mapping, Optional, Tuple, Union
+
+import grpc
+import tensorflow as tf
+from tensorflow.core.framework import types_pb2
+from tensorflow.core.framework.tensor_pb2 import TensorProto
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from transforms.features import FEEDBACK_TYPES, TIMESTAMP, FeatureSpec
+from transforms.history import user_histories_at
+
+SIGNATURES = ("serving_default", "serving_raw")
+OUTPUT = "probability"
+
+
+class RequestError(ValueError):
+    """A request that cannot be built; the message names the field at fault."""
+
+
+class ContractError(ValueError):
+    """The served model's signatures are not the contract this client knows."""
+
+
+# ---- the model's input contract -------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class ModelContract:
+    """What a served model expects: its feature spec and the name of its examples input."""
+
+    spec: FeatureSpec  # fields and feedback types of the model; max_length = the client's limit
+    examples_input: str  # serving_default's one input (serialized tf.Examples)
+
+
+def fetch_contract(
+    stub: prediction_service_pb2_grpc.PredictionServiceStub,
+    model: str,
+    max_history: int = 50,
+    version: Optional[int] = None,
+    timeout: float = 10.0,
+) -> ModelContract:
+    """Reads the model's signatures with GetModelMetadata."""
+    request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    request.model_spec.name = model
+    if version is not None:
+        request.model_spec.version.value = version
+    response = stub.GetModelMetadata(request, timeout=timeout)
+    signature_map = get_model_metadata_pb2.SignatureDefMap()
+    response.metadata["signature_def"].Unpack(signature_map)
+    return contract_from_signatures(model, signature_map.signature_def, max_history)
+
+
+def contract_from_signatures(model: str, signature_defs, max_history: int) -> ModelContract:
+    """The contract of a model from its ``serving_raw`` and ``serving_default`` signatures."""
+    if max_history < 1:
+        raise ValueError(f"max history must be at least 1, got {max_history}")
+    missing = [s for s in SIGNATURES if s not in signature_defs]
+    if missing:
+        raise ContractError(f"model '{model}' lacks the signature(s) {missing}")
+    raw_inputs = signature_defs["serving_raw"].inputs
+    feedback_types = tuple(
+        fb for fb in FEEDBACK_TYPES if FeatureSpec.history_timestamp(fb) in raw_inputs
+    )
+    if not feedback_types:
+        raise ContractError(f"model '{model}': serving_raw has no hist_<feedback>_timestamp input")
+    prefix = f"hist_{feedback_types[0]}_"
+    item_fields = {n[len(prefix):] for n in raw_inputs if n.startswith(prefix)} - {TIMESTAMP}
+    user_fields = {
+        name for name, info in raw_inputs.items()
+        if info.dtype == types_pb2.DT_STRING and len(info.tensor_shape.dim) == 1
+        and name not in item_fields and not name.startswith("hist_")
+    }
+    try:
+        spec = FeatureSpec(
+            user_fields=_id_first("user_id", user_fields),
+            item_fields=_id_first("item_id", item_fields),
+            max_length=max_history,
+            gap_buckets=1,  # unused: the client sends raw features only
+            feedback_types=feedback_types,
+        )
+    except ValueError as e:
+        raise ContractError(f"model '{model}': serving_raw inputs not understood: {e}") from e
+    if set(spec.raw_features()) != set(raw_inputs):
+        raise ContractError(
+            f"model '{model}': serving_raw inputs {sorted(raw_inputs)} do not match the raw "
+            f"features {sorted(spec.raw_features())}"
+        )
+    examples_inputs = list(signature_defs["serving_default"].inputs)
+    if len(examples_inputs) != 1:
+        raise ContractError(f"model '{model}': serving_default must take one input (examples)")
+    return ModelContract(spec, examples_inputs[0])
+
+
+def _id_first(id_field: str, fields) -> Tuple[str, ...]:
+    return tuple(sorted(fields, key=lambda f: (f != id_field, f)))
+
+
+# ---- the user's request -----------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class UserRequest:
+    user: Dict[str, str]
+    timestamp: int
+    events: List[Dict[str, object]]
+    candidates: List[Dict[str, str]]
+
+
+def parse_user_request(
+    raw: Union[str, Mapping], spec: FeatureSpec, now: Optional[int] = None
+) -> UserRequest:
+    """Validates a request (JSON text or decoded) against the model's fields."""
+    if isinstance(raw, str):
+        raw = decode_json(raw)
+    if not isinstance(raw, Mapping):
+        raise RequestError(f"the request must be a JSON object, got {_show(raw)}")
+    user = _fields("user", _value(raw, "user"), spec.user_fields)
+    if TIMESTAMP in raw:
+        timestamp = _timestamp(TIMESTAMP, raw[TIMESTAMP])
+    else:
+        timestamp = int(time.time()) if now is None else now
+    events = [
+        _event(f"events[{i}]", event, spec)
+        for i, event in enumerate(_list("events", raw.get("events", [])))
+    ]
+    candidates = [
+        _fields(f"candidates[{i}]", candidate, spec.item_fields)
+        for i, candidate in enumerate(_list("candidates", _value(raw, "candidates")))
+    ]
+    if not candidates:
+        raise RequestError("candidates: at least one candidate is needed")
+    return UserRequest(user, timestamp, events, candidates)
+
+
+def decode_json(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise RequestError(f"not valid JSON: {e}") from e
+
+
+def _show(value) -> str:
+    return json.dumps(value)[:80]
+
+
+def _value(obj: Mapping, key: str, where: str = ""):
+    if key not in obj:
+        raise RequestError(f"{where + '.' if where else ''}{key}: missing")
+    return obj[key]
+
+
+def _list(path: str, value) -> list:
+    if not isinstance(value, list):
+        raise RequestError(f"{path}: expected a list, got {_show(value)}")
+    return value
+
+
+def _fields(path: str, obj, fields: Tuple[str, ...]) -> Dict[str, str]:
+    """The model's fields of a user or item (``fields[0]``: its id), as strings."""
+    if not isinstance(obj, Mapping):
+        raise RequestError(f"{path}: expected an object, got {_show(obj)}")
+    values = {}
+    for field in fields:
+        if field not in obj:
+            raise RequestError(f"{path}.{field}: missing (the model's fields: {', '.join(fields)})")
+        value = obj[field]
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise RequestError(f"{path}.{field}: expected a string, got {_show(value)}")
+        values[field] = str(value)
+    if not values[fields[0]]:
+        raise RequestError(f"{path}.{fields[0]}: must not be empty")
+    return values
+
+
+def _timestamp(path: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise RequestError(f"{path}: expected unix seconds (an integer >= 0), got {_show(value)}")
+    return value
+
+
+def _flag(path: str, value) -> int:
+    if value not in (0, 1):  # true and false are 1 and 0 too
+        raise RequestError(f"{path}: expected 0 or 1, got {_show(value)}")
+    return int(value)
+
+
+def _event(path: str, obj, spec: FeatureSpec) -> Dict[str, object]:
+    event: Dict[str, object] = dict(_fields(path, obj, spec.item_fields))
+    event[TIMESTAMP] = _timestamp(f"{path}.{TIMESTAMP}", _value(obj, TIMESTAMP, path))
+    event["clicked"] = _flag(f"{path}.clicked", _value(obj, "clicked", path))
+    for key in ("liked", "disliked"):
+        event[key] = _flag(f"{path}.{key}", obj.get(key, 0))
+    return event
+
+
+# ---- the PredictRequest -----------------------------------------------------------------------
+def user_features(spec: FeatureSpec, request: UserRequest) -> Dict[str, list]:
+    """Features shared by all candidates, as lists: user fields, timestamp and histories."""
+    features: Dict[str, list] = {field: [value] for field, value in request.user.items()}
+    features[TIMESTAMP] = [request.timestamp]
+    features.update(user_histories_at(spec, request.events, request.timestamp))
+    return features
+
+
+def build_predict_request(
+    contract: ModelContract,
+    model: str,
+    signature: str,
+    request: UserRequest,
+    version: Optional[int] = None,
+) -> predict_pb2.PredictRequest:
+    """One PredictRequest scoring every candidate of the user."""
+    if signature not in SIGNATURES:
+        raise RequestError(f"signature must be one of {SIGNATURES}, got '{signature}'")
+    predict = predict_pb2.PredictRequest()
+    predict.model_spec.name = model
+    predict.model_spec.signature_name = signature
+    if version is not None:
+        predict.model_spec.version.value = version
+    predict.output_filter.append(OUTPUT)
+    shared = user_features(contract.spec, request)
+    if signature == "serving_default":
+        predict.inputs[contract.examples_input].CopyFrom(
+            _examples_tensor(contract.spec, shared, request.candidates)
+        )
+    else:
+        for name, tensor in _raw_tensors(contract.spec, shared, request.candidates).items():
+            predict.inputs[name].CopyFrom(tensor)
+    return predict
+
+
+def _examples_tensor(spec: FeatureSpec, shared: Dict[str, list], candidates) -> TensorProto:
+    """Serialized tf.Examples, one per candidate, each with all the raw features.
+
+    Concatenated serialized protos parse as one merged message, so the shared features are
+    serialized once and each candidate's item fields appended.
+    """
+    raw = spec.raw_features()
+    shared_bytes = _example(raw, shared)
+    examples = [
+        shared_bytes + _example(raw, {field: [value] for field, value in candidate.items()})
+        for candidate in candidates
+    ]
+    return _tensor("string", examples, [len(examples)])
+
+
+def _example(raw: Dict[str, Tuple[str, bool]], features: Mapping[str, list]) -> bytes:
+    example = tf.train.Example()
+    for name, values in features.items():
+        if raw[name][0] == "string":
+            example.features.feature[name].bytes_list.value.extend(_encode("string", values))
+        else:
+            example.features.feature[name].int64_list.value.extend(values)
+    return example.SerializeToString()
+
+
+def _raw_tensors(spec: FeatureSpec, shared: Dict[str, list], candidates) -> Dict[str, TensorProto]:
+    """Scalars [n]; histories [n, width] right-padded with "" and 0 (the same in every row)."""
+    n = len(candidates)
+    width = max([1] + [len(shared[spec.history_timestamp(fb)]) for fb in spec.feedback_types])
+    tensors = {}
+    for name, (dtype, sequence) in spec.raw_features().items():
+        if sequence:
+            padding = ["" if dtype == "string" else 0] * (width - len(shared[name]))
+            tensors[name] = _tensor(dtype, _encode(dtype, shared[name] + padding) * n, [n, width])
+        elif name in shared:
+            tensors[name] = _tensor(dtype, _encode(dtype, shared[name]) * n, [n])
+        else:
+            tensors[name] = _tensor(dtype, _encode(dtype, [c[name] for c in candidates]), [n])
+    return tensors
+
+
+def _encode(dtype: str, values: list) -> list:
+    return [v.encode() for v in values] if dtype == "string" else values
+
+
+def _tensor(dtype: str, values: list, shape: List[int]) -> TensorProto:
+    """A TensorProto of encoded values (bytes for "string", ints for "int64")."""
+    proto = TensorProto(
+        dtype=types_pb2.DT_STRING if dtype == "string" else types_pb2.DT_INT64,
+        tensor_shape=tf.TensorShape(shape).as_proto(),
+    )
+    (proto.string_val if dtype == "string" else proto.int64_val).extend(values)
+    return proto
+
+
+# ---- scoring ----------------------------------------------------------------------------------
+def score_candidates(
+    stub: prediction_service_pb2_grpc.PredictionServiceStub,
+    contract: ModelContract,
+    model: str,
+    signature: str,
+    request: UserRequest,
+    version: Optional[int] = None,
+    timeout: float = 10.0,
+) -> Tuple[List[float], int]:
+    """The candidates' scores (in candidate order) and the model version that answered."""
+    response = stub.Predict(
+        build_predict_request(contract, model, signature, request, version), timeout=timeout
+    )
+    scores = tf.make_ndarray(response.outputs[OUTPUT]).reshape(-1)
+    if len(scores) != len(request.candidates):
+        raise ContractError(
+            f"model '{model}' returned {len(scores)} scores "
+            f"for {len(request.candidates)} candidates"
+        )
+    return [float(s) for s in scores], response.model_spec.version.value
+
+
+def predict_scores(
+    stub: prediction_service_pb2_grpc.PredictionServiceStub,
+    model: str,
+    signature: str,
+    request_json: Union[str, Mapping],
+    contract: Optional[ModelContract] = None,
+    max_history: int = 50,
+    timeout: float = 10.0,
+) -> List[float]:
+    """Scores of a user's candidates, in candidate order (fetches the contract unless given)."""
+    if contract is None:
+        contract = fetch_contract(stub, model, max_history, timeout=timeout)
+    request = parse_user_request(request_json, contract.spec)
+    return score_candidates(stub, contract, model, signature, request, timeout=timeout)[0]
+
+
+def ranked(request: UserRequest, scores: List[float]) -> List[Tuple[Dict[str, str], float]]:
+    """(candidate, score) pairs, best first; ties keep the request's order."""
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])
+    return [(request.candidates[i], scores[i]) for i in order]
+
+
+# ---- command line -----------------------------------------------------------------------------
+def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``ctr-pipeline predict``."""
+    parser.add_argument("--server", default="127.0.0.1:8500",
+                        help="TF Serving gRPC address host:port (default: 127.0.0.1:8500)")
+    parser.add_argument("--model", required=True, help="model name on the server")
+    parser.add_argument("--input", required=True,
+                        help="request JSON file for one user ('-' reads standard input)")
+    parser.add_argument("--signature", choices=SIGNATURES, default="serving_default",
+                        help="signature to call (default: serving_default)")
+    parser.add_argument("--model-version", type=int, default=None,
+                        help="a specific loaded version (default: the latest)")
+    parser.add_argument("--max-history", type=_positive_int, default=50,
+                        help="most recent events kept per feedback type (default: 50)")
+    parser.add_argument("--timeout", type=float, default=10.0,
+                        help="seconds to wait for each call (default: 10)")
+    parser.add_argument("--json", action="store_true", help="print the ranking as JSON")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    """Prints the user's candidates ranked by score.
+
+    Returns the exit code: 0, 1 (server or model error) or 2 (bad request file).
+    """
+    try:
+        raw = decode_json(sys.stdin.read() if args.input == "-" else _read(args.input))
+        with grpc.insecure_channel(args.server) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            contract = fetch_contract(
+                stub, args.model, args.max_history, args.model_version, args.timeout
+            )
+            request = parse_user_request(raw, contract.spec)
+            scores, version = score_candidates(
+                stub, contract, args.model, args.signature, request, args.model_version,
+                args.timeout,
+            )
+    except RequestError as e:
+        print(f"error: {args.input}: {e}", file=sys.stderr)
+        return 2
+    except ContractError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except grpc.RpcError as e:
+        print(f"error: {args.server}: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 1
+    ranking = ranked(request, scores)
+    if args.json:
+        print(json.dumps({
+            "model": args.model, "version": version, "signature": args.signature,
+            "user_id": request.user["user_id"], "timestamp": request.timestamp,
+            "ranking": [{"item_id": c["item_id"], "score": s} for c, s in ranking],
+        }, indent=2))
+    else:
+        when = datetime.datetime.fromtimestamp(request.timestamp, datetime.timezone.utc)
+        print(f"model {args.model} version {version} ({args.signature}), "
+              f"user {request.user['user_id']} at {when:%Y-%m-%d %H:%M:%S} UTC")
+        print(f"{'rank':>4}  {'score':>8}  item_id")
+        for rank, (candidate, score) in enumerate(ranking, start=1):
+            print(f"{rank:>4}  {score:8.6f}  {candidate['item_id']}")
+    return 0
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError as e:
+        raise RequestError(f"cannot read: {e.strerror}") from e

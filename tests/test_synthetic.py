@@ -1,0 +1,106 @@
+"""The synthetic log generator: determinism, calibration, difficulty and history dependence."""
+import filecmp
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.config import DataConfig
+from transforms import sources, synthetic
+
+FILES = ("events.csv", "items.csv", "users.csv")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("synthetic"))
+    summary = synthetic.generate(path, num_users=500, num_items=600, events_per_user=80, seed=3)
+    events = pd.read_csv(os.path.join(path, "events.csv"), dtype={"user_id": str, "item_id": str})
+    items = pd.read_csv(os.path.join(path, "items.csv"), dtype=str)
+    events = events.merge(items, on="item_id", how="left").sort_values(["user_id", "timestamp"], ignore_index=True)
+    return path, summary, events
+
+
+def test_same_seed_same_files_other_seed_other_files(tmp_path):
+    for name, seed in (("a", 7), ("b", 7), ("c", 8)):
+        synthetic.generate(str(tmp_path / name), num_users=40, num_items=50, events_per_user=15, seed=seed)
+    for file in FILES:
+        assert filecmp.cmp(tmp_path / "a" / file, tmp_path / "b" / file, shallow=False)
+    assert not filecmp.cmp(tmp_path / "a" / "events.csv", tmp_path / "c" / "events.csv", shallow=False)
+
+
+def test_summary_matches_the_files(dataset):
+    _, summary, events = dataset
+    assert summary["events"] == len(events)
+    assert (summary["users"], summary["items"]) == (500, 600)
+    assert summary["click_rate"] == pytest.approx(events.clicked.mean())
+    assert summary["oracle_auc"] == pytest.approx(synthetic.roc_auc(events.click_prob.to_numpy(), events.clicked.to_numpy()))
+
+
+def test_files_read_back_through_the_sources_readers(dataset):
+    path, summary, events = dataset
+    data = DataConfig.model_validate(synthetic.data_config(path))
+    rows = [row for file in sources.list_event_files(data) for row in sources.read_events(file, data)]
+    assert all(isinstance(row, sources.Event) for row in rows) and len(rows) == summary["events"]
+    assert sum(row.click_prob for row in rows) == pytest.approx(events.click_prob.sum())
+    items, item_problems = sources.load_items(data)
+    users, user_problems = sources.load_users(data)
+    assert item_problems == user_problems == []
+    assert {row.item_id for row in rows} <= set(items) and {row.user_id for row in rows} <= set(users)
+    assert set(next(iter(items.values()))) == {"category", "brand", "price_bucket"}
+    assert set(next(iter(users.values()))) == {"age_bucket", "region", "activity"}
+
+
+def test_labels_follow_click_prob(dataset):
+    _, _, events = dataset
+    prob, clicked = events.click_prob.to_numpy(), events.clicked.to_numpy()
+    for low, high in [(0, 0.2), (0.2, 0.4), (0.4, 0.6), (0.6, 0.8), (0.8, 1.0)]:
+        band = (prob >= low) & (prob < high)
+        standard_error = np.sqrt((prob[band] * (1 - prob[band])).sum()) / band.sum()
+        assert abs(clicked[band].mean() - prob[band].mean()) < 4 * standard_error + 1e-9
+
+
+def test_click_rate_and_oracle_auc_in_target_range(dataset):
+    _, summary, _ = dataset
+    assert 0.3 <= summary["click_rate"] <= 0.5
+    assert 0.75 <= summary["oracle_auc"] <= 0.85
+
+
+def test_misclick_floor(dataset):
+    _, _, events = dataset
+    assert events.click_prob.min() >= synthetic.MISCLICK - 1e-6
+
+
+def test_recent_click_in_same_category_raises_click_rate_and_gap_matters(dataset):
+    _, _, events = dataset
+    click_time = events.timestamp.where(events.clicked == 1)
+    previous = click_time.groupby([events.user_id, events.category]).shift(1)
+    previous = previous.groupby([events.user_id, events.category]).ffill()  # last earlier click there
+    gap = events.timestamp - previous
+    recent = events.clicked[gap <= 600].mean()
+    old = events.clicked[gap > 86400].mean()
+    never = events.clicked[gap.isna()].mean()
+    assert recent > old + 0.1
+    assert old > never
+
+
+def test_feedback_and_timeline_are_consistent(dataset):
+    _, _, events = dataset
+    assert not ((events.liked | events.disliked) & (events.clicked == 0)).any()
+    assert not (events.liked & events.disliked).any()
+    assert 0 < events.liked.mean() and 0 < events.disliked.mean()
+    assert (events.groupby("user_id").timestamp.diff().dropna() > 0).all()
+    span_days = (events.timestamp.max() - events.timestamp.min()) / 86400
+    assert 55 < span_days < 62
+    assert events.groupby("user_id").timestamp.diff().median() < 60  # impressions seconds apart in sessions
+
+
+def test_roc_auc_by_hand():
+    assert synthetic.roc_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == 0.75
+    assert synthetic.roc_auc(np.array([0.5, 0.5, 0.9]), np.array([0, 1, 1])) == 0.75
+
+
+def test_invalid_arguments(tmp_path):
+    with pytest.raises(ValueError, match="must all be >= 1"):
+        synthetic.generate(str(tmp_path), num_users=0)
