@@ -1,0 +1,32 @@
+# ctr-pipeline: `make demo` sets up .venv and runs the local pipeline on synthetic logs;
+# `make test` runs the whole test suite. Both create the virtualenv on first use.
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+CLI         := $(VENV)/bin/ctr-pipeline
+STAMP       := $(VENV)/.installed
+DEMO_USERS  ?= 1000
+DEMO_EVENTS ?= 60
+DEMO_DATA   := data/demo
+PYTEST_ARGS ?=
+
+.PHONY: demo test install clean-demo
+
+install: $(STAMP)
+
+$(STAMP): setup.py requirements/constraints-top.txt requirements/constraints-lock.txt requirements/test.txt
+	@test -x $(PY) || { py=$$(sh scripts/find_python310.sh) && echo "creating $(VENV) with $$py" && $$py -m venv $(VENV); }
+	$(PY) -m pip install --quiet -c requirements/constraints-lock.txt -r requirements/constraints-top.txt -r requirements/test.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	@touch $(STAMP)
+
+$(DEMO_DATA)/events.csv: | $(STAMP)
+	$(CLI) generate-data --output $(DEMO_DATA) --users $(DEMO_USERS) --events-per-user $(DEMO_EVENTS)
+
+demo: $(STAMP) $(DEMO_DATA)/events.csv
+	$(CLI) run --config configs/demo.yaml
+
+test: $(STAMP)
+	TF_USE_LEGACY_KERAS=1 $(PY) -m pytest -q $(PYTEST_ARGS)
+
+clean-demo:
+	rm -rf $(DEMO_DATA) runs/demo serving_models

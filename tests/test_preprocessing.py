@@ -1,0 +1,72 @@
+"""preprocessing_fn through tf.Transform: train-only vocabularies, shared indices, padding, gaps."""
+import numpy as np
+import pytest
+import tensorflow_transform as tft
+
+from tests import tft_fixture
+from tests.model_harness import SPEC
+from tests.raw_data import raw_examples
+
+
+def _example(user, item, ts, click_items=(), click_times=(), category="category0"):
+    ex = {"user_id": user, "gender": "gender0", "age": "age0", "item_id": item, "category": category, "brand": "brand0",
+          "timestamp": ts, "clicked": 1, "click_prob": 0.5}
+    for kind in SPEC.feedback_types:
+        items, times = (list(click_items), list(click_times)) if kind == "click" else ([], [])
+        ex[SPEC.history(kind, "item_id")] = items
+        ex[SPEC.history(kind, "category")] = ["category0"] * len(items)
+        ex[SPEC.history(kind, "brand")] = ["brand0"] * len(items)
+        ex[SPEC.history_timestamp(kind)] = times
+    return ex
+
+
+@pytest.fixture(scope="module")
+def analyzed():
+    train = raw_examples(SPEC, users=6, events_per_user=10, seed=1)
+    return tft_fixture.analyze(SPEC, train), train
+
+
+def test_vocabularies_come_from_train_only_and_unseen_values_are_oov(analyzed):
+    tft_dir, train = analyzed
+    output = tft.TFTransformOutput(tft_dir)
+    vocab = [v.decode() for v in output.vocabulary_by_name(SPEC.vocabulary_name("item_id"))]
+    seen = {e["item_id"] for e in train} | {i for e in train for k in SPEC.feedback_types for i in e[SPEC.history(k, "item_id")]}
+    assert set(vocab) == seen
+    out = tft_fixture.transform(tft_dir, [_example("new-user", "never-seen-item", 1_700_000_000)], SPEC)
+    assert out["item_id"][0] == len(vocab) + 1  # the OOV bucket follows the vocabulary; 0 stays pad
+    assert out["user_id"][0] == output.vocabulary_size_by_name(SPEC.vocabulary_name("user_id")) + 1
+
+
+def test_target_and_history_share_indices_and_sequences_are_left_padded(analyzed):
+    tft_dir, train = analyzed
+    item_a, item_b = train[0]["item_id"], train[1]["item_id"]
+    t = 1_700_000_000
+    out = tft_fixture.transform(tft_dir, [
+        _example("u0", item_a, t, click_items=[item_b, item_a], click_times=[t - 7200, t - 60]),
+        _example("u0", item_b, t, click_items=[item_a], click_times=[t - 60]),
+    ], SPEC)
+    row = out["hist_click_item_id"][0]
+    assert row.shape == (SPEC.max_length,)
+    assert list(row[:-2]) == [0] * (SPEC.max_length - 2)
+    assert row[-1] == out["item_id"][0] and row[-2] == out["item_id"][1]
+    assert out["hist_click_item_id"][1][-1] == out["item_id"][0]
+    gaps = out["hist_click_gap"][0]
+    assert list(gaps[:-2]) == [0] * (SPEC.max_length - 2) and 1 <= gaps[-1] <= gaps[-2] <= SPEC.gap_buckets
+    assert not out["hist_unclick_item_id"].any() and not out["hist_unclick_gap"].any()
+
+
+def test_long_histories_keep_the_most_recent_items(analyzed):
+    tft_dir, train = analyzed
+    items = [e["item_id"] for e in train[: SPEC.max_length + 3]]
+    t = 1_700_000_000
+    out = tft_fixture.transform(tft_dir, [_example("u0", items[0], t, items, [t - 1000 + i for i in range(len(items))])], SPEC)
+    expected = tft_fixture.transform(tft_dir, [_example("u0", i, t) for i in items[-SPEC.max_length:]], SPEC)["item_id"]
+    np.testing.assert_array_equal(out["hist_click_item_id"][0], expected)
+
+
+def test_hour_and_weekday_are_utc(analyzed):
+    tft_dir, train = analyzed
+    monday_13h = 86400 * 4 + 3600 * 13  # 1970-01-05 13:00 UTC was a Monday
+    out = tft_fixture.transform(tft_dir, [_example("u0", train[0]["item_id"], ts) for ts in (0, monday_13h)], SPEC)
+    assert list(out["hour"]) == [0, 13]
+    assert list(out["weekday"]) == [3, 0]  # Monday = 0
