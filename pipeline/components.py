@@ -160,12 +160,17 @@ def ThresholdCheck(evaluation: InputArtifact[standard_artifacts.ModelEvaluation]
     import tensorflow_model_analysis as tfma
 
     result = tfma.load_validation_result(evaluation.uri)
+    check_thresholds_were_evaluated(result, evaluation.uri)
+    return {"blessed": int(result.validation_ok)}
+
+
+def check_thresholds_were_evaluated(result, where: str) -> None:
+    """Raises when TFMA could not evaluate a threshold because its metric was never emitted."""
     if result.missing_thresholds:
         raise RuntimeError(
-            f"a blessing threshold names a metric the evaluation never computed ({evaluation.uri}); "
-            "check the metric names of evaluation thresholds"
+            f"a blessing threshold names a metric the evaluation never computed ({where}); "
+            "check the metric names of the evaluation thresholds"
         )
-    return {"blessed": int(result.validation_ok)}
 
 
 def input_fingerprint(paths) -> str:

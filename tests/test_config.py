@@ -1,0 +1,45 @@
+"""YAML config: validated on load; errors name the key path."""
+import pytest
+
+from pipeline.config import ConfigError, load_config, parse_config, validate_model_params
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_relative_paths_resolve_against_the_config_file(tmp_path):
+    config = load_config(_write(tmp_path, "data: {path: logs}\npipeline_root: runs/x\n"))
+    assert config.data.path == str(tmp_path / "logs") and config.pipeline_root == str(tmp_path / "runs/x")
+    assert config.metadata_path.endswith("runs/x/metadata.sqlite")
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("data: {path: x, colums: {}}\n", "data.colums"),
+    ("data: {path: x}\ntraining: {batch_size: many}\n", "training.batch_size"),
+    ("data: {path: x}\nsplit: {train: 0.5, eval: 0.1, test: 0.1}\n", "split"),
+    ("data: {path: x}\nsequences: {max_length: 0}\n", "sequences.max_length"),
+    ("pipeline_name: x\n", "data"),
+    ("data: {path: x, format: csv}\n", "data.format"),
+])
+def test_bad_configs_name_the_key(tmp_path, text, fragment):
+    with pytest.raises(ConfigError) as error:
+        load_config(_write(tmp_path, text))
+    assert fragment in str(error.value)
+
+
+def test_model_parameters_are_validated_by_the_model(tmp_path):
+    config = parse_config({"data": {"path": "x"}, "training": {"models": {"din": {"attention_unit": [8]}, "nope": {}}}})
+    with pytest.raises(ConfigError) as error:
+        validate_model_params(config)
+    assert "training.models.din.attention_unit" in str(error.value)
+    assert "training.models.nope: unknown model" in str(error.value)
+
+
+def test_missing_and_invalid_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(str(tmp_path / "missing.yaml"))
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(_write(tmp_path, "data: [unclosed\n"))

@@ -1,0 +1,40 @@
+"""AUC and gAUC (protocol ml1m-seq step 6), including TFMA's query-based gAUC metric."""
+import numpy as np
+import pytest
+from tensorflow_model_analysis.metrics import metric_types
+
+from pipeline.metrics import GAUC, auc, grouped_auc
+
+
+def test_auc_counts_ties_as_half():
+    assert auc([0, 1], [0.2, 0.8]) == 1.0
+    assert auc([1, 0], [0.2, 0.8]) == 0.0
+    assert auc([0, 1, 0, 1], [0.5, 0.5, 0.1, 0.9]) == pytest.approx(0.875)  # 3.5 of 4 pairs
+    assert np.isnan(auc([1, 1], [0.1, 0.2]))
+
+
+def test_gauc_weights_users_by_examples_and_skips_one_label_users():
+    groups = ["a", "a", "a", "b", "b", "c"]
+    labels = [1, 0, 0, 1, 0, 1]
+    scores = [0.9, 0.1, 0.95, 0.2, 0.8, 0.5]
+    # a: AUC 0.5 over 3 examples, b: 0.0 over 2, c: one label only -> skipped
+    assert grouped_auc(groups, labels, scores) == pytest.approx((0.5 * 3 + 0.0 * 2) / 5)
+
+
+def test_tfma_gauc_metric_matches_grouped_auc():
+    computation = GAUC().computations(query_key="user_id")[0]
+    combiner = computation.combiner
+    queries = {"a": ([1, 0, 0], [0.9, 0.1, 0.95]), "b": ([1, 0], [0.2, 0.8]), "c": ([1], [0.5])}
+    acc = combiner.create_accumulator()
+    for labels, scores in queries.values():
+        element = metric_types.StandardMetricInputs(
+            labels=np.array(labels, float), predictions=np.array(scores, float), example_weights=np.array([1.0])
+        )
+        acc = combiner.add_input(acc, element)
+    (value,) = combiner.extract_output(combiner.merge_accumulators([acc])).values()
+    assert value == pytest.approx((0.5 * 3 + 0.0 * 2) / 5)
+
+
+def test_gauc_without_query_key_fails_loudly():
+    with pytest.raises(ValueError, match="query_key"):
+        GAUC().computations()
