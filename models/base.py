@@ -64,6 +64,7 @@ class CTRModel(tfrs.models.Model):
             term: tf_keras.metrics.Mean(name=f"loss_{term}")
             for term in ["ctr", *self.loss_weights(), "regularization"]
         }
+        self.total_loss_tracker = tf_keras.metrics.Mean(name="loss")  # the weighted sum
 
     # ---- to implement --------------------------------------------------------------------------
     def loss_weights(self) -> Dict[str, float]:
@@ -97,11 +98,13 @@ class CTRModel(tfrs.models.Model):
         weights = dict(self.loss_weights(), ctr=1.0, regularization=1.0)
         for name, value in terms.items():
             self.loss_trackers[name].update_state(value)
-        return tf.add_n([weights[name] * value for name, value in terms.items()])
+        total = tf.add_n([weights[name] * value for name, value in terms.items()])
+        self.total_loss_tracker.update_state(total)
+        return total
 
     @property
     def metrics(self):
-        return [*self.task.metrics, *self.loss_trackers.values()]
+        return [self.total_loss_tracker, *self.task.metrics, *self.loss_trackers.values()]
 
     def train_step(self, inputs):
         replicas = tf.distribute.get_strategy().num_replicas_in_sync

@@ -42,10 +42,14 @@ def make_dataset(fn_args, files, tft_output, batch_size: int, shuffle: bool, see
 
 
 def distribution_strategy(devices: Optional[list] = None) -> tf.distribute.Strategy:
-    """MirroredStrategy over all GPUs, or over ``devices``; the CPU when there is no GPU."""
+    """MirroredStrategy over all GPUs (NCCL all-reduce), or over ``devices``; the CPU when there
+    is no GPU. CPU replicas reduce on one device: CPU collectives cannot all-reduce the sparse
+    (IndexedSlices) embedding gradients, whose sizes differ between replicas."""
     if devices is None and not tf.config.list_logical_devices("GPU"):
         devices = ["/cpu:0"]
-    return tf.distribute.MirroredStrategy(devices=devices)
+    on_cpu = devices is not None and all("cpu" in d.lower() for d in devices)
+    cross_device_ops = tf.distribute.ReductionToOneDevice() if on_cpu else None
+    return tf.distribute.MirroredStrategy(devices=devices, cross_device_ops=cross_device_ops)
 
 
 class ThroughputLogger(tf_keras.callbacks.Callback):
