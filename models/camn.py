@@ -61,7 +61,7 @@ import tensorflow as tf
 import tf_keras
 
 from models.base import CTRModel, ModelOutput, ModelParams
-from models.layers import LogitHead, TargetAttention, masked_softmax
+from models.layers import LogitHead, TargetAttention, flatten_fields, masked_softmax
 
 FEEDBACK = "click"
 
@@ -120,8 +120,6 @@ class CollaborativeAttributeRouter(tf_keras.layers.Layer):
 
     def __init__(self, num_attributes: int, q: int, name: str = "router"):
         super().__init__(name=name)
-        if not 1 <= q <= num_attributes:
-            raise ValueError(f"keepTopq needs 1 <= q <= k = {num_attributes}, got q = {q}")
         self.q = q
         self.layer_norm = tf_keras.layers.LayerNormalization(name="router_layer_norm")  # eq. 1
         self.W_h = tf_keras.layers.Dense(num_attributes, use_bias=False, name="W_h")  # kd -> k
@@ -147,7 +145,8 @@ class AttributeAttention(tf_keras.layers.Layer):
 
     def build(self, input_shape):
         shape = (self.num_attributes, self.dim, self.dim)
-        init = tf_keras.initializers.GlorotUniform
+        # Glorot-uniform of each d x d head (Keras' GlorotUniform would count the k heads as fan)
+        init = lambda: tf_keras.initializers.VarianceScaling(self.num_attributes, "fan_avg", "uniform")  # noqa: E731
         self.W_Q = self.add_weight(name="W_Q", shape=shape, initializer=init())
         self.W_K = self.add_weight(name="W_K", shape=shape, initializer=init())
         self.W_V = self.add_weight(name="W_V", shape=shape, initializer=init())
@@ -175,6 +174,8 @@ class CAMN(CTRModel):
         k, d = len(spec.item_fields), self.embedding_dim
         self.num_attributes = k
         self.q = params.q if params.q is not None else default_q(k)
+        if not 1 <= self.q <= k:
+            raise ValueError(f"keepTopq needs 1 <= q <= k = {k} item attributes, got q = {self.q}")
         self.router = CollaborativeAttributeRouter(k, self.q) if params.router else None
         self.attention = AttributeAttention(k, d)
         # eq. 6, shared by the k heads
@@ -213,9 +214,6 @@ class CAMN(CTRModel):
             extractor(target[:, r], X_tilde[:, :, r], mask, training=training)[0]
             for r, extractor in enumerate(self.interest_extractors)
         ]
-        user = emb.user(features)
-        flat = tf.concat(
-            interests + [emb.item_vectors(target), tf.reshape(user, [tf.shape(user)[0], -1])], axis=-1
-        )
+        flat = tf.concat(interests + [emb.item_vectors(target), flatten_fields(emb.user(features))], axis=-1)
         aux = {"diversity": diversity_loss(A, mask)} if self.params.diversity_loss else {}
         return ModelOutput(logit=self.head(flat, training=training), aux_losses=aux)

@@ -14,14 +14,12 @@ from typing import Optional, Sequence
 import tensorflow as tf
 import tf_keras
 
-NEG_INF = -1e9
-
-
 def masked_softmax(logits: tf.Tensor, mask: tf.Tensor, axis: int = -1) -> tf.Tensor:
     """Softmax over ``axis`` where ``mask`` is False gets exactly 0; an all-masked row gives 0s."""
-    mask = tf.cast(mask, logits.dtype)
-    shifted = logits + (1.0 - mask) * tf.cast(NEG_INF, logits.dtype)
-    weights = tf.nn.softmax(shifted, axis=axis) * mask
+    mask = tf.broadcast_to(tf.cast(mask, tf.bool), tf.shape(logits))
+    # the dtype's own minimum, not -1e9: in float16 that is -inf and 0 * -inf is NaN
+    shifted = tf.where(mask, logits, tf.cast(logits.dtype.min, logits.dtype))
+    weights = tf.nn.softmax(shifted, axis=axis) * tf.cast(mask, logits.dtype)
     return tf.math.divide_no_nan(weights, tf.reduce_sum(weights, axis=axis, keepdims=True))
 
 
