@@ -30,6 +30,7 @@ from transforms import sources
 from transforms.features import CLICK_PROB, LABEL, TIMESTAMP, FeatureSpec
 
 SPLITS = ("train", "eval", "test")
+ALL = "all"  # the unsplit output of ``BuildExamples(split=False)``
 BUCKET_SECONDS = 3600
 QUARANTINE = "quarantine"
 
@@ -225,11 +226,16 @@ class _SplitByTime(beam.PTransform):
 
 # ---- the whole transform ---------------------------------------------------------------------------
 class BuildExamples(beam.PTransform):
-    """Logs -> {"train"|"eval"|"test": serialized raw tf.Examples, "quarantine": dicts, "counts": dict}."""
+    """Logs -> {"train"|"eval"|"test": serialized raw tf.Examples, "quarantine": dicts, "counts": dict}.
 
-    def __init__(self, config, spec: FeatureSpec):
+    With ``split=False`` (batch scoring) the examples are not split: the output ``"all"`` holds
+    ``((timestamp, user_id, item_id), serialized raw tf.Example)`` for every example instead of
+    the three splits; the counts then report ``examples: {"all": n}``.
+    """
+
+    def __init__(self, config, spec: FeatureSpec, split: bool = True):
         super().__init__()
-        self.config, self.spec = config, spec
+        self.config, self.spec, self.split = config, spec, split
 
     def expand(self, pipeline):
         data = self.config.data
@@ -259,6 +265,9 @@ class BuildExamples(beam.PTransform):
                 lambda joined, users: _examples_of_window(joined, self.spec, users), beam.pvalue.AsSingleton(users_side)
             )
         )
+        if not self.split:
+            outputs = {ALL: keyed | "SerializeAll" >> beam.Map(lambda ke: (ke[0], to_tf_example(ke[1], self.spec)))}
+            return self._with_quarantine_and_counts(pipeline, read, windows, outputs, item_rows + user_rows)
         split = self.config.split
         if split.method == "time":
             assigned = keyed | "SplitByTime" >> _SplitByTime(split.train, split.eval)
@@ -272,7 +281,9 @@ class BuildExamples(beam.PTransform):
             name: parts[i] | f"Serialize{name}" >> beam.Map(lambda se: to_tf_example(se[1], self.spec))
             for i, name in enumerate(SPLITS)
         }
-        table_rows = item_rows + user_rows
+        return self._with_quarantine_and_counts(pipeline, read, windows, outputs, item_rows + user_rows)
+
+    def _with_quarantine_and_counts(self, pipeline, read, windows, outputs, table_rows):
         outputs[QUARANTINE] = (
             read[QUARANTINE],
             windows[QUARANTINE],
@@ -289,19 +300,22 @@ class BuildExamples(beam.PTransform):
             tally("Events", read.events, lambda _: "events_read"),
             tally("ReadQuarantine", read[QUARANTINE], lambda _: "log_rows_quarantined_at_read"),
             tally("Quarantine", outputs[QUARANTINE], lambda q: f"quarantined.{q['reason']}"),
-        ] + [tally(f"Split{name}", outputs[name], lambda _, n=name: f"examples.{n}") for name in SPLITS]
+        ] + [tally(f"Split{name}", outputs[name], lambda _, n=name: f"examples.{n}") for name in self._example_outputs()]
         return (
             tallies
             | "FlattenTallies" >> beam.Flatten()
             | "SumTallies" >> beam.CombinePerKey(sum)
             | beam.combiners.ToDict()
-            | "Summarize" >> beam.Map(summarize_counts, table_rows_quarantined)
+            | "Summarize" >> beam.Map(summarize_counts, table_rows_quarantined, self._example_outputs())
         )
 
+    def _example_outputs(self) -> Tuple[str, ...]:
+        return SPLITS if self.split else (ALL,)
 
-def summarize_counts(tallies: Dict[str, int], table_rows_quarantined: int) -> dict:
+
+def summarize_counts(tallies: Dict[str, int], table_rows_quarantined: int, outputs: Tuple[str, ...] = SPLITS) -> dict:
     """Row accounting of a run: log rows in = examples out + log rows quarantined."""
-    examples = {name: tallies.get(f"examples.{name}", 0) for name in SPLITS}
+    examples = {name: tallies.get(f"examples.{name}", 0) for name in outputs}
     quarantined = {k.split(".", 1)[1]: v for k, v in sorted(tallies.items()) if k.startswith("quarantined.")}
     rows_in = tallies.get("events_read", 0) + tallies.get("log_rows_quarantined_at_read", 0)
     log_rows_quarantined = sum(quarantined.values()) - table_rows_quarantined
