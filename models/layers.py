@@ -16,6 +16,7 @@ import tf_keras
 
 NEG_INF = -1e9  # a "minus infinity" for float32 logits
 
+
 def masked_softmax(logits: tf.Tensor, mask: tf.Tensor, axis: int = -1) -> tf.Tensor:
     """Softmax over ``axis`` where ``mask`` is False gets exactly 0; an all-masked row gives 0s."""
     mask = tf.broadcast_to(tf.cast(mask, tf.bool), tf.shape(logits))

@@ -1,4 +1,4 @@
-"""gAUC as a TFMA metric, and the AUC both it and the benchmark use.
+"""gAUC as a TFMA metric.
 
 gAUC (protocol ml1m-seq, step 6): the AUC of each user whose examples hold both labels,
 weighted by that user's number of examples. In TFMA it is a query-based metric: in a
@@ -13,40 +13,9 @@ import numpy as np
 from tensorflow_model_analysis.metrics import metric_types, metric_util
 from tensorflow_model_analysis.proto import config_pb2
 
+from pipeline.auc import auc
+
 GAUC_NAME = "gauc"
-
-
-def auc(labels, scores) -> float:
-    """Rank-based ROC AUC (ties get the average rank); NaN unless both labels are present."""
-    labels = np.asarray(labels, dtype=float).reshape(-1)
-    scores = np.asarray(scores, dtype=float).reshape(-1)
-    positives = labels.sum()
-    negatives = labels.size - positives
-    if positives == 0 or negatives == 0:
-        return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(labels.size)
-    sorted_scores = scores[order]
-    # average rank within groups of tied scores
-    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
-    starts = np.concatenate([[0], boundaries])
-    ends = np.concatenate([boundaries, [labels.size]])
-    for start, end in zip(starts, ends):
-        ranks[order[start:end]] = (start + end + 1) / 2.0
-    return float((ranks[labels == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
-
-
-def grouped_auc(groups, labels, scores) -> float:
-    """gAUC of parallel arrays: per-group AUC weighted by group size (both labels needed)."""
-    groups, labels, scores = np.asarray(groups), np.asarray(labels), np.asarray(scores)
-    total, weight = 0.0, 0
-    for group in np.unique(groups):
-        member = groups == group
-        value = auc(labels[member], scores[member])
-        if not np.isnan(value):
-            total += value * member.sum()
-            weight += member.sum()
-    return total / weight if weight else float("nan")
 
 
 class GAUC(metric_types.Metric):

@@ -14,7 +14,8 @@ from typing import Dict, List, Optional
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from pipeline.metrics import GAUC_NAME, auc
+from pipeline.auc import auc
+from pipeline.metrics import GAUC_NAME
 
 REPORT_FILE = "report.json"
 _OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)

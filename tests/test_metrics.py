@@ -3,13 +3,15 @@ import numpy as np
 import pytest
 from tensorflow_model_analysis.metrics import metric_types
 
-from pipeline.metrics import GAUC, auc, grouped_auc
+from pipeline.auc import auc, grouped_auc
+from pipeline.metrics import GAUC
 
 
 def test_auc_counts_ties_as_half():
     assert auc([0, 1], [0.2, 0.8]) == 1.0
     assert auc([1, 0], [0.2, 0.8]) == 0.0
     assert auc([0, 1, 0, 1], [0.5, 0.5, 0.1, 0.9]) == pytest.approx(0.875)  # 3.5 of 4 pairs
+    assert auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == 0.75
     assert np.isnan(auc([1, 1], [0.1, 0.2]))
 
 

@@ -6,6 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline.auc import auc
+
 from pipeline.config import DataConfig
 from transforms import sources, synthetic
 
@@ -35,7 +37,7 @@ def test_summary_matches_the_files(dataset):
     assert summary["events"] == len(events)
     assert (summary["users"], summary["items"]) == (500, 600)
     assert summary["click_rate"] == pytest.approx(events.clicked.mean())
-    assert summary["oracle_auc"] == pytest.approx(synthetic.roc_auc(events.click_prob.to_numpy(), events.clicked.to_numpy()))
+    assert summary["oracle_auc"] == pytest.approx(auc(events.clicked.to_numpy(), events.click_prob.to_numpy()))
 
 
 def test_files_read_back_through_the_sources_readers(dataset):
@@ -94,11 +96,6 @@ def test_feedback_and_timeline_are_consistent(dataset):
     span_days = (events.timestamp.max() - events.timestamp.min()) / 86400
     assert 55 < span_days < 62
     assert events.groupby("user_id").timestamp.diff().median() < 60  # impressions seconds apart in sessions
-
-
-def test_roc_auc_by_hand():
-    assert synthetic.roc_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == 0.75
-    assert synthetic.roc_auc(np.array([0.5, 0.5, 0.9]), np.array([0, 1, 1])) == 0.75
 
 
 def test_invalid_arguments(tmp_path):

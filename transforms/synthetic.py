@@ -47,6 +47,8 @@ from typing import Dict
 import numpy as np
 import pandas as pd
 
+from pipeline.auc import auc
+
 START = 1704067200  # 2024-01-01 00:00 UTC
 CATEGORIES = 20
 BRANDS_PER_CATEGORY = 8
@@ -248,17 +250,6 @@ def _simulate(rng, items: _Items, users: _Users, counts: np.ndarray, timestamp: 
     return item, clicked, liked, disliked, prob
 
 
-def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve (tied scores count one half)."""
-    labels = np.asarray(labels).astype(bool)
-    _, inverse, tie_counts = np.unique(scores, return_inverse=True, return_counts=True)
-    tie_end = np.cumsum(tie_counts)
-    ranks = (tie_end - (tie_counts - 1) / 2.0)[inverse]  # average 1-based ranks
-    positives = labels.sum()
-    negatives = len(labels) - positives
-    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
-
-
 def _write_tables(output_dir: str, items: _Items, users: _Users) -> None:
     activity_names = np.array(list(ACTIVITY))
     pd.DataFrame(
@@ -318,7 +309,7 @@ def generate(
         "mean_click_prob": float(prob.mean()),
         "like_rate": float(liked.mean()),
         "dislike_rate": float(disliked.mean()),
-        "oracle_auc": roc_auc(prob, clicked),
+        "oracle_auc": auc(clicked, prob),
     }
 
 
