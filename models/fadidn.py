@@ -265,7 +265,8 @@ class FADIDN(CTRModel):
       Positives need cosine strictly > eta; hard negatives have no threshold. Pads are never
       selected. Random negatives (K - q of them, MODELS.md: K = 64, the paper's 256-1024 is a
       tuning range) are drawn uniformly with replacement from the real unclick events of the batch;
-      draws landing on the same user_id are dropped, so a user has up to K negatives. In training
+      draws landing on the same user_id are dropped, so a user has up to K negatives (a drawn item
+      that happens to be one of the user's own clicks is not filtered: random in-batch noise). In training
       the draws are random; with ``training=False`` they use a fixed stateless seed, so evaluation
       losses are deterministic. ``L_cl`` averages over all valid (anchor, positive) pairs of the
       batch (the paper's 1/N over pairs); a user without a valid positive contributes nothing and a
