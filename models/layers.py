@@ -22,8 +22,8 @@ def masked_softmax(logits: tf.Tensor, mask: tf.Tensor, axis: int = -1) -> tf.Ten
     mask = tf.broadcast_to(tf.cast(mask, tf.bool), tf.shape(logits))
     # the dtype's own minimum, not -1e9: in float16 that is -inf and 0 * -inf is NaN
     shifted = tf.where(mask, logits, tf.cast(logits.dtype.min, logits.dtype))
-    weights = tf.nn.softmax(shifted, axis=axis) * tf.cast(mask, logits.dtype)
-    return tf.math.divide_no_nan(weights, tf.reduce_sum(weights, axis=axis, keepdims=True))
+    # masked entries are exp(min - max) = 0 already; the multiply zeroes rows with no real entry
+    return tf.nn.softmax(shifted, axis=axis) * tf.cast(mask, logits.dtype)
 
 
 def masked_mean(values: tf.Tensor, mask: tf.Tensor, axis: int = 1) -> tf.Tensor:
