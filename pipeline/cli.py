@@ -80,7 +80,8 @@ def cmd_generate_data(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from serving import client, server
+    from pipeline import kubeflow
+    from serving import batch_score, client, server
 
     parser = argparse.ArgumentParser(prog="ctr-pipeline", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -115,6 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict = sub.add_parser("predict", help="score candidate items for one user through TF Serving's gRPC API")
     client.add_predict_arguments(predict)
     predict.set_defaults(func=client.run_predict)
+
+    score = sub.add_parser("score", help="batch-score logs or raw tf.Examples with a pushed model (Beam RunInference)")
+    batch_score.add_score_arguments(score)
+    score.set_defaults(func=batch_score.run_score)
+
+    compile_ = sub.add_parser("compile", help="compile the pipeline for Kubeflow Pipelines v2 / Vertex (KFP spec)")
+    kubeflow.add_compile_arguments(compile_)
+    compile_.set_defaults(func=kubeflow.run_compile)
     return parser
 
 

@@ -32,7 +32,7 @@ COUNTS_FILE = "counts.json"
 class Quarantine(artifact.Artifact):
     """Log rows that could not be used, as JSON lines with their reason, plus counts.json."""
 
-    TYPE_NAME = "CtrQuarantine"
+    TYPE_NAME = "pipeline.Quarantine"  # KFP v2 wants "<module>.<Class>" and imports it by that path
 
 
 @component(use_beam=True)

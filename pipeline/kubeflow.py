@@ -23,7 +23,6 @@ import os
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import argparse
-import json
 import sys
 from typing import Optional
 

@@ -19,6 +19,7 @@ Transformed features (model inputs, the output of the transform graph):
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Dict, Tuple
 
 FEEDBACK_TYPES: Tuple[str, ...] = ("click", "unclick", "like", "dislike")
@@ -106,13 +107,7 @@ class FeatureSpec:
     # ---- raw features ------------------------------------------------------------------------
     def raw_features(self) -> Dict[str, Tuple[str, bool]]:
         """Raw model inputs: name -> (dtype "string" | "int64", is_sequence). No label."""
-        spec: Dict[str, Tuple[str, bool]] = {name: ("string", False) for name in self.scalar_fields}
-        spec[TIMESTAMP] = ("int64", False)
-        for feedback in self.feedback_types:
-            for field in self.item_fields:
-                spec[self.history(feedback, field)] = ("string", True)
-            spec[self.history_timestamp(feedback)] = ("int64", True)
-        return spec
+        return dict(_raw_features(self))
 
     def raw_dtype(self, name: str) -> str:
         """"string", "int64" or "float" for any raw feature, label and click_prob included."""
@@ -120,8 +115,20 @@ class FeatureSpec:
             return "float"
         if name == LABEL:
             return "int64"
-        return self.raw_features()[name][0]
+        return _raw_features(self)[name][0]
 
     # ---- transformed features ----------------------------------------------------------------
     def transformed_sequence_names(self, feedback: str) -> Tuple[str, ...]:
         return tuple(self.history(feedback, f) for f in self.item_fields) + (self.history_gap(feedback),)
+
+
+@functools.lru_cache(maxsize=64)
+def _raw_features(spec: FeatureSpec) -> Dict[str, Tuple[str, bool]]:
+    """The raw features of a spec, computed once per spec (called for every value written)."""
+    features: Dict[str, Tuple[str, bool]] = {name: ("string", False) for name in spec.scalar_fields}
+    features[TIMESTAMP] = ("int64", False)
+    for feedback in spec.feedback_types:
+        for field in spec.item_fields:
+            features[spec.history(feedback, field)] = ("string", True)
+        features[spec.history_timestamp(feedback)] = ("int64", True)
+    return features

@@ -1,0 +1,636 @@
+"""Batch scoring: ``ctr-pipeline score`` runs a SavedModel over logs or raw tf.Examples with Beam.
+
+Inputs (``--input``):
+
+* interaction logs (with ``--config`` for the data format, columns, tables and sequence
+  settings): the examples are built by ``transforms.sequences.BuildExamples(split=False)``, the
+  sequence builder the pipeline trains on, so every event is scored with exactly the features
+  (behaviour histories included) training would have given it. ``--input`` replaces
+  ``data.path`` of the config (a directory, or for the generic format the events file itself).
+* TFRecord files of serialized raw tf.Examples (``*.tfrecord``, ``*.gz``, e.g. an ``Examples``
+  artifact's ``Split-*/*.gz``): each record must be a tf.Example with the raw features of the
+  model's ``serving_raw`` signature (``user_id``, ``item_id``, ``timestamp`` at least).
+
+Scoring uses Beam's ``RunInference`` with tfx_bsl's in-process SavedModel handler on the
+``serving_default`` signature (serialized raw tf.Example -> ``probability``), keyed so every
+score keeps the ids of its input row. A batch the model rejects is retried one example at a time,
+so one bad example costs only its own row.
+
+Outputs in ``--output``:
+
+* ``scores-*.jsonl`` (or ``.csv``): one row per scored input row: ``user_id``, ``item_id``,
+  ``timestamp``, ``score``, ``model``, ``model_version``.
+* ``errors-*.jsonl``: one row per input row that could not be scored: ``source``, ``reason``,
+  ``detail``, the ids when known and ``raw`` (the log line) for quarantined log rows. Reasons
+  are the quarantine reasons of ``transforms.sources``/``transforms.sequences`` for logs, and
+  ``malformed_example`` (not a tf.Example), ``missing_feature``, ``wrong_feature_type``,
+  ``wrong_value_count``, ``unreadable_tfrecord`` (the unreadable rest of a corrupt file, one row)
+  and ``model_error`` (the model refused the example).
+* ``table_quarantine-*.jsonl`` (logs only): bad rows of the items/users tables (not input rows).
+* ``counts.json``: rows in = rows scored + error rows, checked after the run (an error if not).
+
+Any Beam runner: pass pipeline options with ``--beam-arg=--runner=DataflowRunner`` (repeatable).
+Workers then need this package (``--beam-arg=--setup_file=./setup.py`` or the project's image as
+``--beam-arg=--sdk_container_image=...``) and must be able to read the model and the input.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import argparse
+import csv
+import dataclasses
+import io
+import json
+import re
+import time
+import uuid
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import apache_beam as beam
+
+SCORE_FIELDS = ("user_id", "item_id", "timestamp", "score", "model", "model_version")
+ERROR_FIELDS = ("source", "reason", "detail", "user_id", "item_id", "timestamp", "raw")
+ID_FEATURES = {"user_id": "bytes_list", "item_id": "bytes_list", "timestamp": "int64_list"}
+COUNTS_FILE = "counts.json"
+ERRORS = "errors"
+DEFAULT_SIGNATURE = "serving_default"
+RAW_SIGNATURE = "serving_raw"
+DEFAULT_OUTPUT_KEY = "probability"
+# quarantine reasons only the items/users tables produce (see transforms.sources)
+TABLE_REASONS = frozenset({"duplicate_item", "duplicate_user", "invalid_attribute", "conflicting_item_attribute"})
+# compressed files that are logs, not TFRecords (--input-format auto)
+_LOG_GZ_SUFFIXES = (".csv.gz", ".tsv.gz", ".dat.gz", ".json.gz", ".txt.gz")
+_MAX_DETAIL = 500
+_DT_FLOAT = 1  # tensorflow.DataType.DT_FLOAT
+
+
+# ---- the model -------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class ModelRef:
+    """A SavedModel directory and the name/version written beside its scores."""
+
+    path: str
+    name: str
+    version: str
+
+
+def _has_saved_model(path: str) -> bool:
+    import tensorflow as tf
+
+    return tf.io.gfile.exists(os.path.join(path, "saved_model.pb"))
+
+
+def _latest_version(model_dir: str) -> Optional[str]:
+    import tensorflow as tf
+
+    if not tf.io.gfile.isdir(model_dir):
+        return None
+    versions = [
+        entry.rstrip("/") for entry in tf.io.gfile.listdir(model_dir)
+        if entry.rstrip("/").isdigit() and _has_saved_model(os.path.join(model_dir, entry.rstrip("/")))
+    ]
+    return max(versions, key=int) if versions else None
+
+
+def resolve_model(model: str, serving_root: Optional[str] = None) -> ModelRef:
+    """``model`` is a SavedModel directory, a model directory of integer versions
+    (``<serving_root>/<name>``, newest version used) or, with ``serving_root``, ``name`` or
+    ``name@version``."""
+    path = model.rstrip("/")
+    if _has_saved_model(path):
+        base = os.path.basename(path)
+        if base == "Format-Serving":  # a TFX Model artifact: <root>/<Trainer.name>/model/<id>/Format-Serving
+            artifact = os.path.dirname(path)
+            return ModelRef(path, os.path.basename(os.path.dirname(os.path.dirname(artifact))), os.path.basename(artifact))
+        if base.isdigit():
+            return ModelRef(path, os.path.basename(os.path.dirname(path)), base)
+        return ModelRef(path, base, "")
+    latest = _latest_version(path)
+    if latest is not None:
+        return ModelRef(os.path.join(path, latest), os.path.basename(path), latest)
+    if serving_root and "/" not in model:
+        name, _, version = model.partition("@")
+        model_dir = os.path.join(serving_root, name)
+        version = version or _latest_version(model_dir)
+        if version and _has_saved_model(os.path.join(model_dir, version)):
+            return ModelRef(os.path.join(model_dir, version), name, version)
+        wanted = f"version {version}" if version else "any version"
+        raise FileNotFoundError(f"model {name!r}: {wanted} not found under {model_dir}")
+    hint = "" if serving_root else " (give --serving-root, or --config, to score a pushed model by name)"
+    raise FileNotFoundError(f"{model!r} is neither a SavedModel directory nor a directory of model versions{hint}")
+
+
+def signature_inputs(model_path: str, signature: str) -> Optional[Dict[str, Tuple[str, int]]]:
+    """name -> (tf.Example list kind, rank) of a signature's inputs; None without that signature."""
+    import tensorflow as tf
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    with tf.io.gfile.GFile(os.path.join(model_path, "saved_model.pb"), "rb") as handle:
+        saved_model = saved_model_pb2.SavedModel.FromString(handle.read())
+    kinds = {tf.string: "bytes_list", tf.int64: "int64_list", tf.float32: "float_list"}
+    for meta_graph in saved_model.meta_graphs:
+        if "serve" in meta_graph.meta_info_def.tags and signature in meta_graph.signature_def:
+            inputs = meta_graph.signature_def[signature].inputs
+            return {
+                name: (kinds.get(tf.dtypes.as_dtype(info.dtype), "unsupported"), len(info.tensor_shape.dim))
+                for name, info in inputs.items()
+            }
+    return None
+
+
+# ---- reading and checking TFRecords ------------------------------------------------------------
+def list_input_files(path: str) -> List[str]:
+    """A file, a glob, or every non-hidden file below a directory."""
+    import tensorflow as tf
+
+    if tf.io.gfile.isdir(path):
+        files = [
+            os.path.join(root, name)
+            for root, _, names in tf.io.gfile.walk(path)
+            for name in names
+            if not name.startswith((".", "_"))
+            and not any(part.startswith((".", "_")) for part in os.path.relpath(root, path).split(os.sep) if part != ".")
+        ]
+    elif any(c in path for c in "*?["):
+        files = tf.io.gfile.glob(path)
+    else:
+        files = [path] if tf.io.gfile.exists(path) else []
+    if not files:
+        raise FileNotFoundError(f"no input files at {path}")
+    return sorted(files)
+
+
+def is_tfrecord_name(path: str) -> bool:
+    name = os.path.basename(path).lower()
+    if "tfrecord" in name:
+        return True
+    return name.endswith(".gz") and not name.endswith(_LOG_GZ_SUFFIXES)
+
+
+def detect_input_format(path: str) -> str:
+    """"tfrecord" when every input file looks like a TFRecord file, "logs" when none does."""
+    files = list_input_files(path)
+    flags = {is_tfrecord_name(f) for f in files}
+    if flags == {True}:
+        return "tfrecord"
+    if flags == {False}:
+        return "logs"
+    raise ValueError(f"{path} mixes TFRecord files and other files; choose with --input-format tfrecord|logs")
+
+
+class _ReadRecords(beam.DoFn):
+    """One TFRecord file -> (source, record); the unreadable rest of a corrupt file -> one error.
+
+    Records are read in batches (eager tf.data is slow per element); after a read error the
+    last batch is read again record by record, so every readable record is still emitted.
+    """
+
+    BATCH = 512
+
+    def process(self, path: str):
+        import tensorflow as tf
+
+        errors = (tf.errors.DataLossError, tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError)
+        dataset = tf.data.TFRecordDataset(path, compression_type="GZIP" if path.endswith(".gz") else "")
+        index = 0
+        try:
+            for batch in dataset.batch(self.BATCH).as_numpy_iterator():
+                for record in batch:
+                    index += 1
+                    yield f"{path}:record {index}", record
+            return
+        except errors:
+            pass
+        try:
+            for record in dataset.skip(index).as_numpy_iterator():
+                index += 1
+                yield f"{path}:record {index}", record
+        except errors as exc:
+            yield beam.pvalue.TaggedOutput(ERRORS, error_row(
+                f"{path}:record {index + 1}", "unreadable_tfrecord",
+                f"the file cannot be read from record {index + 1} on (counted as one row): {_tf_message(exc)}",
+            ))
+
+
+def _tf_message(exc) -> str:
+    """A TensorFlow error's message without the op/function decorations."""
+    message = re.sub(r"\{\{.*?\}\}\s*", "", exc.message)
+    return re.sub(r"\s*\[Op:.*$", "", message, flags=re.DOTALL).strip()
+
+
+class _CheckExample(beam.DoFn):
+    """(source, record) -> (key, record) when it is a tf.Example the model can parse, else an error.
+
+    ``expected``: feature name -> (list kind, rank) of the model's raw inputs; rank-1 features
+    (scalars) must hold exactly one value, rank-2 ones (histories) may be absent or of any length.
+    """
+
+    def __init__(self, expected: Dict[str, Tuple[str, int]]):
+        self.expected = dict(sorted(expected.items()))
+
+    def process(self, source_record):
+        from google.protobuf.message import DecodeError
+        from tensorflow.core.example import example_pb2
+
+        source, record = source_record
+        try:
+            example = example_pb2.Example.FromString(record)
+        except (DecodeError, RuntimeWarning) as exc:
+            yield beam.pvalue.TaggedOutput(ERRORS, error_row(source, "malformed_example", f"not a serialized tf.Example: {exc}"))
+            return
+        features = example.features.feature
+        problem = _feature_problem(features, self.expected)
+        ids = _ids(features)
+        if problem:
+            yield beam.pvalue.TaggedOutput(ERRORS, error_row(source, *problem, ids=ids))
+            return
+        yield (ids[0], ids[1], ids[2], source), record
+
+
+def _feature_problem(features, expected: Dict[str, Tuple[str, int]]) -> Optional[Tuple[str, str]]:
+    for name, (kind, rank) in expected.items():
+        actual = features[name].WhichOneof("kind") if name in features else None
+        if actual is None:
+            if rank <= 1:
+                return "missing_feature", f"feature {name!r} is missing"
+            continue
+        if actual != kind:
+            return "wrong_feature_type", f"feature {name!r} is a {actual}, the model expects a {kind}"
+        if rank <= 1:
+            count = len(getattr(features[name], actual).value)
+            if count != 1:
+                return "wrong_value_count", f"feature {name!r} holds {count} values, the model expects exactly 1"
+    return None
+
+
+def _ids(features) -> Tuple[Optional[str], Optional[str], Optional[int]]:
+    def first(name, kind):
+        values = getattr(features[name], kind).value if name in features else []
+        return values[0] if len(values) else None
+
+    user, item, timestamp = (first(name, kind) for name, kind in ID_FEATURES.items())
+    decode = lambda v: v.decode("utf-8", "backslashreplace") if isinstance(v, bytes) else v
+    return decode(user), decode(item), timestamp
+
+
+# ---- rows ------------------------------------------------------------------------------------
+def error_row(source: str, reason: str, detail: str, ids=(None, None, None), raw: Optional[str] = None) -> dict:
+    user_id, item_id, timestamp = ids
+    return {
+        "source": source, "reason": reason, "detail": detail[:_MAX_DETAIL],
+        "user_id": user_id, "item_id": item_id, "timestamp": timestamp, "raw": raw,
+    }
+
+
+def _error_of_quarantine(record: dict) -> dict:
+    return error_row(record["source"], record["reason"], record["detail"], raw=record.get("raw"))
+
+
+def _is_table_record(record: dict, event_files: frozenset) -> bool:
+    """A quarantined items/users table row (not an input row): by reason, or by its file."""
+    return record["reason"] in TABLE_REASONS or record["source"].rsplit(":", 1)[0] not in event_files
+
+
+def score_of(prediction_log, output_key: str) -> float:
+    """The score of one PredictionLog written by tfx_bsl's predict handler."""
+    import numpy as np
+    import tensorflow as tf
+
+    outputs = prediction_log.predict_log.response.outputs
+    if output_key not in outputs:
+        raise KeyError(f"the signature has no output {output_key!r}; outputs: {sorted(outputs)}")
+    proto = outputs[output_key]
+    if proto.dtype == _DT_FLOAT:  # what the handler writes for a float score: fast paths
+        if len(proto.float_val) == 1:
+            return float(proto.float_val[0])
+        if len(proto.tensor_content) == 4:
+            return float(np.frombuffer(proto.tensor_content, dtype=np.float32)[0])
+    return float(np.asarray(tf.make_ndarray(proto)).reshape(-1)[0])
+
+
+def exception_message(error) -> str:
+    """A one-line message of a dead-letter ``(type, repr, traceback lines)`` from Beam."""
+    try:
+        exc_type, text, lines = error
+        text = "".join(lines[-1:]) or text
+        name = exc_type.__name__
+    except (TypeError, ValueError):
+        return str(error)
+    text = text.split(": ", 1)[1] if text.split(": ", 1)[0].endswith(name) else text
+    parts = [p.strip() for p in text.replace("Graph execution error:", "").splitlines()]
+    return f"{name}: " + " ".join(p for p in parts if p and not p.startswith("[["))
+
+
+def _csv_line(values: Sequence) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="").writerow(["" if v is None else v for v in values])
+    return buffer.getvalue()
+
+
+# ---- RunInference ------------------------------------------------------------------------------
+class ScoreExamples(beam.PTransform):
+    """(key, serialized tf.Example) -> {"scored": (key, score), "errors": error rows}.
+
+    ``key`` is ``(user_id, item_id, timestamp, source)``; it travels through RunInference with
+    its example (``KeyedModelHandler``).
+
+    A batch the model rejects is scored again one example at a time; the examples that still
+    fail become ``model_error`` rows. Both RunInference steps share one loaded model.
+    """
+
+    def __init__(self, model_path: str, signature: str = DEFAULT_SIGNATURE, output_key: str = DEFAULT_OUTPUT_KEY, max_batch_size: int = 1024):
+        super().__init__()
+        self.model_path, self.signature, self.output_key = model_path, signature, output_key
+        self.max_batch_size = max_batch_size
+
+    def _handler(self, max_batch_size: int):
+        from apache_beam.ml.inference.base import KeyedModelHandler
+        from tfx_bsl.public.beam.run_inference import CreateModelHandler
+        from tfx_bsl.public.proto import model_spec_pb2
+
+        spec = model_spec_pb2.InferenceSpecType(
+            saved_model_spec=model_spec_pb2.SavedModelSpec(model_path=self.model_path, signature_name=[self.signature]),
+            batch_parameters=model_spec_pb2.BatchParameters(min_batch_size=1, max_batch_size=max_batch_size),
+        )
+        return KeyedModelHandler(CreateModelHandler(spec))
+
+    def expand(self, keyed):
+        from apache_beam.ml.inference.base import RunInference
+
+        model_tag = f"ctr-batch-score-{uuid.uuid4().hex}"
+        output_key = self.output_key
+        scored, failed = keyed | "RunInference" >> RunInference(
+            self._handler(self.max_batch_size), model_identifier=model_tag
+        ).with_exception_handling()
+        retried, failed_alone = (
+            failed.failed_inferences
+            | "FailedBatchElements" >> beam.FlatMap(lambda batch_error: batch_error[0])
+            | "RunInferenceOneByOne" >> RunInference(self._handler(1), model_identifier=model_tag).with_exception_handling()
+        )
+
+        def model_errors(batch_error):
+            batch, error = batch_error
+            message = exception_message(error)
+            for key, _ in batch:
+                yield error_row(key[3], "model_error", message, ids=key[:3])
+
+        errors = failed_alone.failed_inferences | "ModelErrors" >> beam.FlatMap(model_errors)
+        scores = (
+            (scored, retried)
+            | "AllPredictions" >> beam.Flatten()
+            | "Score" >> beam.Map(lambda key_log: (key_log[0], score_of(key_log[1], output_key)))
+        )
+        return {"scored": scores, ERRORS: errors}
+
+
+# ---- the job ---------------------------------------------------------------------------------
+@dataclasses.dataclass
+class ScoreJob:
+    model: ModelRef
+    input_path: str
+    output_dir: str
+    input_format: str = "auto"  # auto | logs | tfrecord
+    config: Optional[object] = None  # pipeline.config.PipelineConfig; required for logs
+    output_format: str = "jsonl"  # jsonl | csv
+    num_shards: int = 0  # 0: the runner decides
+    max_batch_size: int = 1024
+    signature: str = DEFAULT_SIGNATURE
+    output_key: str = DEFAULT_OUTPUT_KEY
+    beam_args: Sequence[str] = ()
+
+
+def _log_config(config, input_path: str):
+    """The config with ``data.path`` pointing at the logs to score."""
+    import tensorflow as tf
+
+    update = {"path": input_path if "://" in input_path else os.path.abspath(input_path)}
+    if config.data.format == "generic" and not tf.io.gfile.isdir(input_path):
+        update["events"] = None  # the input is the events file itself
+    return config.model_copy(update={"data": config.data.model_copy(update=update)})
+
+
+def _model_raw_features(job: ScoreJob, spec) -> Dict[str, Tuple[str, int]]:
+    """The raw features the model parses; checked against the config's feature spec if any."""
+    if signature_inputs(job.model.path, job.signature) is None:
+        raise ValueError(f"{job.model.path}: the SavedModel has no signature {job.signature!r} (tag 'serve')")
+    expected = signature_inputs(job.model.path, RAW_SIGNATURE)
+    if spec is not None:
+        kinds = {"string": "bytes_list", "int64": "int64_list"}
+        from_spec = {name: (kinds[dtype], 2 if seq else 1) for name, (dtype, seq) in spec.raw_features().items()}
+        if expected is not None and expected != from_spec:
+            missing, extra = sorted(set(expected) - set(from_spec)), sorted(set(from_spec) - set(expected))
+            raise ValueError(
+                f"the model's raw features do not match the config's feature spec (model only: {missing}, "
+                f"config only: {extra}; or a type differs): score with the config the model was trained with"
+            )
+        expected = expected or from_spec
+    return expected if expected is not None else {name: (kind, 1) for name, kind in ID_FEATURES.items()}
+
+
+def build_scoring(pipeline: beam.Pipeline, job: ScoreJob) -> dict:
+    """Adds the scoring steps; returns the PCollections {"rows", "errors", "counts"[, "table_quarantine"]}."""
+    from transforms import sequences, sources
+    from transforms.features import FeatureSpec
+
+    input_format = detect_input_format(job.input_path) if job.input_format == "auto" else job.input_format
+    if input_format == "logs" and job.config is None:
+        raise ValueError("scoring logs needs --config (the data format, columns, tables and sequence settings)")
+    spec = FeatureSpec.from_config(job.config) if job.config is not None else None
+    expected = _model_raw_features(job, spec)
+    result = {}
+    if input_format == "logs":
+        config = _log_config(job.config, job.input_path)
+        event_files = frozenset(sources.list_event_files(config.data))
+        built = pipeline | "BuildExamples" >> sequences.BuildExamples(config, spec, split=False)
+        keyed = built[sequences.ALL] | "Key" >> beam.Map(lambda ke: ((ke[0][1], ke[0][2], int(ke[0][0]), ""), ke[1]))
+        table, logs = built[sequences.QUARANTINE] | "TableOrLog" >> beam.Partition(
+            lambda record, _: int(not _is_table_record(record, event_files)), 2
+        )
+        read_errors = logs | "QuarantineErrors" >> beam.Map(_error_of_quarantine)
+        rows_in = built["counts"] | "RowsIn" >> beam.Map(lambda counts: ("rows_in", counts["log_rows_in"]))
+        extra = built["counts"] | "SequenceCounts" >> beam.Map(lambda counts: {"sequence_builder": counts})
+        result["table_quarantine"] = table
+    else:
+        records = (
+            pipeline
+            | "InputFiles" >> beam.Create(list_input_files(job.input_path))
+            | "ReadRecords" >> beam.ParDo(_ReadRecords()).with_outputs(ERRORS, main="records")
+        )
+        checked = records.records | "Check" >> beam.ParDo(_CheckExample(expected)).with_outputs(ERRORS, main="examples")
+        keyed = checked.examples
+        read_errors = (records[ERRORS], checked[ERRORS]) | "ReadErrors" >> beam.Flatten()
+        rows_in = (
+            (records.records, records[ERRORS])
+            | "AllRecords" >> beam.Flatten()
+            | "CountIn" >> beam.combiners.Count.Globally()
+            | "RowsIn" >> beam.Map(lambda n: ("rows_in", n))
+        )
+        extra = pipeline | "NoExtra" >> beam.Create([{}])
+
+    scored = keyed | "Score" >> ScoreExamples(job.model.path, job.signature, job.output_key, job.max_batch_size)
+    name, version = job.model.name, job.model.version
+
+    def row(key_score):
+        (user_id, item_id, timestamp, _), score = key_score
+        return {"user_id": user_id, "item_id": item_id, "timestamp": timestamp, "score": score, "model": name, "model_version": version}
+
+    result["rows"] = scored["scored"] | "Rows" >> beam.Map(row)
+    result[ERRORS] = (read_errors, scored[ERRORS]) | "AllErrors" >> beam.Flatten()
+    tallies = (
+        rows_in,
+        result["rows"] | "TallyScored" >> beam.Map(lambda _: ("scored", 1)),
+        result[ERRORS] | "TallyErrors" >> beam.Map(lambda e: (f"errors.{e['reason']}", 1)),
+    ) | "Tallies" >> beam.Flatten()
+    result["counts"] = (
+        tallies
+        | "Sum" >> beam.CombinePerKey(sum)
+        | "ToDict" >> beam.combiners.ToDict()
+        | "Summarize" >> beam.Map(summarize, beam.pvalue.AsSingleton(extra), input_format, job.model)
+    )
+    return result
+
+
+def summarize(tallies: Dict[str, int], extra: dict, input_format: str, model: ModelRef) -> dict:
+    errors = {k.split(".", 1)[1]: v for k, v in sorted(tallies.items()) if k.startswith("errors.")}
+    rows_in, scored = tallies.get("rows_in", 0), tallies.get("scored", 0)
+    return {
+        "input_format": input_format,
+        "model": model.name,
+        "model_version": model.version,
+        "model_path": model.path,
+        "rows_in": rows_in,
+        "rows_scored": scored,
+        "error_rows": sum(errors.values()),
+        "errors_by_reason": errors,
+        "balanced": rows_in == scored + sum(errors.values()),
+        **extra,
+    }
+
+
+def write_outputs(result: dict, job: ScoreJob) -> None:
+    shards = {"num_shards": job.num_shards} if job.num_shards else {}
+    if job.output_format == "csv":
+        lines = result["rows"] | "ScoreCsv" >> beam.Map(lambda r: _csv_line([r[f] for f in SCORE_FIELDS]))
+        lines | "WriteScores" >> beam.io.WriteToText(
+            os.path.join(job.output_dir, "scores"), file_name_suffix=".csv", header=",".join(SCORE_FIELDS), **shards
+        )
+    else:
+        result["rows"] | "ScoreJson" >> beam.Map(json.dumps) | "WriteScores" >> beam.io.WriteToText(
+            os.path.join(job.output_dir, "scores"), file_name_suffix=".jsonl", **shards
+        )
+    result[ERRORS] | "ErrorJson" >> beam.Map(json.dumps) | "WriteErrors" >> beam.io.WriteToText(
+        os.path.join(job.output_dir, "errors"), file_name_suffix=".jsonl", **shards
+    )
+    if "table_quarantine" in result:
+        result["table_quarantine"] | "TableJson" >> beam.Map(json.dumps) | "WriteTableQuarantine" >> beam.io.WriteToText(
+            os.path.join(job.output_dir, "table_quarantine"), file_name_suffix=".jsonl"
+        )
+    result["counts"] | "CountsJson" >> beam.Map(lambda c: json.dumps(c, indent=2, sort_keys=True)) | "WriteCounts" >> beam.io.WriteToText(
+        os.path.join(job.output_dir, COUNTS_FILE), shard_name_template=""
+    )
+
+
+def default_beam_args(config=None) -> List[str]:
+    if config is not None:
+        return config.beam_pipeline_args()
+    from pipeline.config import BeamConfig
+
+    beam_config = BeamConfig()
+    return [f"--direct_running_mode={beam_config.direct_running_mode}", f"--direct_num_workers={beam_config.direct_num_workers}"]
+
+
+def score(job: ScoreJob) -> dict:
+    """Runs the scoring job to completion; returns counts.json; raises when rows do not balance."""
+    import tensorflow as tf
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    args = list(default_beam_args(job.config)) + list(job.beam_args)
+    with beam.Pipeline(options=PipelineOptions(args)) as pipeline:
+        write_outputs(build_scoring(pipeline, job), job)
+    with tf.io.gfile.GFile(os.path.join(job.output_dir, COUNTS_FILE)) as handle:
+        counts = json.load(handle)
+    check_counts(counts)
+    return counts
+
+
+def check_counts(counts: dict) -> None:
+    if not counts["balanced"]:
+        raise RuntimeError(
+            f"row accounting does not balance: rows in {counts['rows_in']:,} != scored {counts['rows_scored']:,}"
+            f" + errors {counts['error_rows']:,}: {json.dumps(counts)}"
+        )
+    builder = counts.get("sequence_builder")
+    if builder is not None and not builder["balanced"]:
+        raise RuntimeError(f"the sequence builder's row accounting does not balance: {json.dumps(builder)}")
+
+
+def format_counts(counts: dict) -> str:
+    line = (f"[score] rows in {counts['rows_in']:,} = scored {counts['rows_scored']:,} + errors {counts['error_rows']:,}"
+            f" (model {counts['model']} version {counts['model_version'] or '-'})")
+    if counts["errors_by_reason"]:
+        line += "\n[score] errors by reason: " + ", ".join(f"{k} {v:,}" for k, v in counts["errors_by_reason"].items())
+    table = counts.get("sequence_builder", {}).get("table_rows_quarantined")
+    if table:
+        line += f"\n[score] items/users table rows quarantined (not input rows): {table:,}"
+    return line
+
+
+# ---- command line ------------------------------------------------------------------------------
+def add_score_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``ctr-pipeline score``."""
+    parser.add_argument("--model", required=True,
+                        help="a SavedModel directory, a model directory of versions (<serving_root>/<name>: newest "
+                             "version), or with --serving-root/--config a model name, optionally name@version")
+    parser.add_argument("--serving-root", default=None,
+                        help="where pushed models live (<root>/<name>/<version>); default: serving_root of --config")
+    parser.add_argument("--input", required=True,
+                        help="interaction logs (directory or events file; needs --config) or TFRecord files of raw "
+                             "tf.Examples (a file, a glob or a directory of *.tfrecord / *.gz)")
+    parser.add_argument("--input-format", choices=("auto", "logs", "tfrecord"), default="auto",
+                        help="auto (default): TFRecords when every input file is named *.tfrecord* or *.gz "
+                             "(not .csv.gz/.tsv.gz/...), logs otherwise")
+    parser.add_argument("--config", default=None,
+                        help="pipeline YAML config: data format, columns, tables and sequence settings for logs; "
+                             "also the Beam options and the serving root")
+    parser.add_argument("--output", required=True, help="output directory (scores-*, errors-*, counts.json)")
+    parser.add_argument("--format", dest="output_format", choices=("jsonl", "csv"), default="jsonl",
+                        help="format of the score rows (errors are always JSON lines); default jsonl")
+    parser.add_argument("--num-shards", type=int, default=0, help="output files per output (default: runner decides)")
+    parser.add_argument("--max-batch-size", type=int, default=1024, help="largest batch per model call (default 1024)")
+    parser.add_argument("--signature", default=DEFAULT_SIGNATURE,
+                        help="SavedModel signature: serialized tf.Example in, score out (default serving_default)")
+    parser.add_argument("--output-key", default=DEFAULT_OUTPUT_KEY, help="the signature output holding the score")
+    parser.add_argument("--model-name", default=None, help="model name written in the rows (default: from the path)")
+    parser.add_argument("--model-version", default=None, help="model version written in the rows (default: from the path)")
+    parser.add_argument("--beam-arg", dest="beam_args", action="append", default=[], metavar="ARG",
+                        help="a Beam pipeline option, repeatable, e.g. --beam-arg=--runner=DataflowRunner "
+                             "(default: the config's beam options, else DirectRunner in_memory)")
+
+
+def run_score(args: argparse.Namespace) -> int:
+    config = None
+    if args.config:
+        from pipeline.config import load_config
+
+        config = load_config(args.config)
+    serving_root = args.serving_root or (config.serving_root if config is not None else None)
+    model = resolve_model(args.model, serving_root)
+    model = dataclasses.replace(
+        model, name=args.model_name or model.name, version=args.model_version if args.model_version is not None else model.version
+    )
+    job = ScoreJob(
+        model=model, input_path=args.input, output_dir=args.output, input_format=args.input_format, config=config,
+        output_format=args.output_format, num_shards=args.num_shards, max_batch_size=args.max_batch_size,
+        signature=args.signature, output_key=args.output_key, beam_args=args.beam_args,
+    )
+    print(f"[score] model {model.name} version {model.version or '-'}: {model.path}", flush=True)
+    started = time.perf_counter()
+    counts = score(job)
+    seconds = time.perf_counter() - started
+    print(format_counts(counts))
+    rate = counts["rows_in"] / seconds if seconds > 0 else 0.0
+    print(f"[score] {seconds:.1f}s ({rate:,.0f} rows/s); outputs in {args.output}", flush=True)
+    return 0

@@ -1,0 +1,247 @@
+"""Batch scoring (``serving.batch_score``): same scores as the SavedModel, every input row accounted for.
+
+One small exported model (a DNN behind a real transform graph) scores a synthetic generic CSV log
+with malformed rows appended, and TFRecords of the same examples with malformed records.
+"""
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import argparse
+import glob
+import json
+
+import apache_beam as beam
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+
+from pipeline.config import parse_config
+from serving import batch_score
+from transforms import sequences, synthetic
+from transforms.features import FeatureSpec
+
+MODEL = "dnn"
+VERSION = "7"
+# lines appended to events.csv, each quarantined with this reason
+BAD_EVENT_LINES = {
+    "u1,i2,1704070000,1,0": "wrong_column_count",
+    "u1,i2,yesterday,1,0,0,0.5": "unparsable_timestamp",
+    ",i2,1704070000,1,0,0,0.5": "missing_field",
+    "u1,i2,1704070000,7,0,0,0.5": "invalid_flag",
+}
+
+
+def _read_lines(pattern):
+    return [line for path in sorted(glob.glob(pattern)) for line in open(path, encoding="utf-8") if line.strip()]
+
+
+def _read_jsonl(pattern):
+    return [json.loads(line) for line in _read_lines(pattern)]
+
+
+def _ids(record):
+    example = tf.train.Example.FromString(record).features.feature
+    return (example["user_id"].bytes_list.value[0].decode(), example["item_id"].bytes_list.value[0].decode(),
+            example["timestamp"].int64_list.value[0])
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A synthetic log with bad rows, its config, an exported model and the examples it is scored on."""
+    import tensorflow_transform as tft
+
+    from models import registry
+    from models.export import export_serving_model
+    from models.trainer import vocabulary_sizes
+    from tests import raw_data, tft_fixture
+
+    root = tmp_path_factory.mktemp("batch_score")
+    data = str(root / "data")
+    synthetic.generate(data, num_users=30, num_items=40, events_per_user=8, days=5, seed=3)
+    events = os.path.join(data, "events.csv")
+    good_lines = _read_lines(events)[1:]
+    with open(events, "a", encoding="utf-8") as handle:
+        handle.write(good_lines[5])  # the same event twice: duplicate_event (found after reading)
+        for line in BAD_EVENT_LINES:
+            handle.write(line + "\n")
+    with open(os.path.join(data, "items.csv"), encoding="utf-8") as handle:
+        first_item = handle.readlines()[1]
+    with open(os.path.join(data, "items.csv"), "a", encoding="utf-8") as handle:
+        handle.write(first_item)  # a duplicate_item table row: not an input row of the scoring
+    config = parse_config({
+        "pipeline_name": "bs-test",
+        "pipeline_root": str(root / "runs"),
+        "serving_root": str(root / "serving"),
+        # few features keep the transform analysis and the export quick
+        "data": {**synthetic.data_config(data), "item_attributes": ["category"], "user_attributes": []},
+        "sequences": {"max_length": 6},
+        "features": {"embedding_dim": 4, "gap_buckets": 4},
+        "training": {"models": {MODEL: {}}},
+    })
+    spec = FeatureSpec.from_config(config)
+    tft_dir = tft_fixture.analyze(spec, raw_data.raw_examples(spec, users=6, events_per_user=6, seed=0))
+    tft_output = tft.TFTransformOutput(tft_dir)
+    tf_keras.utils.set_random_seed(0)
+    model = registry.build(MODEL, spec, vocabulary_sizes(tft_output, spec))
+    model_dir = export_serving_model(model, tft_output, spec, os.path.join(config.serving_root, MODEL, VERSION))
+
+    # the examples the pipeline's sequence builder makes of this log, scored by the SavedModel directly
+    with beam.Pipeline() as pipeline:
+        built = pipeline | sequences.BuildExamples(config, spec, split=False)
+        built[sequences.ALL] | "Records" >> beam.Map(lambda ke: ke[1]) | beam.io.WriteToTFRecord(
+            str(root / "examples" / "part"), file_name_suffix=".tfrecord.gz")
+        built[sequences.ALL] | "Keys" >> beam.Map(lambda ke: json.dumps(ke[0])) | beam.io.WriteToText(str(root / "keys" / "part"))
+    keys = [tuple(k) for k in map(json.loads, _read_lines(str(root / "keys" / "part*")))]
+    records = [r.numpy() for r in tf.data.TFRecordDataset(sorted(glob.glob(str(root / "examples" / "*"))), compression_type="GZIP")]
+    serve = tf.saved_model.load(model_dir).signatures["serving_default"]
+    scores = serve(examples=tf.constant(records))["probability"].numpy()
+    direct = {_ids(record): float(score) for record, score in zip(records, scores)}
+    assert len(direct) == len(records) == len(keys) == len(good_lines)
+    assert {(u, i, int(t)) for t, u, i in keys} == set(direct), "BuildExamples' keys are the examples' ids"
+    assert len(set(np.round(scores, 6))) > 10, "degenerate model: scores do not differ"
+    return {"root": root, "config": config, "spec": spec, "model_dir": model_dir, "records": records,
+            "direct": direct, "events": events, "good_lines": len(good_lines)}
+
+
+def _job(setup, input_path, output, **kwargs):
+    model = batch_score.resolve_model(MODEL, setup["config"].serving_root)
+    return batch_score.ScoreJob(model=model, input_path=input_path, output_dir=str(output), **kwargs)
+
+
+def test_logs_scores_equal_the_saved_model_and_every_row_is_accounted_for(setup, tmp_path):
+    counts = batch_score.score(_job(setup, setup["events"], tmp_path, config=setup["config"]))
+    rows = _read_jsonl(str(tmp_path / "scores-*.jsonl"))
+    errors = _read_jsonl(str(tmp_path / "errors-*.jsonl"))
+
+    scored = {(r["user_id"], r["item_id"], r["timestamp"]): r["score"] for r in rows}
+    assert len(scored) == len(rows) == setup["good_lines"]
+    assert scored.keys() == setup["direct"].keys()
+    np.testing.assert_allclose([scored[k] for k in sorted(scored)], [setup["direct"][k] for k in sorted(scored)], rtol=1e-5, atol=1e-6)
+    assert {(r["model"], r["model_version"]) for r in rows} == {(MODEL, VERSION)}
+
+    expected_reasons = sorted(list(BAD_EVENT_LINES.values()) + ["duplicate_event"])
+    assert sorted(e["reason"] for e in errors) == expected_reasons
+    assert all(e["source"].startswith(setup["events"] + ":") and e["detail"] for e in errors)
+    assert {e["raw"] for e in errors if e["reason"] != "duplicate_event"} == set(BAD_EVENT_LINES)
+    rows_in = setup["good_lines"] + 1 + len(BAD_EVENT_LINES)
+    assert counts["rows_in"] == rows_in == len(rows) + len(errors)
+    assert counts["balanced"] and counts["rows_scored"] == len(rows) and counts["error_rows"] == len(errors)
+    # the duplicate items-table row is reported apart: it is not an input row
+    table = _read_jsonl(str(tmp_path / "table_quarantine-*.jsonl"))
+    assert [t["reason"] for t in table] == ["duplicate_item"]
+    assert counts["sequence_builder"]["table_rows_quarantined"] == 1
+
+
+def test_tfrecords_with_malformed_records(setup, tmp_path):
+    """Raw tf.Example TFRecords (CSV output); bad records become error rows with their reason."""
+    good = setup["records"][:40]
+    no_user = tf.train.Example.FromString(good[0])
+    del no_user.features.feature["user_id"]
+    text_time = tf.train.Example.FromString(good[1])
+    text_time.features.feature["timestamp"].Clear()
+    text_time.features.feature["timestamp"].bytes_list.value.append(b"noon")
+    two_items = tf.train.Example.FromString(good[2])
+    two_items.features.feature["item_id"].bytes_list.value.append(b"i1")
+    bad = {
+        b"\x0a\xff\xff not a proto": "malformed_example",
+        no_user.SerializeToString(): "missing_feature",
+        text_time.SerializeToString(): "wrong_feature_type",
+        two_items.SerializeToString(): "wrong_value_count",
+    }
+    path = str(tmp_path / "in" / "part.tfrecord")
+    os.makedirs(os.path.dirname(path))
+    with tf.io.TFRecordWriter(path) as writer:
+        for record in good[:20] + list(bad) + good[20:]:
+            writer.write(record)
+    # a file whose 4th record is corrupt (data CRC): records 1-3 are scored, the rest is one error row
+    corrupt = str(tmp_path / "in" / "corrupt.tfrecord")
+    tail = setup["records"][40:45]
+    with tf.io.TFRecordWriter(corrupt) as writer:
+        for record in tail:
+            writer.write(record)
+    data = bytearray(open(corrupt, "rb").read())
+    data[sum(16 + len(r) for r in tail[:3]) + 12 + 3] ^= 0xFF  # a payload byte of record 4
+    open(corrupt, "wb").write(bytes(data))
+    bad[b"corrupt"] = "unreadable_tfrecord"
+    good = good + tail[:3]
+
+    output = tmp_path / "out"
+    counts = batch_score.score(_job(setup, str(tmp_path / "in"), output, output_format="csv"))
+
+    lines = _read_lines(str(output / "scores-*.csv"))
+    assert lines[0].strip() == ",".join(batch_score.SCORE_FIELDS)
+    rows = [dict(zip(batch_score.SCORE_FIELDS, line.strip().split(","))) for line in lines[1:]]
+    assert len(rows) == len(good)
+    for row in rows:
+        key = (row["user_id"], row["item_id"], int(row["timestamp"]))
+        assert float(row["score"]) == pytest.approx(setup["direct"][key], rel=1e-5, abs=1e-6)
+    errors = _read_jsonl(str(output / "errors-*.jsonl"))
+    assert sorted(e["reason"] for e in errors) == sorted(bad.values())
+    assert {e["source"] for e in errors} == {f"{path}:record {n}" for n in range(21, 25)} | {f"{corrupt}:record 4"}
+    assert "corrupted record" in next(e["detail"] for e in errors if e["reason"] == "unreadable_tfrecord")
+    assert counts["input_format"] == "tfrecord"
+    assert counts["rows_in"] == len(good) + len(bad) == counts["rows_scored"] + counts["error_rows"]
+
+
+def test_a_batch_the_model_rejects_costs_only_its_bad_examples(setup, tmp_path):
+    """RunInference failures: the batch is rescored one by one; only the bad example is an error."""
+    good = setup["records"][:12]
+    keyed = [(_ids(record) + (f"s{n}",), record) for n, record in enumerate(good)]
+    keyed.insert(5, (("bad", "bad", -1, "s-bad"), b"garbage"))
+    with beam.Pipeline() as pipeline:
+        out = pipeline | beam.Create(keyed) | batch_score.ScoreExamples(setup["model_dir"], max_batch_size=64)
+        out["scored"] | "S" >> beam.Map(lambda ks: json.dumps([ks[0][3], ks[1]])) | "WS" >> beam.io.WriteToText(str(tmp_path / "s"))
+        out["errors"] | "E" >> beam.Map(json.dumps) | "WE" >> beam.io.WriteToText(str(tmp_path / "e"))
+    scored = dict(json.loads(line) for line in _read_lines(str(tmp_path / "s*")))
+    errors = _read_jsonl(str(tmp_path / "e*"))
+    expected = [setup["direct"][key[:3]] for key, _ in keyed if key[3] != "s-bad"]
+    np.testing.assert_allclose([scored[f"s{n}"] for n in range(len(good))], expected, rtol=1e-5, atol=1e-6)
+    assert [(e["source"], e["reason"]) for e in errors] == [("s-bad", "model_error")]
+    assert "InvalidArgumentError" in errors[0]["detail"]
+
+
+def test_counts_that_do_not_balance_raise():
+    counts = batch_score.summarize({"rows_in": 5, "scored": 3, "errors.model_error": 1}, {}, "tfrecord",
+                                   batch_score.ModelRef("/m/1", "m", "1"))
+    assert not counts["balanced"]
+    with pytest.raises(RuntimeError, match="does not balance"):
+        batch_score.check_counts(counts)
+
+
+def test_model_resolution(setup, tmp_path):
+    root = setup["config"].serving_root
+    newer = os.path.join(root, MODEL, "10")
+    os.symlink(setup["model_dir"], newer)
+    try:
+        assert batch_score.resolve_model(os.path.join(root, MODEL)) == batch_score.ModelRef(newer, MODEL, "10")
+        assert batch_score.resolve_model(MODEL, root).version == "10"  # numeric order, not text order
+        assert batch_score.resolve_model(f"{MODEL}@{VERSION}", root) == batch_score.ModelRef(setup["model_dir"], MODEL, VERSION)
+        assert batch_score.resolve_model(setup["model_dir"]) == batch_score.ModelRef(setup["model_dir"], MODEL, VERSION)
+        with pytest.raises(FileNotFoundError, match="version 3 not found"):
+            batch_score.resolve_model(f"{MODEL}@3", root)
+        with pytest.raises(FileNotFoundError, match="--serving-root"):
+            batch_score.resolve_model(MODEL)
+    finally:
+        os.remove(newer)
+
+
+def test_input_checks(setup, tmp_path):
+    with pytest.raises(ValueError, match="needs --config"):
+        batch_score.score(_job(setup, setup["events"], tmp_path))
+    other = setup["config"].model_copy(update={"data": setup["config"].data.model_copy(update={"item_attributes": ["brand"]})})
+    with pytest.raises(ValueError, match="do not match the config"):
+        batch_score.score(_job(setup, setup["events"], tmp_path, config=other))
+    assert batch_score.is_tfrecord_name("data_tfrecord-00000-of-00001.gz")
+    assert batch_score.is_tfrecord_name("x.tfrecord")
+    assert not batch_score.is_tfrecord_name("events.csv.gz")
+
+
+def test_cli_arguments(setup):
+    parser = argparse.ArgumentParser()
+    batch_score.add_score_arguments(parser)
+    args = parser.parse_args(["--model", "dnn@3", "--serving-root", "/s", "--input", "x", "--output", "o",
+                              "--beam-arg=--runner=DirectRunner", "--beam-arg=--direct_num_workers=2"])
+    assert args.beam_args == ["--runner=DirectRunner", "--direct_num_workers=2"]
+    assert args.output_format == "jsonl" and args.input_format == "auto"

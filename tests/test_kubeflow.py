@@ -1,0 +1,150 @@
+"""``ctr-pipeline compile --runner kubeflow``: the KFP v2 spec of the demo config, compiled offline."""
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import argparse
+import json
+import re
+
+import pytest
+import yaml
+
+from pipeline import kubeflow
+from transforms import synthetic
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEMO = os.path.join(HERE, os.pardir, "configs", "demo.yaml")
+IMAGE = "registry.example.com/ctr-pipeline:1.2.3"
+GPUS = 2
+# KFP v2's rule for custom artifact type titles (tfx.orchestration.kubeflow.v2.compiler_utils)
+TITLE = re.compile(r"^[a-z][a-z0-9-_]{2,20}[.][A-Z][a-zA-Z0-9-_]{2,49}$")
+
+
+def _compile_args(**overrides):
+    parser = argparse.ArgumentParser()
+    kubeflow.add_compile_arguments(parser)
+    argv = []
+    for key, value in {"runner": "kubeflow", "image": IMAGE, **overrides}.items():
+        argv += [f"--{key.replace('_', '-')}", str(value)]
+    return parser.parse_args(argv)
+
+
+@pytest.fixture(scope="module")
+def demo_config_file(tmp_path_factory):
+    """configs/demo.yaml with its data pointed at a small synthetic dataset."""
+    root = tmp_path_factory.mktemp("kubeflow")
+    synthetic.generate(str(root / "data"), num_users=20, num_items=30, events_per_user=5, days=3)
+    with open(DEMO, encoding="utf-8") as handle:
+        raw = yaml.safe_load(handle)
+    raw["data"]["path"] = str(root / "data")
+    raw["pipeline_root"] = "gs://bucket/ctr/root"
+    raw["serving_root"] = "gs://bucket/ctr/serving"
+    path = root / "demo.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path), raw
+
+
+@pytest.fixture(scope="module")
+def spec(demo_config_file, tmp_path_factory):
+    output = tmp_path_factory.mktemp("spec") / "pipeline.json"
+    assert kubeflow.run_compile(_compile_args(config=demo_config_file[0], output=output, gpus=GPUS)) == 0
+    with open(output, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def _tasks(spec):
+    return spec["pipelineSpec"]["root"]["dag"]["tasks"]
+
+
+def _upstream(spec):
+    """Task -> every task it (transitively) depends on."""
+    direct = {name: set(task.get("dependentTasks", [])) for name, task in _tasks(spec).items()}
+    closed = {}
+
+    def visit(name):
+        if name not in closed:
+            closed[name] = set()
+            for parent in direct[name]:
+                closed[name] |= {parent} | visit(parent)
+        return closed[name]
+
+    for name in direct:
+        visit(name)
+    return closed
+
+
+def _parameter(spec, task, name):
+    return _tasks(spec)[task]["inputs"]["parameters"][name]["runtimeValue"]["constantValue"]
+
+
+def test_components_and_their_order(spec, demo_config_file):
+    tasks = _tasks(spec)
+    models = list(demo_config_file[1]["training"]["models"])
+    assert spec["pipelineSpec"]["pipelineInfo"]["name"] == demo_config_file[1]["pipeline_name"]
+    shared = ["SequenceExampleGen", "StatisticsGen", "ExampleValidator", "AnomalyGate", "Transform"]
+    per_model = ["Trainer", "WarmupRequests", "Evaluator", "ThresholdCheck", "Pusher", "ModelsConfig"]
+    expected = set(shared) | {"FeatureSpecSchemaGen"} | {f"{c}.{m}" for c in per_model for m in models}
+    assert expected <= set(tasks)
+    upstream = _upstream(spec)
+    assert not upstream["SequenceExampleGen"]
+    for model in models:
+        chain = shared + [f"Trainer.{model}", f"WarmupRequests.{model}", f"Evaluator.{model}", f"Pusher.{model}", f"ModelsConfig.{model}"]
+        for before, after in zip(chain, chain[1:]):
+            assert before in upstream[after], f"{before} must run before {after}"
+        assert f"Evaluator.{model}" in upstream[f"ThresholdCheck.{model}"]
+        other = [m for m in models if m != model]
+        assert not any(f"Trainer.{o}" in upstream[f"Pusher.{model}"] for o in other), "models are independent"
+    assert "FeatureSpecSchemaGen" in upstream["Transform"]
+
+
+def test_every_executor_runs_the_image(spec):
+    executors = spec["pipelineSpec"]["deploymentSpec"]["executors"]
+    containers = {name: e["container"] for name, e in executors.items() if "container" in e}
+    resolvers = set(executors) - set(containers)
+    assert all(e.get("resolver") is not None for n, e in executors.items() if n in resolvers)
+    assert all(name.startswith("LatestBlessedModel.") for name in resolvers)  # resolvers run in the KFP backend
+    assert len(containers) >= 14
+    for name, container in containers.items():
+        assert container["image"] == IMAGE, name
+        assert container["command"][-1] == "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"
+
+
+def test_parameters_name_code_baked_into_the_image(spec):
+    assert _parameter(spec, "Trainer.dnn", "run_fn") == {"stringValue": "models.trainer.run_fn"}
+    assert _parameter(spec, "Trainer.din", "run_fn") == {"stringValue": "models.trainer.run_fn"}
+    assert _parameter(spec, "Transform", "preprocessing_fn") == {"stringValue": "transforms.preprocessing.preprocessing_fn"}
+    custom = json.loads(_parameter(spec, "Trainer.din", "custom_config")["stringValue"])
+    assert custom["model_name"] == "din" and custom["feature_spec"]["max_length"] == 20
+    config = json.loads(_parameter(spec, "SequenceExampleGen", "config_json")["stringValue"])
+    assert config["pipeline_root"] == "gs://bucket/ctr/root"
+    assert spec["runtimeConfig"]["gcsOutputDirectory"] == "gs://bucket/ctr/root"
+    assert "module_file" not in json.dumps(spec)
+
+
+def test_custom_artifact_types_are_importable_by_their_title(spec):
+    """KFP v2 imports a custom artifact class by its schema title at run time."""
+    from tfx.utils import import_utils
+
+    titles = set(re.findall(r"title: ([\w.\-]+)", json.dumps(spec)))
+    custom = {t for t in titles if not t.startswith("tfx.")}
+    assert custom, "the quarantine artifact is a custom type"
+    for title in custom:
+        assert TITLE.fullmatch(title), title
+        assert import_utils.import_class_by_path(title).TYPE_NAME == title
+
+
+def test_gpus_are_requested_for_the_trainers_only(spec):
+    executors = spec["pipelineSpec"]["deploymentSpec"]["executors"]
+    for name, executor in executors.items():
+        resources = executor.get("container", {}).get("resources")
+        if name.startswith("Trainer."):
+            assert resources == {"accelerator": {"count": str(GPUS), "type": kubeflow.DEFAULT_GPU_TYPE}}, name
+        else:
+            assert not resources, name
+
+
+def test_only_kubeflow_is_supported(demo_config_file, tmp_path):
+    with pytest.raises(ValueError, match="supported: kubeflow"):
+        kubeflow.run_compile(_compile_args(runner="airflow", config=demo_config_file[0], output=tmp_path / "x.json"))
+    assert not (tmp_path / "x.json").exists()
