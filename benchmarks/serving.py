@@ -20,7 +20,8 @@ Per model:
     decode, signature call, response), the signature call alone, and for ``serving_default``
     the ``transform_features`` signature (parse + transform, no model);
   * throughput at 1, 8 and 32 concurrent clients (threads with their own channels), requests/s
-    and candidates/s, with the server's CPU time per request;
+    and candidates/s, with the server's CPU time per request and the machine's idle CPU (on a
+    shared machine: was the server short of CPU or of parallelism?);
   * a hot swap: in the middle of the run at the highest concurrency, version+1 is pushed (a copy
     of the served version, written as TFX's Pusher writes it: saved_model.pb last). The run
     reports when responses switched version and how many requests failed.
@@ -135,6 +136,16 @@ def _process_cpu_seconds(pid: int) -> Optional[float]:
         return None
 
 
+def _cpu_times() -> Optional[Tuple[float, float]]:
+    """(idle, total) jiffies of the whole machine (Linux /proc/stat)."""
+    try:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        return float(values[3] + values[4]), float(sum(values[:8]))  # idle + iowait
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 # ---- the model base -------------------------------------------------------------------------
 def _versions(model_dir: str) -> List[int]:
     return sorted(
@@ -242,7 +253,8 @@ class Server:
             if match:
                 return int(match.group(1))
             if self.process.poll() is not None:
-                raise RuntimeError(f"the server exited ({self.process.returncode}):\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"the server exited ({self.process.returncode}):\n{self.log_tail()}")
             time.sleep(0.2)
         raise RuntimeError(f"the server did not start within {timeout:.0f} s:\n{self.log_tail()}")
 
@@ -463,7 +475,8 @@ def measure_throughput(address: str, pool: RequestPool, clients: int, duration: 
     for t in threads:
         t.start()
     load = os.getloadavg()[0]
-    cpu_before, own_before = server.cpu_seconds(), time.process_time()
+    cpu_before, own_before, machine_before = (server.cpu_seconds(), time.process_time(),
+                                              _cpu_times())
     start_barrier.wait()
     t0 = time.perf_counter()
     swap_info: Dict[str, object] = {}
@@ -496,7 +509,7 @@ def measure_throughput(address: str, pool: RequestPool, clients: int, duration: 
     for t in threads:
         t.join(timeout=120)
     elapsed = time.perf_counter() - t0
-    cpu_after, own_after = server.cpu_seconds(), time.process_time()
+    cpu_after, own_after, machine_after = server.cpu_seconds(), time.process_time(), _cpu_times()
     for channel in channels:
         channel.close()
 
@@ -519,6 +532,11 @@ def measure_throughput(address: str, pool: RequestPool, clients: int, duration: 
     if cpu_before is not None and cpu_after is not None and ok:
         result["server_cpu_ms_per_request"] = round((cpu_after - cpu_before) * 1000 / len(ok), 2)
         result["server_cpu_cores_busy"] = round((cpu_after - cpu_before) / elapsed, 2)
+    if machine_before is not None and machine_after is not None:
+        total = machine_after[1] - machine_before[1]
+        if total > 0:  # idle CPU of the machine: is the server short of CPU or of parallelism?
+            result["machine_idle_percent"] = round(
+                100 * (machine_after[0] - machine_before[0]) / total, 1)
     if ok:
         result["client_cpu_ms_per_request"] = round((own_after - own_before) * 1000 / len(ok), 2)
     if swap is not None:
@@ -715,8 +733,8 @@ def render_markdown(result: Dict[str, object]) -> str:
         "## Throughput (N clients, each its own channel, back to back)",
         "",
         "| model | clients | candidates/request | requests/s | candidates/s | p50 ms | p99 ms | "
-        "server CPU ms/request | server cores busy | failures | load |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "server CPU ms/request | server cores busy | machine idle % | failures | load |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in result["models"].items():
         for row in r["throughput"]:
@@ -726,7 +744,9 @@ def render_markdown(result: Dict[str, object]) -> str:
                 f"| {name} | {row['clients']}{swap} | {row['candidates_per_request']} | "
                 f"{row['requests_per_s']} | {row['candidates_per_s']} | {lat.get('p50', 0):.2f} | "
                 f"{lat.get('p99', 0):.2f} | {row.get('server_cpu_ms_per_request', '-')} | "
-                f"{row.get('server_cpu_cores_busy', '-')} | {row['failures']} | {row['load_1min']} |")
+                f"{row.get('server_cpu_cores_busy', '-')} | "
+                f"{row.get('machine_idle_percent', '-')} | "
+                f"{row['failures']} | {row['load_1min']} |")
     lines += ["", "## Hot swap under load", ""]
     for name, r in result["models"].items():
         s = r["swap"]
