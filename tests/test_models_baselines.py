@@ -54,7 +54,3 @@ def test_a_loss_term_cannot_be_skipped_or_smuggled(cls):
     with pytest.raises(ValueError, match="loss terms declared"):
         model.compute_loss((features, labels), training=True)
 
-
-@pytest.mark.parametrize("name", ["dnn", "din"])
-def test_saved_model_round_trip(name, tmp_path):
-    h.assert_export_roundtrip(name, tmp_dir=str(tmp_path))
