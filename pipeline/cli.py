@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline import kubeflow
     from serving import batch_score, client, server
 
-    parser = argparse.ArgumentParser(prog="ctr-pipeline", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="ctr-pipeline", description="TFX pipeline for CTR prediction from user behaviour sequences.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the TFX pipeline locally (LocalDagRunner, Beam DirectRunner)")
