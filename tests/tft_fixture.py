@@ -20,9 +20,9 @@ def _feature_spec(spec: FeatureSpec):
     return schema_utils.schema_as_feature_spec(raw_schema(spec, with_click_prob=True)).feature_spec
 
 
-def as_instance(example: dict, spec: FeatureSpec) -> dict:
+def as_instance(example: dict, names) -> dict:
     """A raw feature dict in the instance-dict format tf.Transform's Beam API takes."""
-    return {name: example[name] if isinstance(example[name], list) else [example[name]] for name in _feature_spec(spec)}
+    return {name: example[name] if isinstance(example[name], list) else [example[name]] for name in names}
 
 
 def analyze(spec: FeatureSpec, train: list, output_dir: str = None) -> str:
@@ -31,7 +31,8 @@ def analyze(spec: FeatureSpec, train: list, output_dir: str = None) -> str:
     metadata = dataset_metadata.DatasetMetadata(raw_schema(spec, with_click_prob=True))
     config = {preprocessing.SPEC_KEY: spec.to_dict()}
     with beam.Pipeline() as pipeline, tft_beam.Context(temp_dir=os.path.join(output_dir, "tmp"), force_tf_compat_v1=False):
-        rows = pipeline | beam.Create([as_instance(e, spec) for e in train])
+        names = list(_feature_spec(spec))
+        rows = pipeline | beam.Create([as_instance(e, names) for e in train])
         transform_fn = (rows, metadata) | tft_beam.AnalyzeDataset(lambda inputs: preprocessing.preprocessing_fn(inputs, config))
         _ = transform_fn | tft_beam.WriteTransformFn(output_dir)
     # the raw schema beside the graph, as TFX's Transform writes it (read by raw_feature_spec())
