@@ -182,7 +182,6 @@ def assert_export_roundtrip(name: str, params=None, tmp_dir: str = None):
     from models.export import SERVING_DEFAULT, SERVING_RAW, export_serving_model
     from models.trainer import vocabulary_sizes
     from tests import raw_data, tft_fixture
-    from transforms.sequences import to_tf_example
 
     tft_dir = transform_dir()
     tft_output = tft.TFTransformOutput(tft_dir)
@@ -194,7 +193,7 @@ def assert_export_roundtrip(name: str, params=None, tmp_dir: str = None):
     expected = model({k: tf.constant(v) for k, v in transformed.items()}, training=False)["probability"].numpy()
     export_dir = export_serving_model(model, tft_output, SPEC, os.path.join(tmp_dir or tempfile.mkdtemp(), name))
     loaded = tf.saved_model.load(export_dir)
-    serialized = tf.constant([to_tf_example({k: v for k, v in e.items() if k != LABEL}, SPEC) for e in examples])
+    serialized = tf.constant([raw_data.to_tf_example({k: v for k, v in e.items() if k != LABEL}, SPEC) for e in examples])
     from_examples = loaded.signatures[SERVING_DEFAULT](examples=serialized)["probability"].numpy()
     from_raw = loaded.signatures[SERVING_RAW](**dense_raw_tensors(examples))["probability"].numpy()
     np.testing.assert_allclose(from_examples, expected, rtol=1e-5, atol=1e-6)

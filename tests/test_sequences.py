@@ -39,20 +39,39 @@ def _windowed_examples(events, window_seconds, spec=SPEC):
     examples = []
     for key, group in window_events.items():
         joined = (key, {"events": [group], "carry": [carried[key]]})
-        examples += [features for _, features in sequences._examples_of_window(joined, spec, None)]
+        for (timestamp, user, item), serialized in sequences._examples_of_window(joined, spec, None):
+            features = _decoded(serialized)
+            assert (features["timestamp"], features["user_id"], features["item_id"]) == (timestamp, user, item)
+            examples.append(features)
     return examples
 
 
+def _decoded(serialized: bytes) -> dict:
+    """A serialized tf.Example as a dict: scalars as values, history features as lists."""
+    decoded = {}
+    for name, feature in tf.train.Example.FromString(serialized).features.feature.items():
+        values = list(getattr(feature, feature.WhichOneof("kind")).value)
+        values = [v.decode() if isinstance(v, bytes) else v for v in values]
+        decoded[name] = values if name.startswith("hist_") else values[0]
+    return decoded
+
+
 def _reference(events, spec=SPEC):
-    """Every user's whole history in one pass: what the windowed builder must reproduce."""
+    """Histories by definition, event by event: the last T events of each feedback type strictly
+    before the example, in (timestamp, item_id) order. What the windowed builder must reproduce."""
     examples = []
-    by_user = collections.defaultdict(list)
-    for e in events:
-        by_user[e["user_id"]].append(e)
-    for user, user_events in by_user.items():
-        state = hist.HistoryState(spec.max_length)
-        for event, histories in hist.examples_with_histories(sorted(user_events, key=hist.event_order_key), state):
-            examples.append((user, event["item_id"], event["timestamp"], hist.history_features(spec, histories)))
+    for event in events:
+        earlier = sorted(
+            (e for e in events if e["user_id"] == event["user_id"] and e["timestamp"] < event["timestamp"]),
+            key=lambda e: (e["timestamp"], e["item_id"]),
+        )
+        histories = {}
+        for kind in spec.feedback_types:
+            chosen = [e for e in earlier if kind in hist.feedback_types_of(e)][-spec.max_length:]
+            for field in spec.item_fields:
+                histories[spec.history(kind, field)] = [e[field] for e in chosen]
+            histories[spec.history_timestamp(kind)] = [e["timestamp"] for e in chosen]
+        examples.append((event["user_id"], event["item_id"], event["timestamp"], histories))
     return sorted(examples, key=lambda e: (e[0], e[2], e[1]))
 
 

@@ -13,7 +13,7 @@ from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io, sche
 from transforms import preprocessing
 from transforms.features import FeatureSpec
 from transforms.schema import raw_schema
-from transforms.sequences import to_tf_example
+from tests.raw_data import to_tf_example
 
 
 def _feature_spec(spec: FeatureSpec):

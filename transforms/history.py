@@ -1,4 +1,4 @@
-"""Behaviour histories of one user, in plain Python.
+"""Behaviour histories of one user (numpy, vectorised over the times asked for).
 
 The single implementation of "the most recent T items of each feedback type strictly before t":
 the Beam sequence builder (training, batch scoring) and the serving client both call it, so the
@@ -10,8 +10,10 @@ An event is a mapping with ``item_id``, ``timestamp`` (int seconds), ``clicked``
 from __future__ import annotations
 
 import collections
-import itertools
-from typing import Deque, Dict, Iterable, Iterator, List, Mapping, Sequence, Tuple
+import dataclasses
+from typing import Deque, Dict, Iterable, List, Mapping, Sequence, Tuple
+
+import numpy as np
 
 from transforms.features import FEEDBACK_TYPES, TIMESTAMP, FeatureSpec
 
@@ -71,40 +73,57 @@ class HistoryState:
         return {kind: list(events) for kind, events in self.recent.items()}
 
 
-def examples_with_histories(
-    sorted_events: Iterable[Event], state: HistoryState
-) -> Iterator[Tuple[Event, Dict[str, List[Event]]]]:
-    """Yields (event, histories) for events sorted by ``event_order_key``.
+@dataclasses.dataclass(frozen=True)
+class Ragged:
+    """Variable-length rows: row ``i`` is ``values[offsets[i]:offsets[i + 1]]``."""
 
-    ``state`` holds the user's earlier events (it is updated in place). Events sharing a
-    timestamp all see the same history: none of them sees another (no same-second leakage).
+    values: np.ndarray
+    offsets: np.ndarray  # int32, one more than there are rows
+
+    def row(self, index: int) -> list:
+        return self.values[self.offsets[index]:self.offsets[index + 1]].tolist()
+
+
+def histories_at(spec: FeatureSpec, past: Mapping[str, Sequence[Event]], times: np.ndarray) -> Dict[str, Ragged]:
+    """Raw sequence features (``hist_<fb>_<field>``, ``hist_<fb>_timestamp``) at each of ``times``.
+
+    ``past[fb]``: the user's events of feedback type ``fb`` in ``event_order_key`` order (at least
+    the last ``max_length`` before the earliest time). The history at time t holds the most recent
+    ``max_length`` of them with a timestamp strictly before t, most recent last: events of the
+    same second never see each other. Vectorised over ``times``: one numpy gather per feature.
     """
-    for _, same_second in itertools.groupby(sorted_events, key=lambda e: int(e[TIMESTAMP])):
-        group = list(same_second)
-        histories = state.snapshot()
-        for event in group:
-            yield event, histories
-        state.extend(group)
-
-
-def history_features(spec: FeatureSpec, histories: Mapping[str, Sequence[Event]]) -> Dict[str, list]:
-    """Raw sequence features (``hist_<fb>_<field>``, ``hist_<fb>_timestamp``), most recent last."""
-    features: Dict[str, list] = {}
+    times = np.asarray(times, dtype=np.int64)
+    features: Dict[str, Ragged] = {}
     for kind in spec.feedback_types:
-        events = histories.get(kind, ())
+        events = past.get(kind, ())
+        stamps = np.fromiter((int(e[TIMESTAMP]) for e in events), dtype=np.int64, count=len(events))
+        ends = np.searchsorted(stamps, times, side="left")  # events strictly before each time
+        starts = np.maximum(ends - spec.max_length, 0)
+        lengths = ends - starts
+        offsets = np.zeros(len(times) + 1, dtype=np.int32)
+        np.cumsum(lengths, out=offsets[1:])
+        take = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
         for field in spec.item_fields:
-            features[spec.history(kind, field)] = [str(e.get(field, "")) for e in events]
-        features[spec.history_timestamp(kind)] = [int(e[TIMESTAMP]) for e in events]
+            values = np.array([str(e.get(field, "")) for e in events], dtype=object)
+            features[spec.history(kind, field)] = Ragged(values[take], offsets)
+        features[spec.history_timestamp(kind)] = Ragged(stamps[take], offsets)
     return features
 
 
-def user_histories_at(
-    spec: FeatureSpec, events: Iterable[Event], timestamp: int
-) -> Dict[str, list]:
+def split_by_feedback(spec: FeatureSpec, sorted_events: Iterable[Event]) -> Dict[str, List[Event]]:
+    """The events of each feedback type, keeping their order."""
+    by_kind: Dict[str, List[Event]] = {kind: [] for kind in spec.feedback_types}
+    for event in sorted_events:
+        for kind in feedback_types_of(event):
+            if kind in by_kind:
+                by_kind[kind].append(event)
+    return by_kind
+
+
+def user_histories_at(spec: FeatureSpec, events: Iterable[Event], timestamp: int) -> Dict[str, list]:
     """Raw sequence features of a user at ``timestamp`` from their (unsorted) past events.
 
     Only events strictly before ``timestamp`` count. Used by the serving client.
     """
-    state = HistoryState(spec.max_length, spec.feedback_types)
-    state.extend(sorted((e for e in events if int(e[TIMESTAMP]) < timestamp), key=event_order_key))
-    return history_features(spec, state.snapshot())
+    past = split_by_feedback(spec, sorted(events, key=event_order_key))
+    return {name: ragged.row(0) for name, ragged in histories_at(spec, past, np.array([timestamp])).items()}

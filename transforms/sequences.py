@@ -24,6 +24,9 @@ import os
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+from tfx_bsl.coders import example_coder
 
 from transforms import history as hist
 from transforms import sources
@@ -114,39 +117,41 @@ def _carried_states(user_tails, spec: FeatureSpec):
 
 
 def _examples_of_window(joined, spec: FeatureSpec, users: Optional[dict]):
-    """(sort key, raw feature dict) for every event of one (user, window)."""
+    """((timestamp, user_id, item_id), serialized raw tf.Example) for every event of one (user, window).
+
+    Columnar: the window's histories come from one vectorised ``history.histories_at`` call, the
+    examples from one C++ encoding of the window's Arrow record batch (tfx_bsl).
+    """
     (user, _), groups = joined
     (events,) = groups["events"]
     (carry,) = groups["carry"] or [{}]
-    state = hist.HistoryState.from_snapshot(carry, spec.max_length, spec.feedback_types)
+    past = {kind: list(carry.get(kind, ())) + window for kind, window in hist.split_by_feedback(spec, events).items()}
+    times = np.fromiter((int(e[TIMESTAMP]) for e in events), dtype=np.int64, count=len(events))
     profile = (users or {}).get(user, {})
-    for event, histories in hist.examples_with_histories(events, state):
-        features = {"user_id": user, **{f: profile.get(f, "") for f in spec.user_fields[1:]}}
-        features.update({f: str(event.get(f, "")) for f in spec.item_fields})
-        features[TIMESTAMP] = int(event[TIMESTAMP])
-        features[LABEL] = int(event["clicked"])
-        if event.get(CLICK_PROB) is not None:
-            features[CLICK_PROB] = float(event[CLICK_PROB])
-        features.update(hist.history_features(spec, histories))
-        yield (features[TIMESTAMP], user, features["item_id"]), features
+    columns = {name: _scalar_column([value] * len(events), "string") for name, value in (
+        ("user_id", user), *((f, profile.get(f, "")) for f in spec.user_fields[1:])
+    )}
+    for field in spec.item_fields:
+        columns[field] = _scalar_column([str(e.get(field, "")) for e in events], "string")
+    columns[TIMESTAMP] = _scalar_column(times, "int64")
+    columns[LABEL] = _scalar_column([int(e["clicked"]) for e in events], "int64")
+    if any(e.get(CLICK_PROB) is not None for e in events):
+        columns[CLICK_PROB] = pa.array([[] if e.get(CLICK_PROB) is None else [float(e[CLICK_PROB])] for e in events],
+                                       type=pa.list_(pa.float32()))
+    for name, ragged in hist.histories_at(spec, past, times).items():
+        columns[name] = pa.ListArray.from_arrays(pa.array(ragged.offsets), pa.array(ragged.values, type=_ARROW_TYPES[spec.raw_dtype(name)]))
+    serialized = example_coder.RecordBatchToExamples(pa.RecordBatch.from_arrays(list(columns.values()), list(columns)))
+    for event, example in zip(events, serialized):
+        yield (int(event[TIMESTAMP]), user, str(event["item_id"])), example
 
 
-def to_tf_example(features: Dict[str, object], spec: FeatureSpec) -> bytes:
-    """Serializes a raw feature dict (values or lists of values) as a tf.Example."""
-    from tensorflow.core.example import example_pb2, feature_pb2
+_ARROW_TYPES = {"string": pa.binary(), "int64": pa.int64()}
 
-    def feature(name, value):
-        values = value if isinstance(value, list) else [value]
-        dtype = spec.raw_dtype(name)
-        if dtype == "string":
-            return feature_pb2.Feature(bytes_list=feature_pb2.BytesList(value=[str(v).encode("utf-8") for v in values]))
-        if dtype == "float":
-            return feature_pb2.Feature(float_list=feature_pb2.FloatList(value=values))
-        return feature_pb2.Feature(int64_list=feature_pb2.Int64List(value=values))
 
-    return example_pb2.Example(
-        features=feature_pb2.Features(feature={k: feature(k, v) for k, v in features.items()})
-    ).SerializeToString()
+def _scalar_column(values, dtype: str) -> pa.Array:
+    """One value per row, as the one-element lists a tf.Example feature holds."""
+    offsets = pa.array(np.arange(len(values) + 1, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(values, type=_ARROW_TYPES[dtype]))
 
 
 # ---- splits --------------------------------------------------------------------------------------
@@ -266,7 +271,7 @@ class BuildExamples(beam.PTransform):
             )
         )
         if not self.split:
-            outputs = {ALL: keyed | "SerializeAll" >> beam.Map(lambda ke: (ke[0], to_tf_example(ke[1], self.spec)))}
+            outputs = {ALL: keyed}
             return self._with_quarantine_and_counts(pipeline, read, windows, outputs, item_rows + user_rows)
         split = self.config.split
         if split.method == "time":
@@ -274,13 +279,10 @@ class BuildExamples(beam.PTransform):
         else:
             fractions = (split.train, split.eval, split.test)
             assigned = keyed | "SplitByUser" >> beam.Map(
-                lambda ke: (user_split(ke[1]["user_id"], fractions, split.seed), ke[1])
+                lambda ke: (user_split(ke[0][1], fractions, split.seed), ke[1])
             )
         parts = assigned | "Partition" >> beam.Partition(lambda se, _: se[0], len(SPLITS))
-        outputs = {
-            name: parts[i] | f"Serialize{name}" >> beam.Map(lambda se: to_tf_example(se[1], self.spec))
-            for i, name in enumerate(SPLITS)
-        }
+        outputs = {name: parts[i] | f"Examples{name}" >> beam.Map(lambda se: se[1]) for i, name in enumerate(SPLITS)}
         return self._with_quarantine_and_counts(pipeline, read, windows, outputs, item_rows + user_rows)
 
     def _with_quarantine_and_counts(self, pipeline, read, windows, outputs, table_rows):
