@@ -1,10 +1,14 @@
-"""SavedModel export: the model behind the transform graph, with three signatures.
+"""SavedModel export: the model behind the transform graph, with four signatures.
 
 - ``serving_default``: ``examples`` (serialized tf.Example of RAW features) -> ``probability``.
 - ``serving_raw``: one tensor per raw feature (``FeatureSpec.raw_features``): scalars [B],
   histories [B, L] padded anywhere with ``hist_<fb>_item_id == ""`` -> ``probability``.
+- ``serving_candidates``: one user, many candidates: the user's fields and ``timestamp`` [1],
+  histories [1, L] (padded as in ``serving_raw``), the candidates' item fields [N] ->
+  ``probability`` [N]. The user's histories are sent and transformed once, not N times. Its
+  inputs do not share a batch dimension, so TF Serving's server-side batching does not apply.
 - ``transform_features``: serialized examples -> transformed features (used by TFMA).
-Both prediction signatures run the same transform graph and the same model call
+The prediction signatures run the same transform graph and the same model call
 (``training=False``: no dropout, no noise, no memory writes).
 """
 from __future__ import annotations
@@ -19,7 +23,8 @@ import tensorflow as tf
 
 from transforms.features import CLICK_PROB, LABEL, FeatureSpec
 
-SERVING_DEFAULT, SERVING_RAW, TRANSFORM_FEATURES = "serving_default", "serving_raw", "transform_features"
+SERVING_DEFAULT, SERVING_RAW, SERVING_CANDIDATES = "serving_default", "serving_raw", "serving_candidates"
+TRANSFORM_FEATURES = "transform_features"
 _DTYPES = {"string": tf.string, "int64": tf.int64}
 
 
@@ -28,6 +33,15 @@ def raw_input_signature(spec: FeatureSpec) -> Dict[str, tf.TensorSpec]:
         name: tf.TensorSpec([None, None] if is_sequence else [None], _DTYPES[dtype], name=name)
         for name, (dtype, is_sequence) in spec.raw_features().items()
     }
+
+
+def candidates_input_signature(spec: FeatureSpec) -> Dict[str, tf.TensorSpec]:
+    """User-level inputs (user fields, timestamp, histories) for one user; item fields per candidate."""
+    signature = {}
+    for name, (dtype, is_sequence) in spec.raw_features().items():
+        shape = [None] if name in spec.item_fields else [1, None] if is_sequence else [1]
+        signature[name] = tf.TensorSpec(shape, _DTYPES[dtype], name=name)
+    return signature
 
 
 def raw_tensors_to_parsed(spec: FeatureSpec, tensors: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
@@ -54,9 +68,35 @@ class _ServingModule(tf.Module):
         self.serving_spec = {k: v for k, v in self.full_spec.items() if k != LABEL}
 
     def _predict(self, parsed):
-        transformed = self.tft_layer(parsed)
+        return self._model_probability(self.tft_layer(parsed))
+
+    def _model_probability(self, transformed):
         transformed.pop(LABEL, None)
         return {"probability": self.model(transformed, training=False)["probability"]}
+
+    def predict_candidates(self, tensors):
+        """One user's N candidates: the user's histories are transformed in one row and tiled.
+
+        The transform is row-wise (analyzer results are constants), so row 0 carries the
+        histories and rows 1..N-1 none; row 0's transformed histories then stand for every row.
+        """
+        spec = self.spec
+        count = tf.shape(tensors[spec.item_fields[0]])[0]
+        rows = {}
+        for name, (_, is_sequence) in spec.raw_features().items():
+            value = tensors[name]
+            if is_sequence:
+                empty = tf.zeros_like(value[:1])
+                rows[name] = tf.concat([value, tf.repeat(empty, count - 1, axis=0)], axis=0)
+            elif name not in spec.item_fields:
+                rows[name] = tf.repeat(value, count)
+            else:
+                rows[name] = value
+        transformed = self.tft_layer(raw_tensors_to_parsed(spec, rows))
+        for kind in spec.feedback_types:
+            for name in spec.transformed_sequence_names(kind):
+                transformed[name] = tf.repeat(transformed[name][:1], count, axis=0)
+        return self._model_probability(transformed)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def serve_examples(self, examples):
@@ -77,9 +117,14 @@ def export_serving_model(model, tft_output, spec: FeatureSpec, export_dir: str) 
     def serve_raw(tensors):
         return module._predict(raw_tensors_to_parsed(spec, tensors))
 
+    @tf.function(input_signature=[candidates_input_signature(spec)])
+    def serve_candidates(tensors):
+        return module.predict_candidates(tensors)
+
     signatures = {
         SERVING_DEFAULT: module.serve_examples.get_concrete_function(),
         SERVING_RAW: serve_raw.get_concrete_function(),
+        SERVING_CANDIDATES: serve_candidates.get_concrete_function(),
         TRANSFORM_FEATURES: module.transform_features.get_concrete_function(),
     }
     tf.saved_model.save(module, export_dir, signatures=signatures)

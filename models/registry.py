@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import importlib
-from typing import Mapping, Tuple
+from typing import Mapping, Optional, Tuple
 
 # name -> (module, class); modules are imported only when a model is asked for
 _MODELS = {
@@ -29,9 +29,10 @@ def params_class(name: str):
     return model_class(name).Params
 
 
-def build(name: str, spec, vocab_sizes: Mapping[str, int], params=None):
-    """Builds model ``name``; ``params`` is a dict (validated) or a Params instance."""
-    cls = model_class(name)
+def build(architecture: str, spec, vocab_sizes: Mapping[str, int], params=None, name: Optional[str] = None):
+    """Builds ``architecture`` (named ``name``, default the architecture); ``params`` is a dict
+    (validated) or a Params instance."""
+    cls = model_class(architecture)
     if params is None or isinstance(params, dict):
         params = cls.Params.model_validate(params or {})
-    return cls(spec, vocab_sizes, params, name=name)
+    return cls(spec, vocab_sizes, params, name=name or architecture)

@@ -100,7 +100,7 @@ def train(fn_args, strategy: Optional[tf.distribute.Strategy] = None):
     train_ds = make_dataset(fn_args, fn_args.train_files, tft_output, batch, True, training["seed"])
     eval_ds = make_dataset(fn_args, fn_args.eval_files, tft_output, batch, False, training["seed"])
     with strategy.scope():
-        model = registry.build(name, spec, vocab, config.get("model_params") or {})
+        model = registry.build(config.get("architecture", name), spec, vocab, config.get("model_params") or {}, name=name)
         model.compile(optimizer=tf_keras.optimizers.Adam(training["learning_rate"]))
     throughput = ThroughputLogger(batch)
     callbacks = [

@@ -3,11 +3,14 @@
 Every section is a pydantic model with ``extra="forbid"``: an unknown key or a value of the wrong
 type is rejected with the dotted path of the key at fault (``ConfigError``). Model
 hyper-parameters are validated by the chosen model's own ``Params`` class, so a typo in
-``training.models.din.attention_units`` fails here, not deep inside Keras.
+``training.models.din.attention_units`` fails here, not deep inside Keras. An entry may name a
+variant of an architecture (``architecture: fadidn``), so ablations train beside the model.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 from typing import Dict, List, Literal, Optional
 
 import pydantic
@@ -143,23 +146,45 @@ def _format_errors(error: pydantic.ValidationError) -> str:
     return "\n".join(lines)
 
 
-def validate_model_params(config: PipelineConfig) -> Dict[str, pydantic.BaseModel]:
-    """Validates ``training.models`` against each model's ``Params``; returns them by name."""
+ARCHITECTURE_KEY = "architecture"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelChoice:
+    """One entry of ``training.models``: the architecture to build and its validated parameters."""
+
+    architecture: str
+    params: pydantic.BaseModel
+
+
+def validate_model_params(config: PipelineConfig) -> Dict[str, ModelChoice]:
+    """Validates ``training.models`` against each model's ``Params``; returns them by name.
+
+    An entry's name is its architecture (``fadidn: {...}``) unless it says otherwise with
+    ``architecture``: ``fadidn_no_contrastive: {architecture: fadidn, contrastive: false}`` trains
+    a variant (an ablation) beside the model, under its own name.
+    """
     from models import registry  # imports TensorFlow: only done when a run needs it
 
-    params, problems = {}, []
+    choices, problems = {}, []
     for name, raw in config.training.models.items():
+        raw = dict(raw or {})
+        architecture = raw.pop(ARCHITECTURE_KEY, name)
+        if not re.fullmatch(r"[A-Za-z0-9_]+", name):
+            problems.append(f"  training.models.{name}: a model name may hold only letters, digits and _")
+            continue
         try:
-            params[name] = registry.params_class(name).model_validate(raw or {})
+            choices[name] = ModelChoice(architecture, registry.params_class(architecture).model_validate(raw))
         except KeyError:
-            problems.append(f"  training.models.{name}: unknown model (known: {', '.join(registry.names())})")
+            where = f"training.models.{name}" + (f".{ARCHITECTURE_KEY}" if architecture != name else "")
+            problems.append(f"  {where}: unknown model {architecture!r} (known: {', '.join(registry.names())})")
         except pydantic.ValidationError as exc:
             for item in exc.errors():
                 path = ".".join(str(p) for p in item["loc"])
                 problems.append(f"  training.models.{name}.{path}: {item['msg']}")
     if problems:
         raise ConfigError("invalid model parameters:\n" + "\n".join(problems))
-    return params
+    return choices
 
 
 def parse_config(raw: dict, base_dir: str = ".") -> PipelineConfig:

@@ -19,7 +19,7 @@ from tfx import v1 as tfx
 from tfx.proto import transform_pb2
 
 from pipeline import components
-from pipeline.config import PipelineConfig, validate_model_params
+from pipeline.config import ModelChoice, PipelineConfig, validate_model_params
 from transforms.features import LABEL, FeatureSpec
 from transforms.preprocessing import SPEC_KEY
 
@@ -75,11 +75,11 @@ def _data_files(path: str) -> List[str]:
 
 def create_pipeline(config: PipelineConfig, models: Optional[List[str]] = None, for_kubeflow: bool = False) -> tfx.dsl.Pipeline:
     """Builds the pipeline for ``config`` (``models`` narrows ``training.models``)."""
-    model_params = validate_model_params(config)
-    names = models or list(model_params)
-    unknown = set(names) - set(model_params)
+    choices = validate_model_params(config)
+    names = models or list(choices)
+    unknown = set(names) - set(choices)
     if unknown:
-        raise ValueError(f"models {sorted(unknown)} are not in training.models ({sorted(model_params)})")
+        raise ValueError(f"models {sorted(unknown)} are not in training.models ({sorted(choices)})")
     spec = FeatureSpec.from_config(config)
 
     example_gen = components.SequenceExampleGen(
@@ -104,7 +104,7 @@ def create_pipeline(config: PipelineConfig, models: Optional[List[str]] = None, 
     transform.add_upstream_node(anomaly_gate)
     nodes = [example_gen, statistics_gen, schema_gen, example_validator, anomaly_gate, transform]
     for name in names:
-        nodes += _model_nodes(config, spec, name, model_params[name].model_dump(mode="json"), example_gen, transform)
+        nodes += _model_nodes(config, spec, name, choices[name], example_gen, transform)
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,
@@ -115,7 +115,7 @@ def create_pipeline(config: PipelineConfig, models: Optional[List[str]] = None, 
     )
 
 
-def _model_nodes(config: PipelineConfig, spec: FeatureSpec, name: str, params: dict, example_gen, transform) -> list:
+def _model_nodes(config: PipelineConfig, spec: FeatureSpec, name: str, choice: ModelChoice, example_gen, transform) -> list:
     """Trainer, WarmupRequests, resolver, Evaluator, ThresholdCheck, Pusher, ModelsConfig of one model."""
     trainer = tfx.components.Trainer(
         run_fn=RUN_FN,
@@ -125,7 +125,8 @@ def _model_nodes(config: PipelineConfig, spec: FeatureSpec, name: str, params: d
         eval_args=tfx.proto.EvalArgs(splits=["eval"]),
         custom_config={
             "model_name": name,
-            "model_params": params,
+            "architecture": choice.architecture,
+            "model_params": choice.params.model_dump(mode="json"),
             "feature_spec": spec.to_dict(),
             "training": config.training.model_dump(mode="json", exclude={"models"}),
         },

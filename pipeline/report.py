@@ -127,9 +127,13 @@ def collect(config, models: List[str]) -> dict:
             "blessed": bool(blessed) if blessed is not None else None,
             "pushed": (_prop(pushed, "pushed_destination") if pushed is not None and _prop(pushed, "pushed") == 1 else None),
             "train_examples_per_second": stats.get("train_examples_per_second"),
+            "model_uri": trainer["model"].uri if "model" in trainer else None,
         })
     oracle = oracle_auc(example_gen["examples"].uri, config.evaluation.split) if "examples" in example_gen else None
-    report = {"run_id": run.run_id, "split": config.evaluation.split, "models": rows, "oracle_auc": oracle, "stages": stages, "counts": counts}
+    report = {
+        "run_id": run.run_id, "split": config.evaluation.split, "models": rows, "oracle_auc": oracle, "stages": stages,
+        "counts": counts, "examples_uri": example_gen["examples"].uri if "examples" in example_gen else None,
+    }
     with open(os.path.join(config.pipeline_root, REPORT_FILE), "w", encoding="utf-8") as handle:
         json.dump(report, handle, indent=2)
     return report

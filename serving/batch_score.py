@@ -11,9 +11,9 @@ Inputs (``--input``):
   artifact's ``Split-*/*.gz``): each record must be a tf.Example with the raw features of the
   model's ``serving_raw`` signature (``user_id``, ``item_id``, ``timestamp`` at least).
 
-Scoring uses Beam's ``RunInference`` with tfx_bsl's in-process SavedModel handler on the
-``serving_default`` signature (serialized raw tf.Example -> ``probability``), keyed so every
-score keeps the ids of its input row. A batch the model rejects is retried one example at a time,
+Scoring uses Beam's ``RunInference`` with a Beam model handler for the SavedModel's
+``serving_default`` signature (serialized raw tf.Example -> ``probability``; ``SignatureModelHandler``),
+keyed so every score keeps the ids of its input row. A batch the model rejects is retried one example at a time,
 so one bad example costs only its own row.
 
 Outputs in ``--output``:
@@ -50,6 +50,7 @@ import uuid
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 
 SCORE_FIELDS = ("user_id", "item_id", "timestamp", "score", "model", "model_version")
 ERROR_FIELDS = ("source", "reason", "detail", "user_id", "item_id", "timestamp", "raw")
@@ -64,7 +65,6 @@ TABLE_REASONS = frozenset({"duplicate_item", "duplicate_user", "invalid_attribut
 # compressed files that are logs, not TFRecords (--input-format auto)
 _LOG_GZ_SUFFIXES = (".csv.gz", ".tsv.gz", ".dat.gz", ".json.gz", ".txt.gz")
 _MAX_DETAIL = 500
-_DT_FLOAT = 1  # tensorflow.DataType.DT_FLOAT
 
 
 # ---- the model -------------------------------------------------------------------------------
@@ -294,23 +294,6 @@ def _is_table_record(record: dict, event_files: frozenset) -> bool:
     return record["reason"] in TABLE_REASONS or record["source"].rsplit(":", 1)[0] not in event_files
 
 
-def score_of(prediction_log, output_key: str) -> float:
-    """The score of one PredictionLog written by tfx_bsl's predict handler."""
-    import numpy as np
-    import tensorflow as tf
-
-    outputs = prediction_log.predict_log.response.outputs
-    if output_key not in outputs:
-        raise KeyError(f"the signature has no output {output_key!r}; outputs: {sorted(outputs)}")
-    proto = outputs[output_key]
-    if proto.dtype == _DT_FLOAT:  # what the handler writes for a float score: fast paths
-        if len(proto.float_val) == 1:
-            return float(proto.float_val[0])
-        if len(proto.tensor_content) == 4:
-            return float(np.frombuffer(proto.tensor_content, dtype=np.float32)[0])
-    return float(np.asarray(tf.make_ndarray(proto)).reshape(-1)[0])
-
-
 def exception_message(error) -> str:
     """A one-line message of a dead-letter ``(type, repr, traceback lines)`` from Beam."""
     try:
@@ -331,6 +314,56 @@ def _csv_line(values: Sequence) -> str:
 
 
 # ---- RunInference ------------------------------------------------------------------------------
+class SignatureModelHandler(ModelHandler):
+    """Beam model handler for a SavedModel signature that maps a batch of serialized tf.Examples
+    to one score per example (``serving_default``: ``examples`` -> ``probability``).
+
+    Lean on purpose: the signature is called on the batch as a TF2 function and the scores come
+    back as floats; no PredictionLog protos are built per row.
+    """
+
+    def __init__(self, model_path: str, signature: str, output_key: str, max_batch_size: int):
+        super().__init__()
+        self.model_path, self.signature, self.output_key = model_path, signature, output_key
+        self.max_batch_size = max_batch_size
+
+    def load_model(self) -> "_SignatureScorer":
+        import tensorflow as tf
+
+        loaded = tf.saved_model.load(self.model_path)
+        if self.signature not in loaded.signatures:
+            raise ValueError(f"{self.model_path}: no signature {self.signature!r} (has {sorted(loaded.signatures)})")
+        function = loaded.signatures[self.signature]
+        inputs = function.structured_input_signature[1]
+        if len(inputs) != 1 or next(iter(inputs.values())).dtype != tf.string:
+            raise ValueError(f"signature {self.signature!r} must take one string tensor of serialized tf.Examples; it takes {sorted(inputs)}")
+        if self.output_key not in function.structured_outputs:
+            raise ValueError(f"signature {self.signature!r} has no output {self.output_key!r}; outputs: {sorted(function.structured_outputs)}")
+        return _SignatureScorer(loaded, function, next(iter(inputs)), self.output_key)
+
+    def run_inference(self, batch, model, inference_args=None):
+        return model(batch)
+
+    def batch_elements_kwargs(self):
+        return {"min_batch_size": 1, "max_batch_size": self.max_batch_size}
+
+
+@dataclasses.dataclass
+class _SignatureScorer:
+    loaded: object  # keeps the SavedModel's variables alive
+    function: object
+    input_name: str
+    output_key: str
+
+    def __call__(self, serialized: Sequence[bytes]) -> List[float]:
+        import tensorflow as tf
+
+        scores = self.function(**{self.input_name: tf.constant(serialized)})[self.output_key].numpy().reshape(-1)
+        if len(scores) != len(serialized):
+            raise ValueError(f"output {self.output_key!r} holds {len(scores)} values for {len(serialized)} examples")
+        return scores.tolist()
+
+
 class ScoreExamples(beam.PTransform):
     """(key, serialized tf.Example) -> {"scored": (key, score), "errors": error rows}.
 
@@ -347,21 +380,10 @@ class ScoreExamples(beam.PTransform):
         self.max_batch_size = max_batch_size
 
     def _handler(self, max_batch_size: int):
-        from apache_beam.ml.inference.base import KeyedModelHandler
-        from tfx_bsl.public.beam.run_inference import CreateModelHandler
-        from tfx_bsl.public.proto import model_spec_pb2
-
-        spec = model_spec_pb2.InferenceSpecType(
-            saved_model_spec=model_spec_pb2.SavedModelSpec(model_path=self.model_path, signature_name=[self.signature]),
-            batch_parameters=model_spec_pb2.BatchParameters(min_batch_size=1, max_batch_size=max_batch_size),
-        )
-        return KeyedModelHandler(CreateModelHandler(spec))
+        return KeyedModelHandler(SignatureModelHandler(self.model_path, self.signature, self.output_key, max_batch_size))
 
     def expand(self, keyed):
-        from apache_beam.ml.inference.base import RunInference
-
         model_tag = f"ctr-batch-score-{uuid.uuid4().hex}"
-        output_key = self.output_key
         scored, failed = keyed | "RunInference" >> RunInference(
             self._handler(self.max_batch_size), model_identifier=model_tag
         ).with_exception_handling()
@@ -378,11 +400,7 @@ class ScoreExamples(beam.PTransform):
                 yield error_row(key[3], "model_error", message, ids=key[:3])
 
         errors = failed_alone.failed_inferences | "ModelErrors" >> beam.FlatMap(model_errors)
-        scores = (
-            (scored, retried)
-            | "AllPredictions" >> beam.Flatten()
-            | "Score" >> beam.Map(lambda key_log: (key_log[0], score_of(key_log[1], output_key)))
-        )
+        scores = (scored, retried) | "AllScores" >> beam.Flatten()
         return {"scored": scores, ERRORS: errors}
 
 

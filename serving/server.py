@@ -162,7 +162,7 @@ def predict(
     specs: Dict[str, tf.TensorSpec] = function.structured_input_signature[1]
     _check_input_names(where, specs, request.inputs)
     inputs = {name: _decode_input(where, name, specs[name], request.inputs[name]) for name in specs}
-    _check_batch_size(where, inputs, max_batch_size)
+    _check_batch_size(where, specs, inputs, max_batch_size)
     output_names = _output_names(where, function, request.output_filter)
     try:
         outputs = function(**inputs)
@@ -214,8 +214,10 @@ def _dtype_name(enum: int) -> str:
         return f"unknown dtype {enum}"
 
 
-def _check_batch_size(where: str, inputs: Dict[str, tf.Tensor], max_batch_size: int) -> None:
-    sizes = {name: int(t.shape[0]) for name, t in inputs.items() if t.shape.rank}
+def _check_batch_size(where: str, specs: Dict[str, tf.TensorSpec], inputs: Dict[str, tf.Tensor], max_batch_size: int) -> None:
+    """The batch dimension is the leading dimension a signature leaves unknown; inputs with a
+    fixed leading dimension (``serving_candidates``' one user, [1]) are checked by their shape."""
+    sizes = {name: int(t.shape[0]) for name, t in inputs.items() if t.shape.rank and specs[name].shape[0] is None}
     if len(set(sizes.values())) > 1:
         raise ServingError(
             grpc.StatusCode.INVALID_ARGUMENT, f"{where}: inputs have different batch sizes {sizes}"

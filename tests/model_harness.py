@@ -179,7 +179,7 @@ def assert_export_roundtrip(name: str, params=None, tmp_dir: str = None):
 
     import tensorflow_transform as tft
 
-    from models.export import SERVING_DEFAULT, SERVING_RAW, export_serving_model
+    from models.export import SERVING_CANDIDATES, SERVING_DEFAULT, SERVING_RAW, export_serving_model
     from models.trainer import vocabulary_sizes
     from tests import raw_data, tft_fixture
 
@@ -199,3 +199,12 @@ def assert_export_roundtrip(name: str, params=None, tmp_dir: str = None):
     np.testing.assert_allclose(from_examples, expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(from_raw, expected, rtol=1e-5, atol=1e-6)
     assert len(set(np.round(expected, 6))) > 1, "degenerate: every example got the same score"
+    # one user (the example with the longest click history) and the items of every example as candidates
+    user = max(examples, key=lambda e: len(e[SPEC.history_timestamp("click")]))
+    as_candidates = [{**user, **{f: e[f] for f in SPEC.item_fields}} for e in examples]
+    per_candidate = loaded.signatures[SERVING_RAW](**dense_raw_tensors(as_candidates))["probability"].numpy()
+    shared = {k: v[:1] for k, v in dense_raw_tensors([user]).items() if k not in SPEC.item_fields}
+    items = {f: tf.constant([e[f] for e in examples]) for f in SPEC.item_fields}
+    from_candidates = loaded.signatures[SERVING_CANDIDATES](**shared, **items)["probability"].numpy()
+    np.testing.assert_allclose(from_candidates, per_candidate, rtol=1e-5, atol=1e-6)
+    assert len(set(np.round(per_candidate, 6))) > 1, "degenerate: every candidate got the same score"

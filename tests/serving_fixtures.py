@@ -59,7 +59,7 @@ def _parse_spec() -> Dict[str, object]:
 
 
 def save_fixture_model(path: str, bias: float = 0.0) -> str:
-    """Saves the fixture model with ``serving_default`` and ``serving_raw`` to ``path``."""
+    """Saves the fixture model with ``serving_default``, ``serving_raw`` and ``serving_candidates``."""
     model = FixtureModel(bias)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
@@ -75,15 +75,25 @@ def save_fixture_model(path: str, bias: float = 0.0) -> str:
     def serve_raw(features):
         return {"probability": model.score(features)}
 
+    @tf.function
+    def serve_candidates(features):  # the user's features once ([1], [1, L]), candidates [N]
+        count = tf.shape(features["item_id"])[0]
+        tiled = {name: value if name in SPEC.item_fields else tf.repeat(value, count, axis=0) for name, value in features.items()}
+        return {"probability": model.score(tiled)}
+
     raw_specs = {
         name: tf.TensorSpec([None, None] if sequence else [None], tf.as_dtype(dtype), name=name)
         for name, (dtype, sequence) in RAW.items()
     }
-    model.serve_examples = serve_examples
-    model.serve_raw = serve_raw
+    candidate_specs = {
+        name: tf.TensorSpec([None] if name in SPEC.item_fields else [1, None] if sequence else [1], tf.as_dtype(dtype), name=name)
+        for name, (dtype, sequence) in RAW.items()
+    }
+    model.serve_examples, model.serve_raw, model.serve_candidates = serve_examples, serve_raw, serve_candidates
     signatures = {
         "serving_default": serve_examples.get_concrete_function(),
         "serving_raw": serve_raw.get_concrete_function(raw_specs),
+        "serving_candidates": serve_candidates.get_concrete_function(candidate_specs),
     }
     tf.saved_model.save(model, path, signatures=signatures)
     return path

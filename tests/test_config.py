@@ -38,6 +38,26 @@ def test_model_parameters_are_validated_by_the_model(tmp_path):
     assert "training.models.nope: unknown model" in str(error.value)
 
 
+def test_a_named_variant_is_validated_by_its_architecture():
+    models = {
+        "fadidn_no_contrastive": {"architecture": "fadidn", "contrastive": False},
+        "camn_typo": {"architecture": "camn", "routr": False},
+        "x": {"architecture": "nope"},
+        "bad-name": {"architecture": "dnn"},
+    }
+    config = parse_config({"data": {"path": "x"}, "training": {"models": models}})
+    with pytest.raises(ConfigError) as error:
+        validate_model_params(config)
+    message = str(error.value)
+    assert "training.models.camn_typo.routr" in message
+    assert "training.models.x.architecture: unknown model 'nope'" in message
+    assert "training.models.bad-name: a model name may hold only" in message
+    assert "fadidn_no_contrastive" not in message
+    good = parse_config({"data": {"path": "x"}, "training": {"models": {"fadidn_no_contrastive": models["fadidn_no_contrastive"]}}})
+    choice = validate_model_params(good)["fadidn_no_contrastive"]
+    assert choice.architecture == "fadidn" and choice.params.contrastive is False
+
+
 def test_missing_and_invalid_yaml(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(str(tmp_path / "missing.yaml"))

@@ -164,6 +164,18 @@ def test_serving_raw_request_has_right_padded_histories(contract):
     assert arrays["user_id"] == [b"u1"] * 3 and arrays["timestamp"] == [T] * 3
 
 
+def test_serving_candidates_request_sends_the_user_once(contract):
+    request = client.parse_user_request(REQUEST, contract.spec)
+    predict = client.build_predict_request(contract, fx.MODEL_NAME, "serving_candidates", request)
+    assert set(predict.inputs) == set(fx.RAW)
+    shapes = {name: [d.size for d in t.tensor_shape.dim] for name, t in predict.inputs.items()}
+    assert shapes["item_id"] == shapes["genre"] == [3]
+    assert shapes["user_id"] == shapes["timestamp"] == [1] and shapes["hist_unclick_item_id"] == [1, 2]
+    assert tf.make_ndarray(predict.inputs["hist_unclick_item_id"]).tolist() == [[b"i2", b""]]
+    raw = client.build_predict_request(contract, fx.MODEL_NAME, "serving_raw", request)
+    assert predict.ByteSize() < raw.ByteSize()
+
+
 def test_no_events_means_one_padding_position(contract):
     request = client.parse_user_request({**REQUEST, "events": []}, contract.spec)
     predict = client.build_predict_request(contract, fx.MODEL_NAME, "serving_raw", request)
@@ -201,7 +213,7 @@ def test_both_signatures_carry_the_same_bounded_past_histories(
 
 
 # ---- scoring ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("signature", ["serving_default", "serving_raw"])
+@pytest.mark.parametrize("signature", client.SIGNATURES)
 @pytest.mark.parametrize("with_events", [True, False])
 def test_scores_are_the_models_scores_of_the_expected_features(
     stub, contract, model_dir, signature, with_events
@@ -229,7 +241,7 @@ def _args(served, path, *extra):
     ])
 
 
-@pytest.mark.parametrize("signature", ["serving_default", "serving_raw"])
+@pytest.mark.parametrize("signature", client.SIGNATURES)
 def test_predict_command_ranks_candidates(served, contract, tmp_path, capsys, signature):
     path = tmp_path / "request.json"
     path.write_text(json.dumps(REQUEST))

@@ -121,6 +121,22 @@ def test_predict_matches_the_saved_model(stubs, templates, signature):
     assert response.model_spec.signature_name == signature
 
 
+def test_candidates_signature_takes_one_user_and_a_batch_of_candidates(stubs, templates):
+    rows = fx.random_rows(6, seed=4)
+    user = rows[0]
+    candidates = [{**user, **{f: r[f] for f in fx.SPEC.item_fields}} for r in rows]
+    request = fx.raw_request([user])
+    request.model_spec.signature_name = "serving_candidates"
+    for field in fx.SPEC.item_fields:
+        request.inputs[field].CopyFrom(tf.make_tensor_proto([r[field] for r in rows], dtype=tf.string))
+    scores, _ = stubs.scores(request)
+    np.testing.assert_allclose(scores, fx.direct_scores(templates[1], candidates, "serving_default"), rtol=0, atol=1e-7)
+    # the user part has a fixed batch of one: two users are refused with the input named
+    request.inputs["user_id"].CopyFrom(tf.make_tensor_proto(["u1", "u2"], dtype=tf.string))
+    error = rpc_error(stubs.prediction.Predict, request)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "input 'user_id'" in error.details()
+
+
 def test_empty_signature_name_means_serving_default(stubs, templates):
     rows = fx.random_rows(3, seed=2)
     request = fx.examples_request(rows, signature="")
@@ -363,11 +379,19 @@ def test_warmup_file_is_written_as_prediction_logs_and_replayed_at_load(tmp_path
 
     records = [prediction_log_pb2.PredictionLog.FromString(r)
                for r in tf.data.TFRecordDataset(path).as_numpy_iterator()]
-    assert [log.WhichOneof("log_type") for log in records] == ["predict_log"] * 3
+    assert [log.WhichOneof("log_type") for log in records] == ["predict_log"] * 9
     requests = [log.predict_log.request for log in records]
-    assert {(r.model_spec.name, r.model_spec.signature_name) for r in requests} == {
-        (fx.MODEL_NAME, "serving_default")}
-    assert [list(r.inputs["examples"].string_val) for r in requests] == [[e] for e in examples]
+    signatures = [r.model_spec.signature_name for r in requests]
+    assert signatures == ["serving_default"] * 3 + ["serving_raw", "serving_candidates"] * 3
+    assert {r.model_spec.name for r in requests} == {fx.MODEL_NAME}
+    assert [list(r.inputs["examples"].string_val) for r in requests[:3]] == [[e] for e in examples]
+    # the raw requests carry each example's own features and score as the example does
+    model = tf.saved_model.load(model_dir)
+    for example, request in zip(examples, requests[3::2]):
+        inputs = {name: tf.make_ndarray(t) for name, t in request.inputs.items()}
+        raw_score = model.signatures["serving_raw"](**inputs)["probability"].numpy()
+        expected = model.signatures["serving_default"](examples=tf.constant([example]))["probability"].numpy()
+        np.testing.assert_allclose(raw_score, expected, rtol=0, atol=1e-7)
 
     base = tmp_path / "base"
     install(templates, base, 1)
@@ -376,7 +400,7 @@ def test_warmup_file_is_written_as_prediction_logs_and_replayed_at_load(tmp_path
         install({2: model_dir}, base, 2)
         handle.manager.poll_once(), handle.manager.poll_once()
         assert handle.manager.serving[fx.MODEL_NAME].version == 2
-        assert handle.manager.serving[fx.MODEL_NAME].warmup_count == 3
+        assert handle.manager.serving[fx.MODEL_NAME].warmup_count == 9  # 3 examples x 3 signatures
 
 
 def test_failing_warmup_fails_the_load(tmp_path, templates):
@@ -397,8 +421,10 @@ def test_warmup_needs_an_examples_signature(tmp_path, templates):
         warmup.write_warmup_requests(templates[1], fx.MODEL_NAME, [b""], signature="serving_raw")
     with pytest.raises(ValueError, match="no signature"):
         warmup.write_warmup_requests(templates[1], fx.MODEL_NAME, [b""], signature="nope")
-    with pytest.raises(ValueError, match="1 to 1000"):
+    with pytest.raises(ValueError, match="at least one"):
         warmup.write_warmup_requests(templates[1], fx.MODEL_NAME, [])
+    with pytest.raises(ValueError, match="at most 1000 warmup records"):  # 400 examples x 3 signatures
+        warmup.write_warmup_requests(templates[1], fx.MODEL_NAME, [fx.serialize(fx.random_rows(1)[0])] * 400)
 
 
 # ---- models.config ----------------------------------------------------------------------------

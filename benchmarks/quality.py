@@ -1,0 +1,259 @@
+"""Model quality benchmark: protocol ml1m-seq v1 (../shared/BENCHMARK.md) and the synthetic logs,
+through the real pipeline (``ctr-pipeline run``: SequenceExampleGen, Transform, Trainer, TFMA
+Evaluator), every model and ablation, several seeds.
+
+    python benchmarks/quality.py --data-path /path/to/ml-1m-partial [--seeds 0,1,2]
+        [--models dnn,din,fadidn,camn,dumn,tf4ctr] [--ablations] [--synthetic] [--no-ml1m]
+
+Each (dataset, seed, model) is one ``ctr-pipeline run --models <model>`` in a child process:
+the data steps are cached by TFX after the first run of a dataset, a new seed retrains. Per run:
+test AUC, gAUC, logloss (TFMA, from ML Metadata), training examples/s (wall clock after the first
+50 steps, from the Trainer), batch inference examples/s (the exported ``serving_default``
+signature: serialized raw tf.Examples of the test split -> probability, batches of 4096, parsing
+and the transform graph included) and the run's peak resident memory (the child process).
+
+Results are appended to ``<output>/quality.json`` as they come (a re-run skips what is there,
+so an interrupted benchmark resumes); ``quality.md`` (mean +- std over seeds, RelaImpr vs DIN)
+and ``quality.png`` (AUC per model with error bars; needs matplotlib, ``pip install -e .[bench]``)
+are rewritten after every run.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import glob
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import yaml  # noqa: E402
+
+MODELS = ("dnn", "din", "fadidn", "camn", "dumn", "tf4ctr")
+# each paper's main modules switched off, one at a time (the switches of the models' Params)
+ABLATIONS: Dict[str, dict] = {
+    "fadidn_no_contrastive": {"architecture": "fadidn", "contrastive": False},
+    "fadidn_no_gate": {"architecture": "fadidn", "gate": False},
+    "camn_no_router": {"architecture": "camn", "router": False},
+    "camn_no_diversity": {"architecture": "camn", "diversity_loss": False},
+    "dumn_no_purification": {"architecture": "dumn", "purification": False},
+    "dumn_no_memory": {"architecture": "dumn", "memory": False},
+    "dumn_no_triplet": {"architecture": "dumn", "triplet_loss": False},
+    "tf4ctr_no_tf_loss": {"architecture": "tf4ctr", "tf_loss": False},
+    "tf4ctr_dfm_sum": {"architecture": "tf4ctr", "dfm": "sum"},
+    "tf4ctr_ssem_share": {"architecture": "tf4ctr", "ssem": "share"},
+}
+INFERENCE_BATCH = 4096
+
+
+def dataset_config(name: str, base_config: str, data_path: str, workdir: str, seed: int, models: Dict[str, dict]) -> str:
+    """Writes the run's YAML config (the dataset's config with the data path, roots, seed and
+    models replaced) and returns its path."""
+    with open(base_config, encoding="utf-8") as handle:
+        raw = yaml.safe_load(handle)
+    raw["pipeline_name"] = f"quality-{name}"
+    raw["pipeline_root"] = os.path.join(workdir, name, "pipeline")
+    raw["serving_root"] = os.path.join(workdir, name, "serving")
+    raw["data"]["path"] = os.path.abspath(data_path)
+    raw.setdefault("training", {})["seed"] = seed
+    raw["training"]["models"] = models
+    raw.setdefault("evaluation", {})["auc_max_drop"] = 1.0  # every seed is evaluated, none is held back
+    path = os.path.join(workdir, name, f"config-seed{seed}.yaml")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        yaml.safe_dump(raw, handle, sort_keys=False)
+    return path
+
+
+def run_pipeline(config_path: str, model: str, log_path: str) -> dict:
+    """``ctr-pipeline run --models model`` in a child process; its wall time and peak RSS."""
+    command = [sys.executable, "-m", "pipeline.cli", "run", "--config", config_path, "--models", model]
+    started = time.perf_counter()
+    with open(log_path, "w", encoding="utf-8") as log:
+        child = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(child.pid, 0)
+    seconds = time.perf_counter() - started
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise RuntimeError(f"{' '.join(command)} failed with exit code {code}; log: {log_path}")
+    return {"run_seconds": round(seconds, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+
+
+def inference_throughput(model_uri: str, examples_uri: str, split: str = "test") -> float:
+    """Examples/s of the exported serving_default signature over a split (batches of 4096)."""
+    import tensorflow as tf
+
+    signature = tf.saved_model.load(os.path.join(model_uri, "Format-Serving")).signatures["serving_default"]
+    files = sorted(glob.glob(os.path.join(examples_uri, f"Split-{split}", "*")))
+    batches = [b for b in tf.data.TFRecordDataset(files, compression_type="GZIP").batch(INFERENCE_BATCH)]
+    signature(examples=batches[0])  # warm-up (first call traces and allocates)
+    started, count = time.perf_counter(), 0
+    for batch in batches:
+        signature(examples=batch)["probability"].numpy()
+        count += int(batch.shape[0])
+    return count / (time.perf_counter() - started)
+
+
+def run_one(dataset: str, config_path: str, model: str, workdir: str) -> dict:
+    from pipeline import report
+    from pipeline.config import load_config
+
+    log_path = os.path.join(workdir, dataset, f"{os.path.basename(config_path)[:-5]}-{model}.log")
+    usage = run_pipeline(config_path, model, log_path)
+    config = load_config(config_path)
+    summary = report.collect(config, [model])
+    (row,) = summary["models"]
+    row.update(usage)
+    row["inference_examples_per_second"] = inference_throughput(row.pop("model_uri"), summary["examples_uri"], config.evaluation.split)
+    row["oracle_auc"] = summary["oracle_auc"]
+    row["log"] = os.path.relpath(log_path, ROOT)
+    return row
+
+
+# ---- the table -------------------------------------------------------------------------------
+def _mean_std(values: List[float]) -> Optional[tuple]:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0), len(values)
+
+
+def summarize(results: List[dict]) -> Dict[str, Dict[str, dict]]:
+    """dataset -> model -> metric -> (mean, std, n)."""
+    table: Dict[str, Dict[str, dict]] = {}
+    for row in results:
+        table.setdefault(row["dataset"], {}).setdefault(row["model"], {}).setdefault("_rows", []).append(row)
+    for models in table.values():
+        for name, entry in models.items():
+            rows = entry.pop("_rows")
+            for metric in ("auc", "gauc", "logloss", "train_examples_per_second", "inference_examples_per_second", "peak_rss_mb", "oracle_auc"):
+                entry[metric] = _mean_std([r.get(metric) for r in rows])
+            entry["seeds"] = sorted(r["seed"] for r in rows)
+    return table
+
+
+def rela_impr(model_auc: float, din_auc: float) -> float:
+    """RelaImpr = (AUC - 0.5) / (AUC_DIN - 0.5) - 1 (protocol step 6)."""
+    return (model_auc - 0.5) / (din_auc - 0.5) - 1
+
+
+def format_markdown(table: Dict[str, Dict[str, dict]], command: str, meta: dict) -> str:
+    def cell(stat, digits=4, scale=1.0):
+        if stat is None:
+            return "-"
+        mean, std, n = stat
+        return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}" if n > 1 else f"{mean * scale:.{digits}f}"
+
+    lines = ["# Model quality", "", f"`{command}`", ""]
+    lines += [f"- {k}: {v}" for k, v in meta.items()]
+    for dataset, models in table.items():
+        din = models.get("din", {}).get("auc")
+        lines += ["", f"## {dataset}", "",
+                  "| model | seeds | test AUC | gAUC | logloss | RelaImpr vs DIN | train ex/s | inference ex/s | peak RSS MB |",
+                  "|---|---|---|---|---|---:|---:|---:|---:|"]
+        for name, entry in models.items():
+            impr = f"{rela_impr(entry['auc'][0], din[0]) * 100:+.2f}%" if din and entry["auc"] else "-"
+            lines.append(
+                f"| {name} | {','.join(map(str, entry['seeds']))} | {cell(entry['auc'])} | {cell(entry['gauc'])} | "
+                f"{cell(entry['logloss'])} | {impr} | {cell(entry['train_examples_per_second'], 0)} | "
+                f"{cell(entry['inference_examples_per_second'], 0)} | {cell(entry['peak_rss_mb'], 0)} |"
+            )
+        oracle = next((e["oracle_auc"] for e in models.values() if e["oracle_auc"]), None)
+        if oracle:
+            lines.append(f"\nOracle AUC (the true click probability of the synthetic logs): {oracle[0]:.4f}")
+    return "\n".join(lines) + "\n"
+
+
+def plot(table: Dict[str, Dict[str, dict]], path: str) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("[quality] matplotlib is not installed (pip install -e .[bench]): no plot", flush=True)
+        return False
+    figure, axes = plt.subplots(1, len(table), figsize=(6 * len(table), 4), squeeze=False)
+    for axis, (dataset, models) in zip(axes[0], table.items()):
+        names = [n for n, e in models.items() if e["auc"]]
+        means = [models[n]["auc"][0] for n in names]
+        stds = [models[n]["auc"][1] for n in names]
+        axis.bar(range(len(names)), means, yerr=stds, capsize=4, color="#4c72b0")
+        axis.set_xticks(range(len(names)), names, rotation=45, ha="right")
+        axis.set_ylim(min(means) - 0.02, max(means) + 0.02)
+        axis.set_title(f"{dataset}: test AUC (mean ± std over seeds)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    return True
+
+
+def write_outputs(results: List[dict], output: str, command: str, meta: dict) -> None:
+    table = summarize(results)
+    with open(os.path.join(output, "quality.md"), "w", encoding="utf-8") as handle:
+        handle.write(format_markdown(table, command, meta))
+    plot(table, os.path.join(output, "quality.png"))
+
+
+# ---- main ------------------------------------------------------------------------------------
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-path", default=None, help="ml-1m-partial directory (ratings*.dat[.gz], users.dat, movies.dat)")
+    parser.add_argument("--no-ml1m", action="store_true", help="skip ml1m-seq")
+    parser.add_argument("--synthetic", action="store_true", help="also run the synthetic demo logs (against the oracle AUC)")
+    parser.add_argument("--synthetic-path", default=os.path.join(ROOT, "data", "demo"),
+                        help="synthetic logs (generated there with the demo's size when missing)")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated models (default: all six)")
+    parser.add_argument("--ablations", action="store_true", help=f"also the ablation variants: {', '.join(ABLATIONS)}")
+    parser.add_argument("--workdir", default=os.path.join(ROOT, "runs", "quality"))
+    parser.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "results"))
+    args = parser.parse_args()
+    if not args.no_ml1m and not args.data_path:
+        parser.error("--data-path is required for ml1m-seq (or pass --no-ml1m)")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    models = {m: {} for m in args.models.split(",") if m}
+    if args.ablations:
+        models.update({name: variant for name, variant in ABLATIONS.items() if variant["architecture"] in models})
+    datasets = []
+    if not args.no_ml1m:
+        datasets.append(("ml1m-seq", os.path.join(ROOT, "configs", "ml1m.yaml"), args.data_path))
+    if args.synthetic:
+        if not os.path.isdir(args.synthetic_path):
+            subprocess.run([sys.executable, "-m", "pipeline.cli", "generate-data", "--output", args.synthetic_path], cwd=ROOT, check=True)
+        datasets.append(("synthetic", os.path.join(ROOT, "configs", "demo.yaml"), args.synthetic_path))
+
+    os.makedirs(args.output, exist_ok=True)
+    results_path = os.path.join(args.output, "quality.json")
+    results = json.load(open(results_path, encoding="utf-8")) if os.path.exists(results_path) else []
+    done = {(r["dataset"], r["seed"], r["model"]) for r in results}
+    command = "python benchmarks/quality.py " + " ".join(sys.argv[1:])
+    meta = {"machine": f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}", "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    for dataset, base, data_path in datasets:
+        for seed in seeds:
+            config_path = dataset_config(dataset, base, data_path, args.workdir, seed, models)
+            for model in models:
+                if (dataset, seed, model) in done:
+                    continue
+                print(f"[quality] {dataset} seed {seed} {model} ...", flush=True)
+                row = {"dataset": dataset, "seed": seed, **run_one(dataset, config_path, model, args.workdir)}
+                print(f"[quality] {dataset} seed {seed} {model}: AUC {row['auc']:.4f} gAUC {row['gauc']:.4f} "
+                      f"logloss {row['logloss']:.4f}, train {row['train_examples_per_second'] or 0:,.0f} ex/s, "
+                      f"inference {row['inference_examples_per_second']:,.0f} ex/s, peak {row['peak_rss_mb']:,.0f} MB, "
+                      f"{row['run_seconds']:.0f}s", flush=True)
+                results.append(row)
+                with open(results_path, "w", encoding="utf-8") as handle:
+                    json.dump(results, handle, indent=2)
+                write_outputs(results, args.output, command, meta)
+    write_outputs(results, args.output, command, meta)
+    print(open(os.path.join(args.output, "quality.md"), encoding="utf-8").read())
+
+
+if __name__ == "__main__":
+    main()
