@@ -1,8 +1,10 @@
 """The base of every CTR model: named outputs and named loss terms (TFRS ``compute_loss`` pattern).
 
-A model implements ``forward(features, training) -> ModelOutput(logit, aux_losses)`` and declares
-its auxiliary loss terms with their weights in ``loss_weights()`` (a term switched off in the
-config is simply absent there). ``compute_loss`` adds ``ctr`` (binary cross-entropy through
+A model implements ``forward(features, training) -> ModelOutput(logit, aux_losses, outputs)``
+(label-free: the same call serves) and, for auxiliary terms that need the labels,
+``label_losses(output, labels)`` over the named ``outputs`` forward returned. It declares its
+auxiliary terms with their weights in ``loss_weights()`` (a term switched off in the config is
+simply absent there). ``compute_loss`` adds ``ctr`` (binary cross-entropy through
 ``tfrs.tasks.Ranking``) and every weighted term, and fails loudly when the model returns a term
 it did not declare or omits one it did: an auxiliary loss can never be silently skipped. Each
 term is logged every epoch as ``loss_<name>`` beside the total.
@@ -40,6 +42,7 @@ class ModelParams(pydantic.BaseModel):
 class ModelOutput:
     logit: tf.Tensor  # [B] float32
     aux_losses: Dict[str, tf.Tensor] = dataclasses.field(default_factory=dict)  # unweighted scalars
+    outputs: Dict[str, tf.Tensor] = dataclasses.field(default_factory=dict)  # named tensors for label_losses
 
 
 class CTRModel(tfrs.models.Model):
@@ -74,23 +77,31 @@ class CTRModel(tfrs.models.Model):
     def forward(self, features: Mapping[str, tf.Tensor], training: bool = False) -> ModelOutput:
         raise NotImplementedError
 
+    def label_losses(self, output: ModelOutput, labels: tf.Tensor) -> Dict[str, tf.Tensor]:
+        """Auxiliary terms that need the labels ([B] in {0, 1}); override where there are some."""
+        return {}
+
     # ---- shared behaviour ----------------------------------------------------------------------
     def call(self, features, training=False):
         logit = self.forward(features, training=training).logit
         return {"logit": logit, "probability": tf.sigmoid(logit)}
 
-    def _checked_terms(self, output: ModelOutput) -> Dict[str, tf.Tensor]:
-        declared, returned = set(self.loss_weights()), set(output.aux_losses)
-        if declared != returned:
-            raise ValueError(
-                f"{self.name}: loss terms declared {sorted(declared)} but forward returned {sorted(returned)}"
-            )
-        return {name: tf.cast(value, tf.float32) for name, value in output.aux_losses.items()}
+    def loss_terms(self, features, labels, training: bool = False) -> Tuple[ModelOutput, Dict[str, tf.Tensor]]:
+        """The forward output and every declared auxiliary term (unweighted, float32)."""
+        output = self.forward(features, training=training)
+        label_terms = self.label_losses(output, tf.reshape(labels, [-1]))
+        both = set(output.aux_losses) & set(label_terms)
+        if both:
+            raise ValueError(f"{self.name}: loss terms {sorted(both)} returned by forward and label_losses")
+        terms = {**output.aux_losses, **label_terms}
+        declared = set(self.loss_weights())
+        if declared != set(terms):
+            raise ValueError(f"{self.name}: loss terms declared {sorted(declared)} but the model returned {sorted(terms)}")
+        return output, {name: tf.cast(value, tf.float32) for name, value in terms.items()}
 
     def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
         features, labels = inputs
-        output = self.forward(features, training=training)
-        terms = self._checked_terms(output)
+        output, terms = self.loss_terms(features, labels, training=training)
         labels = tf.reshape(tf.cast(labels, tf.float32), [-1, 1])
         per_example = self.task(labels=labels, predictions=output.logit[:, tf.newaxis], training=training)
         terms["ctr"] = tf.reduce_mean(per_example)

@@ -40,7 +40,7 @@ import tf_keras
 from models.base import CTRModel, ModelOutput, ModelParams
 from models.inputs import FeatureEmbeddings
 from models.layers import MLP, masked_mean
-from transforms.features import CONTEXT_FIELDS, LABEL, FeatureSpec
+from transforms.features import CONTEXT_FIELDS, FeatureSpec
 
 
 # ---- loss (eq. 7) --------------------------------------------------------------------------------
@@ -224,9 +224,8 @@ class TF4CTR(CTRModel):
       learning-rate decay on plateau are trainer matters; Glorot-uniform initialisation (Keras) instead
       of FuxiCTR's Xavier-normal.
 
-    Implementation note: the TF loss needs the labels, which ``CTRModel.forward`` is not given;
-    ``compute_loss`` hands them to ``forward`` under ``features[LABEL]``, and ``forward`` returns the
-    two terms only when labels are present (a serving call has none and needs none).
+    The TF loss needs the labels: ``forward`` returns the encoder logits z_s, z_c as named outputs
+    and ``label_losses`` computes the two terms from them (a serving call needs neither).
     """
 
     Params = TF4CTRParams
@@ -281,10 +280,6 @@ class TF4CTR(CTRModel):
             return {}
         return {"tf_easy": self.params.alpha, "tf_hard": 1.0 - self.params.alpha}  # eq. 7
 
-    def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
-        features, labels = inputs
-        return super().compute_loss(({**features, LABEL: labels}, labels), training=training)
-
     def sample_selection(self, features, training=False) -> Tuple[tf.Tensor, tf.Tensor]:
         """SSEM (III-C): (h_es, h_hs), the inputs of the simple and complex encoders."""
         def flat(embeddings):
@@ -313,10 +308,11 @@ class TF4CTR(CTRModel):
             z_s = tf.squeeze(self.W_s(hat_h_es), axis=-1)  # [B] float32
             z_c = tf.squeeze(self.W_c(hat_h_hs), axis=-1)
         logit = self.fusion(z_s, z_c, hat_h_es, hat_h_hs, training=training)  # eq. 8-11
+        outputs = {"z_s": z_s, "z_c": z_c} if self.uses_encoder_logits else {}
+        return ModelOutput(logit=logit, outputs=outputs)
 
-        aux_losses = {}
-        if self.params.tf_loss and LABEL in features:
-            labels = tf.reshape(features[LABEL], [-1])
-            L_simple, L_complex = twin_focus_loss(labels, z_s, z_c, self.params.c, self.params.gamma)
-            aux_losses = {"tf_easy": L_simple, "tf_hard": L_complex}
-        return ModelOutput(logit=logit, aux_losses=aux_losses)
+    def label_losses(self, output, labels):
+        if not self.params.tf_loss:
+            return {}
+        L_simple, L_complex = twin_focus_loss(labels, output.outputs["z_s"], output.outputs["z_c"], self.params.c, self.params.gamma)
+        return {"tf_easy": L_simple, "tf_hard": L_complex}  # eq. 7

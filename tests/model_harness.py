@@ -99,12 +99,12 @@ def assert_fit_step_lowers_loss(model, features, labels, learning_rate: float = 
     assert after < before, f"loss did not go down after one step: {before} -> {after}"
 
 
-def aux_loss_gradients(model, features, term: str) -> Dict[str, float]:
+def aux_loss_gradients(model, features, labels, term: str) -> Dict[str, float]:
     """Gradient norm of auxiliary loss ``term`` alone, per trainable variable name."""
     with tf.GradientTape() as tape:
-        output = model.forward(features, training=True)
-        assert term in output.aux_losses, f"{term} not returned; got {sorted(output.aux_losses)}"
-        loss = output.aux_losses[term]
+        _, terms = model.loss_terms(features, labels, training=True)
+        assert term in terms, f"{term} not returned; got {sorted(terms)}"
+        loss = terms[term]
     variables = model.trainable_variables
     grads = tape.gradient(loss, variables)
     return {v.name: (0.0 if g is None else float(tf.norm(tf.convert_to_tensor(g)))) for v, g in zip(variables, grads)}

@@ -236,10 +236,10 @@ def test_diversity_loss_has_finite_gradients_when_a_product_is_zero():
 
 @pytest.mark.parametrize("router", [True, False])
 def test_diversity_loss_reaches_the_attention_and_router_only(router):
-    features, _ = h.random_batch(min_length=2)
+    features, labels = h.random_batch(min_length=2)
     model = h.build("camn", {"router": router})
     _spread_embeddings(model, features)
-    grads = h.aux_loss_gradients(model, features, "diversity")
+    grads = h.aux_loss_gradients(model, features, labels, "diversity")
     reach = ["attribute_attention/W_Q", "attribute_attention/W_K", "table_item_id", "table_gap"]
     if router:
         reach += ["router/W_h", "router_layer_norm"]

@@ -242,8 +242,8 @@ def test_triplet_terms_are_the_same_in_evaluation_and_do_not_depend_on_padding()
 # ---- gradients and logged terms -----------------------------------------------------------------
 @pytest.mark.parametrize("feedback", FEEDBACK)
 def test_triplet_term_trains_its_write_head_and_item_projection(feedback):
-    features, _ = h.random_batch()
-    grads = h.aux_loss_gradients(h.build("dumn"), features, f"triplet_{feedback}")
+    features, labels = h.random_batch()
+    grads = h.aux_loss_gradients(h.build("dumn"), features, labels, f"triplet_{feedback}")
     own = f"memory_{feedback}/"
     others = [f"memory_{fb}/" for fb in FEEDBACK if fb != feedback]
     h.assert_gradient_reaches(

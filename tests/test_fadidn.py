@@ -177,8 +177,8 @@ def _built(params=None):
 
 
 def test_contrastive_gradient_reaches_the_click_interest_module():
-    features, _ = h.random_batch(min_length=2)
-    grads = h.aux_loss_gradients(h.build("fadidn"), features, "contrastive")
+    features, labels = h.random_batch(min_length=2)
+    grads = h.aux_loss_gradients(h.build("fadidn"), features, labels, "contrastive")
     h.assert_gradient_reaches(
         grads,
         must_reach=[

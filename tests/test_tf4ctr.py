@@ -10,7 +10,6 @@ import tf_keras
 from models.layers import MLP
 from models.tf4ctr import TF4CTR, TF4CTRParams, VotingFusion, num_fields, twin_focus_loss
 from tests import model_harness as h
-from transforms.features import LABEL
 
 
 @pytest.mark.parametrize(
@@ -92,9 +91,9 @@ def test_twin_focus_loss_is_float32_from_float16_logits():
 def test_total_loss_is_ctr_plus_weighted_twin_focus_plus_l2():
     features, labels = h.random_batch()
     model = h.build("tf4ctr", {"alpha": 0.3})
-    out = model.forward({**features, LABEL: labels}, training=False)
+    out, terms = model.loss_terms(features, labels, training=False)
     bce = tf_keras.losses.BinaryCrossentropy(from_logits=True)(tf.cast(labels, tf.float32), out.logit)
-    expected = float(bce) + 0.3 * float(out.aux_losses["tf_easy"]) + 0.7 * float(out.aux_losses["tf_hard"])
+    expected = float(bce) + 0.3 * float(terms["tf_easy"]) + 0.7 * float(terms["tf_hard"])
     expected += float(tf.add_n(model.losses))
     np.testing.assert_allclose(h.eval_loss(model, features, labels), expected, rtol=1e-5)
     assert model.loss_weights() == {"tf_easy": 0.3, "tf_hard": pytest.approx(0.7)}
@@ -108,24 +107,24 @@ def test_twin_focus_terms_are_logged_and_absent_when_switched_off():
     assert terms["tf_easy"] > 0 and terms["tf_hard"] > 0 and terms["regularization"] > 0
     off = h.build("tf4ctr", {"tf_loss": False})
     assert set(h.logged_loss_terms(off, features, labels)) == {"ctr", "regularization"}
-    assert off.forward({**features, LABEL: labels}).aux_losses == {}
+    assert off.loss_terms(features, labels)[1] == {}
 
 
 def test_serving_call_without_labels_computes_no_loss_terms():
     features, _ = h.random_batch()
-    assert h.build("tf4ctr").forward(features).aux_losses == {}
+    output = h.build("tf4ctr").forward(features)
+    assert output.aux_losses == {} and set(output.outputs) == {"z_s", "z_c"}
 
 
 @pytest.mark.parametrize("ssem", ["ser", "gm", "moe", "share"])
 def test_each_twin_focus_term_trains_its_own_encoder(ssem):
     features, labels = h.random_batch()
     model = h.build("tf4ctr", {"ssem": ssem})
-    with_labels = {**features, LABEL: labels}
     # SER's two table sets share variable names (checked by identity in the next test)
     tables = [] if ssem == "ser" else ["table_item_id"]
-    easy = h.aux_loss_gradients(model, with_labels, "tf_easy")
+    easy = h.aux_loss_gradients(model, features, labels, "tf_easy")
     h.assert_gradient_reaches(easy, ["MLP_s/", "W_s/", *tables], ["MLP_c/", "W_c/", "WSF/"])
-    hard = h.aux_loss_gradients(model, with_labels, "tf_hard")
+    hard = h.aux_loss_gradients(model, features, labels, "tf_hard")
     h.assert_gradient_reaches(hard, ["MLP_c/", "W_c/", *tables], ["MLP_s/", "W_s/", "WSF/"])
     if ssem in ("gm", "moe"):  # the selection network is trained by both terms
         fragment = "Gate/" if ssem == "gm" else "EX_1/"
@@ -138,7 +137,7 @@ def _table_gradient_norms(model, features, labels, term):
     tables = {("easy", f): t.embeddings for f, t in model.E_es.tables.items()}
     tables.update({("hard", f): t.embeddings for f, t in model.embeddings.tables.items()})
     with tf.GradientTape() as tape:
-        loss = model.forward({**features, LABEL: labels}, training=True).aux_losses[term]
+        loss = model.loss_terms(features, labels, training=True)[1][term]
     grads = tape.gradient(loss, list(tables.values()))
     return {k: 0.0 if g is None else float(tf.norm(tf.convert_to_tensor(g))) for k, g in zip(tables, grads)}
 
@@ -247,7 +246,7 @@ def test_encoders_are_replaceable():
     features, labels = h.random_batch()
     h.assert_output_shape_and_range(model, features)
     assert model.W_s.kernel.shape == (7, 1) and model.W_c.kernel.shape == (5, 1)
-    grads = h.aux_loss_gradients(model, {**features, LABEL: labels}, "tf_hard")
+    grads = h.aux_loss_gradients(model, features, labels, "tf_hard")
     h.assert_gradient_reaches(grads, ["custom_complex"], ["custom_simple"])
     h.assert_fit_step_lowers_loss(model, features, labels)
 
