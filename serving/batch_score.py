@@ -182,7 +182,8 @@ def detect_input_format(path: str) -> str:
 
 
 class _ReadRecords(beam.DoFn):
-    """One TFRecord file -> (source, record); the unreadable rest of a corrupt file -> one error.
+    """One TFRecord file -> batches of (source, record); the unreadable rest of a corrupt file ->
+    one error.
 
     Records are read in batches (eager tf.data is slow per element); after a read error the
     last batch is read again record by record, so every readable record is still emitted.
@@ -198,21 +199,23 @@ class _ReadRecords(beam.DoFn):
         index = 0
         try:
             for batch in dataset.batch(self.BATCH).as_numpy_iterator():
-                for record in batch:
-                    index += 1
-                    yield f"{path}:record {index}", record
+                yield [(f"{path}:record {index + k}", record) for k, record in enumerate(batch, start=1)]
+                index += len(batch)
             return
         except errors:
             pass
+        rest = []
         try:
             for record in dataset.skip(index).as_numpy_iterator():
                 index += 1
-                yield f"{path}:record {index}", record
+                rest.append((f"{path}:record {index}", record))
         except errors as exc:
             yield beam.pvalue.TaggedOutput(ERRORS, error_row(
                 f"{path}:record {index + 1}", "unreadable_tfrecord",
                 f"the file cannot be read from record {index + 1} on (counted as one row): {_tf_message(exc)}",
             ))
+        if rest:
+            yield rest
 
 
 def _tf_message(exc) -> str:
@@ -221,17 +224,48 @@ def _tf_message(exc) -> str:
     return re.sub(r"\s*\[Op:.*$", "", message, flags=re.DOTALL).strip()
 
 
-class _CheckExample(beam.DoFn):
-    """(source, record) -> (key, record) when it is a tf.Example the model can parse, else an error.
+class _CheckExamples(beam.DoFn):
+    """A batch of (source, record) -> (key, record) for each tf.Example the model can parse, an
+    error row for each other record.
 
     ``expected``: feature name -> (list kind, rank) of the model's raw inputs; rank-1 features
     (scalars) must hold exactly one value, rank-2 ones (histories) may be absent or of any length.
+    Fast path: the whole batch parses (``tf.io.parse_example`` with exactly these rules) and the
+    ids come from the parsed tensors; a batch that does not parse is checked record by record.
     """
 
     def __init__(self, expected: Dict[str, Tuple[str, int]]):
         self.expected = dict(sorted(expected.items()))
 
-    def process(self, source_record):
+    def setup(self):
+        import tensorflow as tf
+
+        dtypes = {"bytes_list": tf.string, "int64_list": tf.int64, "float_list": tf.float32}
+        self.parse_spec = {
+            name: tf.io.FixedLenFeature([], dtypes[kind]) if rank <= 1 else tf.io.VarLenFeature(dtypes[kind])
+            for name, (kind, rank) in self.expected.items() if kind in dtypes
+        }
+        self.fast = len(self.parse_spec) == len(self.expected) and all(
+            self.expected.get(name) == (kind, 1) for name, kind in ID_FEATURES.items()
+        )
+
+    def process(self, batch):
+        import tensorflow as tf
+
+        if self.fast:
+            try:
+                parsed = tf.io.parse_example([record for _, record in batch], self.parse_spec)
+            except (tf.errors.InvalidArgumentError, UnicodeDecodeError):  # TF's message may quote the bad bytes
+                parsed = None
+            if parsed is not None:
+                users, items, stamps = (parsed[name].numpy() for name in ID_FEATURES)
+                for (source, record), user, item, stamp in zip(batch, users, items, stamps):
+                    yield (_text(user), _text(item), int(stamp), source), record
+                return
+        for source_record in batch:
+            yield from self._check_one(source_record)
+
+    def _check_one(self, source_record):
         from google.protobuf.message import DecodeError
         from tensorflow.core.example import example_pb2
 
@@ -248,6 +282,10 @@ class _CheckExample(beam.DoFn):
             yield beam.pvalue.TaggedOutput(ERRORS, error_row(source, *problem, ids=ids))
             return
         yield (ids[0], ids[1], ids[2], source), record
+
+
+def _text(value: bytes) -> str:
+    return value.decode("utf-8", "backslashreplace")
 
 
 def _feature_problem(features, expected: Dict[str, Tuple[str, int]]) -> Optional[Tuple[str, str]]:
@@ -272,7 +310,7 @@ def _ids(features) -> Tuple[Optional[str], Optional[str], Optional[int]]:
         return values[0] if len(values) else None
 
     user, item, timestamp = (first(name, kind) for name, kind in ID_FEATURES.items())
-    decode = lambda v: v.decode("utf-8", "backslashreplace") if isinstance(v, bytes) else v
+    decode = lambda v: _text(v) if isinstance(v, bytes) else v
     return decode(user), decode(item), timestamp
 
 
@@ -477,13 +515,13 @@ def build_scoring(pipeline: beam.Pipeline, job: ScoreJob) -> dict:
             | "InputFiles" >> beam.Create(list_input_files(job.input_path))
             | "ReadRecords" >> beam.ParDo(_ReadRecords()).with_outputs(ERRORS, main="records")
         )
-        checked = records.records | "Check" >> beam.ParDo(_CheckExample(expected)).with_outputs(ERRORS, main="examples")
+        checked = records.records | "Check" >> beam.ParDo(_CheckExamples(expected)).with_outputs(ERRORS, main="examples")
         keyed = checked.examples
         read_errors = (records[ERRORS], checked[ERRORS]) | "ReadErrors" >> beam.Flatten()
         rows_in = (
-            (records.records, records[ERRORS])
+            (records.records | "BatchSizes" >> beam.Map(len), records[ERRORS] | "OneEach" >> beam.Map(lambda _: 1))
             | "AllRecords" >> beam.Flatten()
-            | "CountIn" >> beam.combiners.Count.Globally()
+            | "CountIn" >> beam.CombineGlobally(sum)
             | "RowsIn" >> beam.Map(lambda n: ("rows_in", n))
         )
         extra = pipeline | "NoExtra" >> beam.Create([{}])

@@ -113,7 +113,7 @@ class Event:
     source: str  # "path:line" (1-based) or, for Parquet, "path:row N" (1-based)
 
     def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return dict(self.__dict__)  # the fields (flat values); dataclasses.asdict deep-copies, slowly
 
 
 @dataclasses.dataclass(frozen=True)
