@@ -1,7 +1,7 @@
 """The base of every CTR model: named outputs and named loss terms (TFRS ``compute_loss`` pattern).
 
-A model implements ``forward(features, training) -> ModelOutput(logit, aux_losses, outputs)``
-(label-free: the same call serves) and, for auxiliary terms that need the labels,
+A model implements ``forward(features, training, losses) -> ModelOutput(logit, aux_losses, outputs)``
+(label-free: the same call serves, with ``losses=False`` so that no auxiliary term is computed) and, for auxiliary terms that need the labels,
 ``label_losses(output, labels)`` over the named ``outputs`` forward returned. It declares its
 auxiliary terms with their weights in ``loss_weights()`` (a term switched off in the config is
 simply absent there). ``compute_loss`` adds ``ctr`` (binary cross-entropy through
@@ -74,7 +74,8 @@ class CTRModel(tfrs.models.Model):
         """Active auxiliary loss terms -> weight. Override in models with auxiliary losses."""
         return {}
 
-    def forward(self, features: Mapping[str, tf.Tensor], training: bool = False) -> ModelOutput:
+    def forward(self, features: Mapping[str, tf.Tensor], training: bool = False, losses: bool = True) -> ModelOutput:
+        """``losses=False`` is the serving path (``call``): no auxiliary term is computed."""
         raise NotImplementedError
 
     def label_losses(self, output: ModelOutput, labels: tf.Tensor) -> Dict[str, tf.Tensor]:
@@ -83,7 +84,7 @@ class CTRModel(tfrs.models.Model):
 
     # ---- shared behaviour ----------------------------------------------------------------------
     def call(self, features, training=False):
-        logit = self.forward(features, training=training).logit
+        logit = self.forward(features, training=training, losses=False).logit
         return {"logit": logit, "probability": tf.sigmoid(logit)}
 
     def loss_terms(self, features, labels, training: bool = False) -> Tuple[ModelOutput, Dict[str, tf.Tensor]]:

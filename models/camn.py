@@ -205,7 +205,7 @@ class CAMN(CTRModel):
         X_hat, A = self.attention(x, mask, P)
         return self.W_2(self.W_1(X_hat)), A, P
 
-    def forward(self, features, training=False):
+    def forward(self, features, training=False, losses=True):
         emb = self.embeddings
         x, mask = self.click_sequence(features)
         X_tilde, A, _ = self.refine(x, mask)
@@ -215,5 +215,5 @@ class CAMN(CTRModel):
             for r, extractor in enumerate(self.interest_extractors)
         ]
         flat = tf.concat(interests + [emb.item_vectors(target), flatten_fields(emb.user(features))], axis=-1)
-        aux = {"diversity": diversity_loss(A, mask)} if self.params.diversity_loss else {}
+        aux = {"diversity": diversity_loss(A, mask)} if self.params.diversity_loss and losses else {}
         return ModelOutput(logit=self.head(flat, training=training), aux_losses=aux)

@@ -27,7 +27,7 @@ class DIN(CTRModel):
         self.attention = TargetAttention(params.attention_units, normalization=None, name="activation_unit")
         self.head = LogitHead(params.mlp_units, dropout=params.dropout, name="prediction_mlp")
 
-    def forward(self, features, training=False):
+    def forward(self, features, training=False, losses=True):
         emb = self.embeddings
         user, target, context = emb.user(features), emb.target(features), emb.context(features)
         clicks, mask = emb.sequence(features, "click")

@@ -14,7 +14,7 @@ class DNN(CTRModel):
         super().__init__(spec, vocab_sizes, params, name=name)
         self.head = LogitHead(params.mlp_units, dropout=params.dropout, name="prediction_mlp")
 
-    def forward(self, features, training=False):
+    def forward(self, features, training=False, losses=True):
         emb = self.embeddings
         parts = [emb.user(features), emb.target(features), emb.context(features)]
         for feedback in self.spec.feedback_types:

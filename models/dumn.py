@@ -380,7 +380,7 @@ class DUMN(CTRModel):
         return ShortTerm(e_user, e_item, items, masks, f, f_o)
 
     # ---- 3.4 and 3.6 ---------------------------------------------------------------------------
-    def long_term(self, short: ShortTerm, training: bool):
+    def long_term(self, short: ShortTerm, training: bool, losses: bool = True):
         """r per memory (eq. 8-11), the write (eq. 12, training only) and the triplet terms (eq. 17-19)."""
         r, aux = {}, {}
         if not self.params.memory:
@@ -388,7 +388,7 @@ class DUMN(CTRModel):
         for fb in FEEDBACK:
             writes = tf.reduce_any(short.masks[fb], axis=1)  # users with at least one item of this type
             samples = None
-            if self.params.triplet_loss:
+            if self.params.triplet_loss and losses:
                 negative = TRIPLET_NEGATIVE[fb]
                 samples = TripletSamples(short.items[fb], short.masks[fb], short.items[negative], short.masks[negative])
             read, loss = self.memories[fb](short.f_o[fb], short.e_user, writes, samples, training=training)
@@ -398,9 +398,9 @@ class DUMN(CTRModel):
         return r, aux
 
     # ---- 3.5 -----------------------------------------------------------------------------------
-    def forward(self, features, training=False):
+    def forward(self, features, training=False, losses=True):
         short = self.short_term(features)
-        r, aux = self.long_term(short, training)
+        r, aux = self.long_term(short, training, losses)
         U = [self.gates[fb](short.f_o[fb], r.get(fb)) for fb in FEEDBACK]  # eq. 13
         R_cross = tf.concat(U, axis=-1)  # eq. 14
         parts = [short.e_user, short.e_item, *(short.f_o[fb] for fb in FEEDBACK), *(r[fb] for fb in r), R_cross]

@@ -303,7 +303,7 @@ class FADIDN(CTRModel):
     def loss_weights(self) -> Dict[str, float]:
         return {"contrastive": self.params.lambda_cl} if self.params.contrastive else {}
 
-    def forward(self, features, training=False):
+    def forward(self, features, training=False, losses=True):
         emb = self.embeddings
         E_u, e_tar = emb.user(features), emb.target(features)  # [B, M+1, E], [B, N, E]
         interests, masks = {}, {}
@@ -318,7 +318,7 @@ class FADIDN(CTRModel):
         logit = self.head(tf.concat(parts, axis=-1), training=training)
 
         aux_losses = {}
-        if self.params.contrastive:
+        if self.params.contrastive and losses:
             aux_losses["contrastive"] = self._contrastive_loss(features, f_c, masks, training)
         return ModelOutput(logit=logit, aux_losses=aux_losses)
 

@@ -299,7 +299,7 @@ class TF4CTR(CTRModel):
             return tf.einsum("bj,bjd->bd", g_1, m), tf.einsum("bj,bjd->bd", g_2, m)
         return h, h  # share: no SSEM
 
-    def forward(self, features, training=False):
+    def forward(self, features, training=False, losses=True):
         h_es, h_hs = self.sample_selection(features, training=training)
         hat_h_es = self.MLP_s(h_es, training=training)  # eq. 6
         hat_h_hs = self.MLP_c(h_hs, training=training)

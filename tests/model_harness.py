@@ -142,8 +142,19 @@ def run_standard_checks(name: str, params=None) -> Callable:
     assert_builds_in_a_graph_with_unknown_batch(model, features)
     assert_output_shape_and_range(model, features)
     assert_padding_changes_nothing(model, features)
+    assert_serving_path_skips_the_loss_terms(model, features)
     assert_fit_step_lowers_loss(model, features, labels)
     return model
+
+
+def assert_serving_path_skips_the_loss_terms(model, features):
+    """``losses=False`` (what ``call`` and so every export uses) computes no auxiliary term and
+    gives the logits of the training-time forward pass."""
+    serving = model.forward(features, training=False, losses=False)
+    assert serving.aux_losses == {}, f"the serving path computed {sorted(serving.aux_losses)}"
+    full = model.forward(features, training=False)
+    assert set(full.aux_losses) <= set(model.loss_weights())
+    np.testing.assert_allclose(serving.logit.numpy(), full.logit.numpy(), rtol=1e-6, atol=1e-6)
 
 
 # ---- SavedModel round trip through both serving signatures --------------------------------------

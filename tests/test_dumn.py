@@ -317,9 +317,9 @@ strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 with strategy.scope():
     model = h.build("dumn")
     model.compile(optimizer=tf_keras.optimizers.Adam(1e-2))
-    model(features, training=False)
+    model.forward(features, training=False)  # builds every layer, the triplet heads too (call() skips them)
 reference = h.build("dumn")
-reference(features, training=False)
+reference.forward(features, training=False)
 reference.set_weights(model.get_weights())
 before = {fb: model.memories[fb].M.numpy().copy() for fb in FEEDBACK}
 reference.forward(features, training=True)  # the global batch's write with the pre-step weights
