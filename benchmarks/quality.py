@@ -14,7 +14,7 @@ and the transform graph included) and the run's peak resident memory (the child 
 
 Results are appended to ``<output>/quality.json`` as they come (a re-run skips what is there,
 so an interrupted benchmark resumes); ``quality.md`` (mean +- std over seeds, RelaImpr vs DIN)
-and ``quality.png`` (AUC per model with error bars; needs matplotlib, ``pip install -e .[bench]``)
+and ``quality.png`` (AUC per model with error bars; needs matplotlib: ``pip install -r requirements/bench.txt``)
 are rewritten after every run.
 """
 from __future__ import annotations
@@ -178,7 +178,7 @@ def plot(table: Dict[str, Dict[str, dict]], path: str) -> bool:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("[quality] matplotlib is not installed (pip install -e .[bench]): no plot", flush=True)
+        print("[quality] matplotlib is not installed (pip install -r requirements/bench.txt): no plot", flush=True)
         return False
     figure, axes = plt.subplots(1, len(table), figsize=(6 * len(table), 4), squeeze=False)
     for axis, (dataset, models) in zip(axes[0], table.items()):
