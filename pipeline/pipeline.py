@@ -73,6 +73,9 @@ def _data_files(path: str) -> List[str]:
     return [os.path.join(root, name) for root, _, names in os.walk(path) for name in names]
 
 
+EXAMPLE_SECTIONS = {"data", "sequences", "split", "features"}
+
+
 def create_pipeline(config: PipelineConfig, models: Optional[List[str]] = None, for_kubeflow: bool = False) -> tfx.dsl.Pipeline:
     """Builds the pipeline for ``config`` (``models`` narrows ``training.models``)."""
     choices = validate_model_params(config)
@@ -83,7 +86,8 @@ def create_pipeline(config: PipelineConfig, models: Optional[List[str]] = None, 
     spec = FeatureSpec.from_config(config)
 
     example_gen = components.SequenceExampleGen(
-        config_json=config.model_dump_json(),
+        # only what shapes the examples: a training or evaluation change keeps the cached examples
+        config_json=config.model_dump_json(include=EXAMPLE_SECTIONS),
         input_fingerprint="" if for_kubeflow else components.input_fingerprint(_data_files(config.data.path)),
     )
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])

@@ -117,7 +117,7 @@ def test_parameters_name_code_baked_into_the_image(spec):
     custom = json.loads(_parameter(spec, "Trainer.din", "custom_config")["stringValue"])
     assert custom["model_name"] == "din" and custom["feature_spec"]["max_length"] == 20
     config = json.loads(_parameter(spec, "SequenceExampleGen", "config_json")["stringValue"])
-    assert config["pipeline_root"] == "gs://bucket/ctr/root"
+    assert config["sequences"]["max_length"] == 20 and set(config) == {"data", "sequences", "split", "features"}
     assert spec["runtimeConfig"]["gcsOutputDirectory"] == "gs://bucket/ctr/root"
     assert "module_file" not in json.dumps(spec)
 
@@ -148,3 +148,19 @@ def test_only_kubeflow_is_supported(demo_config_file, tmp_path):
     with pytest.raises(ValueError, match="supported: kubeflow"):
         kubeflow.run_compile(_compile_args(runner="airflow", config=demo_config_file[0], output=tmp_path / "x.json"))
     assert not (tmp_path / "x.json").exists()
+
+
+def test_example_generation_does_not_depend_on_the_training_settings(demo_config_file):
+    from pipeline.config import load_config
+    from pipeline.pipeline import create_pipeline
+
+    config = load_config(demo_config_file[0])
+    other = config.model_copy(update={"training": config.training.model_copy(update={"epochs": 9, "seed": 3})})
+
+    def example_gen_parameters(cfg):
+        (node,) = [n for n in create_pipeline(cfg, ["dnn"], for_kubeflow=True).components if n.id == "SequenceExampleGen"]
+        return node.exec_properties
+
+    assert example_gen_parameters(config) == example_gen_parameters(other)
+    changed = config.model_copy(update={"sequences": config.sequences.model_copy(update={"max_length": 7})})
+    assert example_gen_parameters(config) != example_gen_parameters(changed)
