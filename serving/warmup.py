@@ -42,9 +42,7 @@ def write_warmup_requests(
     input_name = _examples_input(saved_model_dir, signature)
     requests = []
     for example in serialized_examples:
-        request = predict_pb2.PredictRequest()
-        request.model_spec.name = model_name
-        request.model_spec.signature_name = signature
+        request = _request(model_name, signature)
         request.inputs[input_name].CopyFrom(tf.make_tensor_proto([example], dtype=tf.string))
         requests.append(request)
     requests += _raw_requests(saved_model_dir, model_name, serialized_examples)
@@ -60,6 +58,13 @@ def write_warmup_requests(
     return path
 
 
+def _request(model_name: str, signature: str) -> predict_pb2.PredictRequest:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model_name
+    request.model_spec.signature_name = signature
+    return request
+
+
 def _raw_requests(saved_model_dir: str, model_name: str, serialized_examples: List[bytes]) -> List[predict_pb2.PredictRequest]:
     """``serving_raw`` / ``serving_candidates`` requests of the examples that parse."""
     signature_defs = read_signature_defs(saved_model_dir).signature_def
@@ -70,9 +75,7 @@ def _raw_requests(saved_model_dir: str, model_name: str, serialized_examples: Li
     requests = []
     for shared, candidate in _features_of(spec, serialized_examples):
         for signature in signatures:
-            request = predict_pb2.PredictRequest()
-            request.model_spec.name = model_name
-            request.model_spec.signature_name = signature
+            request = _request(model_name, signature)
             for name, tensor in client.raw_tensors(spec, shared, [candidate], user_rows=1).items():
                 request.inputs[name].CopyFrom(tensor)
             requests.append(request)
