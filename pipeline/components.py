@@ -39,12 +39,14 @@ class Quarantine(artifact.Artifact):
 def SequenceExampleGen(
     config_json: Parameter[str],
     input_fingerprint: Parameter[str],
+    code_fingerprint: Parameter[str],
     examples: OutputArtifact[standard_artifacts.Examples],
     quarantine: OutputArtifact[Quarantine],
     beam_pipeline: BeamComponentParameter[beam.Pipeline] = None,
 ) -> TypedDict("RowCounts", {"log_rows_in": int, "examples_total": int, "log_rows_quarantined": int}):
-    """``input_fingerprint`` (paths, sizes, mtimes of the logs) makes the cache see new data."""
-    del input_fingerprint  # only part of the cache key
+    """``input_fingerprint`` (paths, sizes, mtimes of the logs) and ``code_fingerprint`` (the
+    sequence builder's source) make the cache see new data and new code."""
+    del input_fingerprint, code_fingerprint  # only part of the cache key
     from pipeline.config import parse_config
     from transforms import sequences
     from transforms.features import FeatureSpec
@@ -171,6 +173,32 @@ def check_thresholds_were_evaluated(result, where: str) -> None:
             f"a blessing threshold names a metric the evaluation never computed ({where}); "
             "check the metric names of the evaluation thresholds"
         )
+
+
+def code_fingerprint(*modules: str) -> str:
+    """A cache key for code the pipeline refers to by name (``preprocessing_fn``, ``run_fn``, the
+    sequence builder): a digest of the modules' source (a package: all its ``.py`` files).
+
+    TFX's cache sees a component's parameters, not the code behind a module name; with this key
+    among the parameters, editing that code re-runs the component instead of reusing a stale output.
+    """
+    import importlib.util
+
+    files = []
+    for name in modules:
+        found = importlib.util.find_spec(name)
+        if found is None or found.origin is None:
+            raise ValueError(f"module {name!r} not found")
+        if found.submodule_search_locations:
+            files += [os.path.join(root, f) for d in found.submodule_search_locations
+                      for root, _, names in os.walk(d) for f in names if f.endswith(".py")]
+        else:
+            files.append(found.origin)
+    digest = hashlib.sha256()
+    for path in sorted(set(files)):
+        with open(path, "rb") as handle:
+            digest.update(os.path.basename(path).encode("utf-8") + b"\0" + handle.read())
+    return digest.hexdigest()[:16]
 
 
 def input_fingerprint(paths) -> str:

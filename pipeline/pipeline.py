@@ -74,6 +74,11 @@ def _data_files(path: str) -> List[str]:
 
 
 EXAMPLE_SECTIONS = {"data", "sequences", "split", "features"}
+# the code behind each cached step (see components.code_fingerprint)
+EXAMPLE_CODE = ("transforms.sequences", "transforms.history", "transforms.sources", "transforms.features")
+TRANSFORM_CODE = ("transforms.preprocessing", "transforms.features")
+TRAINER_CODE = ("models", "transforms.features")
+CODE_FINGERPRINT = "code_fingerprint"
 
 
 def create_pipeline(config: PipelineConfig, models: Optional[List[str]] = None, for_kubeflow: bool = False) -> tfx.dsl.Pipeline:
@@ -89,6 +94,7 @@ def create_pipeline(config: PipelineConfig, models: Optional[List[str]] = None, 
         # only what shapes the examples: a training or evaluation change keeps the cached examples
         config_json=config.model_dump_json(include=EXAMPLE_SECTIONS),
         input_fingerprint="" if for_kubeflow else components.input_fingerprint(_data_files(config.data.path)),
+        code_fingerprint=components.code_fingerprint(*EXAMPLE_CODE),
     )
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     schema_gen = components.FeatureSpecSchemaGen(
@@ -103,7 +109,7 @@ def create_pipeline(config: PipelineConfig, models: Optional[List[str]] = None, 
         schema=schema_gen.outputs["schema"],
         preprocessing_fn=PREPROCESSING_FN,
         splits_config=transform_pb2.SplitsConfig(analyze=["train"], transform=["train", "eval", "test"]),
-        custom_config={SPEC_KEY: spec.to_dict()},
+        custom_config={SPEC_KEY: spec.to_dict(), CODE_FINGERPRINT: components.code_fingerprint(*TRANSFORM_CODE)},
     )
     transform.add_upstream_node(anomaly_gate)
     nodes = [example_gen, statistics_gen, schema_gen, example_validator, anomaly_gate, transform]
@@ -133,6 +139,7 @@ def _model_nodes(config: PipelineConfig, spec: FeatureSpec, name: str, choice: M
             "model_params": choice.params.model_dump(mode="json"),
             "feature_spec": spec.to_dict(),
             "training": config.training.model_dump(mode="json", exclude={"models"}),
+            CODE_FINGERPRINT: components.code_fingerprint(*TRAINER_CODE),
         },
     ).with_id(f"Trainer.{name}")
     warmed = components.WarmupRequests(

@@ -164,3 +164,34 @@ def test_example_generation_does_not_depend_on_the_training_settings(demo_config
     assert example_gen_parameters(config) == example_gen_parameters(other)
     changed = config.model_copy(update={"sequences": config.sequences.model_copy(update={"max_length": 7})})
     assert example_gen_parameters(config) != example_gen_parameters(changed)
+
+
+def test_editing_the_code_behind_a_step_changes_its_cache_key(demo_config_file, tmp_path, monkeypatch):
+    """TFX caches by parameters; the code a step names (preprocessing_fn, run_fn, the sequence
+    builder) must be among them, or an edit would reuse a stale output."""
+    from pipeline import components, pipeline
+    from pipeline.config import load_config
+
+    package = tmp_path / "edited"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "step.py").write_text("def fn():\n    return 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    before = components.code_fingerprint("edited")
+    assert components.code_fingerprint("edited.step") != before
+    (package / "step.py").write_text("def fn():\n    return 2\n")
+    assert components.code_fingerprint("edited") != before
+    with pytest.raises(ValueError, match="not found"):
+        components.code_fingerprint("no_such_module_here")
+
+    nodes = {n.id: n for n in pipeline.create_pipeline(load_config(demo_config_file[0]), ["dnn"], for_kubeflow=True).components}
+    expected = {
+        "SequenceExampleGen": components.code_fingerprint(*pipeline.EXAMPLE_CODE),
+        "Transform": components.code_fingerprint(*pipeline.TRANSFORM_CODE),
+        "Trainer.dnn": components.code_fingerprint(*pipeline.TRAINER_CODE),
+    }
+    assert nodes["SequenceExampleGen"].exec_properties["code_fingerprint"] == expected["SequenceExampleGen"]
+    for node in ("Transform", "Trainer.dnn"):
+        custom = json.loads(nodes[node].exec_properties["custom_config"])
+        assert custom["code_fingerprint"] == expected[node], node
+    assert len(set(expected.values())) == 3
