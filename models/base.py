@@ -82,6 +82,18 @@ class CTRModel(tfrs.models.Model):
         """Auxiliary terms that need the labels ([B] in {0, 1}); override where there are some."""
         return {}
 
+    def score_candidates(self, user_features: Mapping[str, tf.Tensor], item_features: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        """Probabilities [N] of N candidate items for one user (the ``serving_candidates`` path).
+
+        ``user_features``: every transformed feature but the item fields, for one row ([1, ...]:
+        user fields, context, histories); ``item_features``: the item fields of the N candidates.
+        This default tiles the user row N times and runs ``call``; a model whose user-side work
+        does not depend on the candidate overrides it to do that work once.
+        """
+        count = tf.shape(item_features[self.spec.item_fields[0]])[0]
+        tiled = {name: tf.repeat(value, count, axis=0) for name, value in user_features.items()}
+        return self({**tiled, **item_features}, training=False)["probability"]
+
     # ---- shared behaviour ----------------------------------------------------------------------
     def call(self, features, training=False):
         logit = self.forward(features, training=training, losses=False).logit

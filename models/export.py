@@ -75,10 +75,11 @@ class _ServingModule(tf.Module):
         return {"probability": self.model(transformed, training=False)["probability"]}
 
     def predict_candidates(self, tensors):
-        """One user's N candidates: the user's histories are transformed in one row and tiled.
+        """One user's N candidates: the user's histories are transformed in one row, the model
+        sees that row once beside the N candidates' item fields (``CTRModel.score_candidates``).
 
         The transform is row-wise (analyzer results are constants), so row 0 carries the
-        histories and rows 1..N-1 none; row 0's transformed histories then stand for every row.
+        histories and rows 1..N-1 none; row 0 then stands for the user.
         """
         spec = self.spec
         count = tf.shape(tensors[spec.item_fields[0]])[0]
@@ -93,10 +94,10 @@ class _ServingModule(tf.Module):
             else:
                 rows[name] = value
         transformed = self.tft_layer(raw_tensors_to_parsed(spec, rows))
-        for kind in spec.feedback_types:
-            for name in spec.transformed_sequence_names(kind):
-                transformed[name] = tf.repeat(transformed[name][:1], count, axis=0)
-        return self._model_probability(transformed)
+        transformed.pop(LABEL, None)
+        user_row = {name: value[:1] for name, value in transformed.items() if name not in spec.item_fields}
+        candidates = {name: transformed[name] for name in spec.item_fields}
+        return {"probability": self.model.score_candidates(user_row, candidates)}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def serve_examples(self, examples):

@@ -217,6 +217,10 @@ class FineGrainedInterest(tf_keras.layers.Layer):
         self.ffn = MLP(ffn_units, name="ffn")
 
     def call(self, E_u, E_cp, mask, e_tar, training=False):
+        return self.target(self.profile(E_u, E_cp, mask), e_tar, training=training)
+
+    def profile(self, E_u, E_cp, mask):
+        """Eq. 1-3, the user side: o^n [B, N, M+1, E] (no target item involved)."""
         batch, steps = tf.shape(E_cp)[0], tf.shape(E_cp)[1]
         num_attributes, dim = E_cp.shape[2], E_cp.shape[3]
         rows = E_u.shape[1]  # M+1 user fields
@@ -235,10 +239,12 @@ class FineGrainedInterest(tf_keras.layers.Layer):
         queries = tf.reshape(tf.tile(E_u[:, tf.newaxis], [1, num_attributes, 1, 1]), [-1, rows, dim])
         key_mask = tf.reshape(tf.tile(mask[:, tf.newaxis, :], [1, num_attributes, 1]), [-1, steps])
         heads, _ = self.profile_attention(queries, fold(keys), fold(E_cp), key_mask)
-        o = tf.reshape(self.W_F(heads), [batch, num_attributes, rows, dim])  # o^n, [B, N, M+1, E]
+        return tf.reshape(self.W_F(heads), [batch, num_attributes, rows, dim])  # o^n
 
-        target_heads = self.target_attention(e_tar, o)  # eq. 4, [B, N, E]
-        concat = tf.reshape(target_heads, [batch, num_attributes * dim])
+    def target(self, o, e_tar, training=False):
+        """Eq. 4: target attention over o^n, W_s and the FFN: f [B, ffn_units[-1]]."""
+        target_heads = self.target_attention(e_tar, o)  # [B, N, E]
+        concat = tf.reshape(target_heads, [-1, target_heads.shape[1] * target_heads.shape[2]])
         return self.ffn(self.W_s(concat), training=training)
 
 
@@ -310,17 +316,32 @@ class FADIDN(CTRModel):
         for feedback in FEEDBACK:
             E_cp, masks[feedback] = emb.sequence(features, feedback)  # 2.2: E_c^n + E_gap
             interests[feedback] = self.interest[feedback](E_u, E_cp, masks[feedback], e_tar, training=training)
-        f_c, f_v = interests["click"], interests["unclick"]
-
-        parts = [flatten_fields(E_u), emb.item_vectors(e_tar), f_c, f_v]
-        if self.params.context:
-            parts.append(flatten_fields(emb.context(features)))
-        logit = self.head(tf.concat(parts, axis=-1), training=training)
-
+        f_c = interests["click"]
+        logit = self._logit(E_u, e_tar, interests, emb.context(features), training)
         aux_losses = {}
         if self.params.contrastive and losses:
             aux_losses["contrastive"] = self._contrastive_loss(features, f_c, masks, training)
         return ModelOutput(logit=logit, aux_losses=aux_losses)
+
+    def _logit(self, E_u, e_tar, interests, context, training):
+        """The prediction MLP over [E_u, e_tar, f_c, f_v] (and the context when configured)."""
+        parts = [flatten_fields(E_u), self.embeddings.item_vectors(e_tar), interests["click"], interests["unclick"]]
+        if self.params.context:
+            parts.append(flatten_fields(context))
+        return self.head(tf.concat(parts, axis=-1), training=training)
+
+    def score_candidates(self, user_features, item_features):
+        """Eq. 1-3 depend on the user alone: run once for the user row, eq. 4 and the MLP per candidate."""
+        emb = self.embeddings
+        e_tar = emb.target(item_features)
+        count = tf.shape(e_tar)[0]
+        E_u = emb.user(user_features)
+        interests = {}
+        for feedback in FEEDBACK:
+            o = self.interest[feedback].profile(E_u, *emb.sequence(user_features, feedback))
+            interests[feedback] = self.interest[feedback].target(tf.repeat(o, count, axis=0), e_tar)
+        repeat = lambda x: tf.repeat(x, count, axis=0)  # noqa: E731
+        return tf.sigmoid(self._logit(repeat(E_u), e_tar, interests, repeat(emb.context(user_features)), False))
 
     def _contrastive_loss(self, features, f_c, masks, training) -> tf.Tensor:
         """Section 2.4: pairs around the anchor f_c, then InfoNCE (eq. 5), in float32."""

@@ -12,9 +12,11 @@ Inputs (``--input``):
   model's ``serving_raw`` signature (``user_id``, ``item_id``, ``timestamp`` at least).
 
 Scoring uses Beam's ``RunInference`` with a Beam model handler for the SavedModel's
-``serving_default`` signature (serialized raw tf.Example -> ``probability``; ``SignatureModelHandler``),
-keyed so every score keeps the ids of its input row. A batch the model rejects is retried one example at a time,
-so one bad example costs only its own row.
+``serving_default`` signature (serialized raw tf.Example -> ``probability``; ``SignatureModelHandler``).
+Rows travel in chunks ``(keys, serialized examples)`` (a TFRecord read batch, a user's window of
+the sequence builder), so Beam's per-element cost is paid per chunk, not per row; every score
+keeps the ids of its input row. A batch the model rejects is retried one example at a time, so
+one bad example costs only its own row.
 
 Outputs in ``--output``:
 
@@ -46,11 +48,10 @@ import io
 import json
 import re
 import time
-import uuid
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
-from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
+from apache_beam.ml.inference.base import ModelHandler, RunInference
 
 SCORE_FIELDS = ("user_id", "item_id", "timestamp", "score", "model", "model_version")
 ERROR_FIELDS = ("source", "reason", "detail", "user_id", "item_id", "timestamp", "raw")
@@ -225,13 +226,15 @@ def _tf_message(exc) -> str:
 
 
 class _CheckExamples(beam.DoFn):
-    """A batch of (source, record) -> (key, record) for each tf.Example the model can parse, an
-    error row for each other record.
+    """A batch of (source, record) -> one chunk ``(keys, records)`` of the tf.Examples with
+    readable ids (``key = (user_id, item_id, timestamp, source)``), an error row for each other record.
 
     ``expected``: feature name -> (list kind, rank) of the model's raw inputs; rank-1 features
     (scalars) must hold exactly one value, rank-2 ones (histories) may be absent or of any length.
-    Fast path: the whole batch parses (``tf.io.parse_example`` with exactly these rules) and the
-    ids come from the parsed tensors; a batch that does not parse is checked record by record.
+    Fast path: the ids of the whole batch parse (``tf.io.parse_example`` of the id features
+    only); the other features are left to the model's own parsing, which applies the same rules
+    (a batch it rejects is diagnosed record by record, see ``_SignatureScorer``). A batch whose
+    ids do not parse is checked record by record here.
     """
 
     def __init__(self, expected: Dict[str, Tuple[str, int]]):
@@ -240,48 +243,48 @@ class _CheckExamples(beam.DoFn):
     def setup(self):
         import tensorflow as tf
 
-        dtypes = {"bytes_list": tf.string, "int64_list": tf.int64, "float_list": tf.float32}
-        self.parse_spec = {
-            name: tf.io.FixedLenFeature([], dtypes[kind]) if rank <= 1 else tf.io.VarLenFeature(dtypes[kind])
-            for name, (kind, rank) in self.expected.items() if kind in dtypes
-        }
-        self.fast = len(self.parse_spec) == len(self.expected) and all(
-            self.expected.get(name) == (kind, 1) for name, kind in ID_FEATURES.items()
-        )
+        dtypes = {"bytes_list": tf.string, "int64_list": tf.int64}
+        self.id_spec = {name: tf.io.FixedLenFeature([], dtypes[kind]) for name, kind in ID_FEATURES.items()}
+        self.fast = all(self.expected.get(name) == (kind, 1) for name, kind in ID_FEATURES.items())
 
     def process(self, batch):
         import tensorflow as tf
 
         if self.fast:
             try:
-                parsed = tf.io.parse_example([record for _, record in batch], self.parse_spec)
+                parsed = tf.io.parse_example([record for _, record in batch], self.id_spec)
             except (tf.errors.InvalidArgumentError, UnicodeDecodeError):  # TF's message may quote the bad bytes
                 parsed = None
             if parsed is not None:
                 users, items, stamps = (parsed[name].numpy() for name in ID_FEATURES)
-                for (source, record), user, item, stamp in zip(batch, users, items, stamps):
-                    yield (_text(user), _text(item), int(stamp), source), record
+                keys = [(_text(user), _text(item), int(stamp), source)
+                        for (source, _), user, item, stamp in zip(batch, users, items, stamps)]
+                yield keys, [record for _, record in batch]
                 return
-        for source_record in batch:
-            yield from self._check_one(source_record)
+        keys, records = [], []
+        for source, record in batch:
+            problem, ids = diagnose(record, self.expected)
+            if problem:
+                yield beam.pvalue.TaggedOutput(ERRORS, error_row(source, *problem, ids=ids))
+            else:
+                keys.append(ids + (source,))
+                records.append(record)
+        if keys:
+            yield keys, records
 
-    def _check_one(self, source_record):
-        from google.protobuf.message import DecodeError
-        from tensorflow.core.example import example_pb2
 
-        source, record = source_record
-        try:
-            example = example_pb2.Example.FromString(record)
-        except (DecodeError, RuntimeWarning) as exc:
-            yield beam.pvalue.TaggedOutput(ERRORS, error_row(source, "malformed_example", f"not a serialized tf.Example: {exc}"))
-            return
-        features = example.features.feature
-        problem = _feature_problem(features, self.expected)
-        ids = _ids(features)
-        if problem:
-            yield beam.pvalue.TaggedOutput(ERRORS, error_row(source, *problem, ids=ids))
-            return
-        yield (ids[0], ids[1], ids[2], source), record
+def diagnose(record: bytes, expected: Dict[str, Tuple[str, int]]):
+    """``(problem, ids)``: what is wrong with a serialized example for a model taking the
+    ``expected`` raw features (``(reason, detail)``, None when nothing is) and its ids."""
+    from google.protobuf.message import DecodeError
+    from tensorflow.core.example import example_pb2
+
+    try:
+        example = example_pb2.Example.FromString(record)
+    except (DecodeError, RuntimeWarning) as exc:
+        return ("malformed_example", f"not a serialized tf.Example: {exc}"), (None, None, None)
+    features = example.features.feature
+    return _feature_problem(features, expected), _ids(features)
 
 
 def _text(value: bytes) -> str:
@@ -352,18 +355,28 @@ def _csv_line(values: Sequence) -> str:
 
 
 # ---- RunInference ------------------------------------------------------------------------------
-class SignatureModelHandler(ModelHandler):
-    """Beam model handler for a SavedModel signature that maps a batch of serialized tf.Examples
-    to one score per example (``serving_default``: ``examples`` -> ``probability``).
+def chunk_size(chunk) -> int:
+    """Examples in a chunk ``(keys, serialized examples)``."""
+    return len(chunk[0])
 
-    Lean on purpose: the signature is called on the batch as a TF2 function and the scores come
-    back as floats; no PredictionLog protos are built per row.
+
+class SignatureModelHandler(ModelHandler):
+    """Beam model handler for a SavedModel signature that maps serialized tf.Examples to one
+    score each (``serving_default``: ``examples`` -> ``probability``).
+
+    Its elements are chunks ``(keys, serialized examples)``, not single examples, so Beam's
+    per-element cost is paid per chunk; RunInference batches chunks up to ``max_batch_size``
+    examples. Each chunk comes back as ``(keys, scores, error rows)``: the rows scored, and an
+    error row for each example the model rejected (see ``_SignatureScorer.score``). Lean on
+    purpose: one signature call per batch, no PredictionLog protos, no pickling of batches to
+    count their bytes.
     """
 
-    def __init__(self, model_path: str, signature: str, output_key: str, max_batch_size: int):
+    def __init__(self, model_path: str, signature: str, output_key: str, max_batch_size: int,
+                 expected: Optional[Dict[str, Tuple[str, int]]] = None):
         super().__init__()
         self.model_path, self.signature, self.output_key = model_path, signature, output_key
-        self.max_batch_size = max_batch_size
+        self.max_batch_size, self.expected = max_batch_size, expected
 
     def load_model(self) -> "_SignatureScorer":
         import tensorflow as tf
@@ -377,13 +390,28 @@ class SignatureModelHandler(ModelHandler):
             raise ValueError(f"signature {self.signature!r} must take one string tensor of serialized tf.Examples; it takes {sorted(inputs)}")
         if self.output_key not in function.structured_outputs:
             raise ValueError(f"signature {self.signature!r} has no output {self.output_key!r}; outputs: {sorted(function.structured_outputs)}")
-        return _SignatureScorer(loaded, function, next(iter(inputs)), self.output_key)
+        return _SignatureScorer(loaded, function, next(iter(inputs)), self.output_key, self.expected)
 
     def run_inference(self, batch, model, inference_args=None):
-        return model(batch)
+        scores, problems = model.score([record for _, records in batch for record in records])
+        results, start = [], 0
+        for keys, _ in batch:
+            end = start + len(keys)
+            if not any(start <= i < end for i in problems):
+                results.append((keys, scores[start:end], []))
+            else:
+                kept = [i for i in range(start, end) if i not in problems]
+                errors = [error_row(keys[i - start][3], *problems[i], ids=keys[i - start][:3])
+                          for i in range(start, end) if i in problems]
+                results.append(([keys[i - start] for i in kept], [scores[i] for i in kept], errors))
+            start = end
+        return results
+
+    def get_num_bytes(self, batch) -> int:
+        return sum(len(record) for _, records in batch for record in records)
 
     def batch_elements_kwargs(self):
-        return {"min_batch_size": 1, "max_batch_size": self.max_batch_size}
+        return {"min_batch_size": 1, "max_batch_size": self.max_batch_size, "element_size_fn": chunk_size}
 
 
 @dataclasses.dataclass
@@ -392,54 +420,93 @@ class _SignatureScorer:
     function: object
     input_name: str
     output_key: str
+    expected: Optional[Dict[str, Tuple[str, int]]]  # the raw features, to diagnose a rejected example
 
     def __call__(self, serialized: Sequence[bytes]) -> List[float]:
         import tensorflow as tf
 
-        scores = self.function(**{self.input_name: tf.constant(serialized)})[self.output_key].numpy().reshape(-1)
+        scores = self.function(**{self.input_name: tf.constant(serialized, dtype=tf.string)})[self.output_key].numpy().reshape(-1)
         if len(scores) != len(serialized):
             raise ValueError(f"output {self.output_key!r} holds {len(scores)} values for {len(serialized)} examples")
         return scores.tolist()
 
+    def score(self, serialized: Sequence[bytes]) -> Tuple[List[Optional[float]], Dict[int, Tuple[str, str]]]:
+        """Scores, and ``(reason, detail)`` by index for the examples the model rejects.
+
+        One call for the batch; when the model rejects it, each example is diagnosed (a missing
+        feature, a wrong type or value count, not a tf.Example), the rest scored again as a
+        batch and, if that still fails, one at a time: only bad examples lose their score.
+        """
+        try:
+            return self(serialized), {}
+        except _model_input_errors():
+            pass
+        problems: Dict[int, Tuple[str, str]] = {}
+        if self.expected is not None:
+            for index, record in enumerate(serialized):
+                problem, _ = diagnose(record, self.expected)
+                if problem:
+                    problems[index] = problem
+        rest = [i for i in range(len(serialized)) if i not in problems]
+        scores: List[Optional[float]] = [None] * len(serialized)
+        try:
+            for index, value in zip(rest, self([serialized[i] for i in rest]) if rest else []):
+                scores[index] = value
+        except _model_input_errors():
+            for index in rest:
+                try:
+                    scores[index] = self([serialized[index]])[0]
+                except _model_input_errors() as exc:
+                    problems[index] = ("model_error", _error_text(exc))
+        return scores, problems
+
+
+def _model_input_errors():
+    import tensorflow as tf
+
+    # UnicodeDecodeError: TF's message quoting undecodable bytes of the input
+    return (tf.errors.OpError, UnicodeDecodeError, ValueError)
+
+
+def _error_text(exc: Exception) -> str:
+    message = _tf_message(exc) if hasattr(exc, "message") else str(exc)
+    return f"{type(exc).__name__}: {message}"
+
+
+def _scored_and_errors(result):
+    keys, scores, errors = result
+    if keys:
+        yield keys, scores
+    for error in errors:
+        yield beam.pvalue.TaggedOutput(ERRORS, error)
+
 
 class ScoreExamples(beam.PTransform):
-    """(key, serialized tf.Example) -> {"scored": (key, score), "errors": error rows}.
+    """Chunks ``(keys, serialized tf.Examples)`` -> {"scored": chunks ``(keys, scores)``, "errors": error rows}.
 
-    ``key`` is ``(user_id, item_id, timestamp, source)``; it travels through RunInference with
-    its example (``KeyedModelHandler``).
-
-    A batch the model rejects is scored again one example at a time; the examples that still
-    fail become ``model_error`` rows. Both RunInference steps share one loaded model.
+    A key is ``(user_id, item_id, timestamp, source)``. With ``expected`` (the model's raw
+    features), an example the model rejects gets the precise reason (``missing_feature``, ...),
+    else ``model_error``; a batch RunInference itself fails on becomes ``model_error`` rows.
     """
 
-    def __init__(self, model_path: str, signature: str = DEFAULT_SIGNATURE, output_key: str = DEFAULT_OUTPUT_KEY, max_batch_size: int = 1024):
+    def __init__(self, model_path: str, signature: str = DEFAULT_SIGNATURE, output_key: str = DEFAULT_OUTPUT_KEY,
+                 max_batch_size: int = 1024, expected: Optional[Dict[str, Tuple[str, int]]] = None):
         super().__init__()
-        self.model_path, self.signature, self.output_key = model_path, signature, output_key
-        self.max_batch_size = max_batch_size
+        self.handler = SignatureModelHandler(model_path, signature, output_key, max_batch_size, expected)
 
-    def _handler(self, max_batch_size: int):
-        return KeyedModelHandler(SignatureModelHandler(self.model_path, self.signature, self.output_key, max_batch_size))
-
-    def expand(self, keyed):
-        model_tag = f"ctr-batch-score-{uuid.uuid4().hex}"
-        scored, failed = keyed | "RunInference" >> RunInference(
-            self._handler(self.max_batch_size), model_identifier=model_tag
-        ).with_exception_handling()
-        retried, failed_alone = (
-            failed.failed_inferences
-            | "FailedBatchElements" >> beam.FlatMap(lambda batch_error: batch_error[0])
-            | "RunInferenceOneByOne" >> RunInference(self._handler(1), model_identifier=model_tag).with_exception_handling()
-        )
+    def expand(self, chunks):
+        results, failed = chunks | "RunInference" >> RunInference(self.handler).with_exception_handling()
+        split = results | "ScoredOrError" >> beam.ParDo(_scored_and_errors).with_outputs(ERRORS, main="scored")
 
         def model_errors(batch_error):
             batch, error = batch_error
             message = exception_message(error)
-            for key, _ in batch:
-                yield error_row(key[3], "model_error", message, ids=key[:3])
+            for keys, _ in batch:
+                for key in keys:
+                    yield error_row(key[3], "model_error", message, ids=key[:3])
 
-        errors = failed_alone.failed_inferences | "ModelErrors" >> beam.FlatMap(model_errors)
-        scores = (scored, retried) | "AllScores" >> beam.Flatten()
-        return {"scored": scores, ERRORS: errors}
+        failed_rows = failed.failed_inferences | "FailedBatches" >> beam.FlatMap(model_errors)
+        return {"scored": split.scored, ERRORS: (split[ERRORS], failed_rows) | "ModelErrors" >> beam.Flatten()}
 
 
 # ---- the job ---------------------------------------------------------------------------------
@@ -487,7 +554,8 @@ def _model_raw_features(job: ScoreJob, spec) -> Dict[str, Tuple[str, int]]:
 
 
 def build_scoring(pipeline: beam.Pipeline, job: ScoreJob) -> dict:
-    """Adds the scoring steps; returns the PCollections {"rows", "errors", "counts"[, "table_quarantine"]}."""
+    """Adds the scoring steps; returns the PCollections {"scored" (chunks ``(keys, scores)``),
+    "errors", "counts"[, "table_quarantine"]}."""
     from transforms import sequences, sources
     from transforms.features import FeatureSpec
 
@@ -501,7 +569,9 @@ def build_scoring(pipeline: beam.Pipeline, job: ScoreJob) -> dict:
         config = _log_config(job.config, job.input_path)
         event_files = frozenset(sources.list_event_files(config.data))
         built = pipeline | "BuildExamples" >> sequences.BuildExamples(config, spec, split=False)
-        keyed = built[sequences.ALL] | "Key" >> beam.Map(lambda ke: ((ke[0][1], ke[0][2], int(ke[0][0]), ""), ke[1]))
+        chunks = built[sequences.ALL] | "Key" >> beam.Map(
+            lambda keys_examples: ([(user, item, int(ts), "") for ts, user, item in keys_examples[0]], keys_examples[1])
+        )
         table, logs = built[sequences.QUARANTINE] | "TableOrLog" >> beam.Partition(
             lambda record, _: int(not _is_table_record(record, event_files)), 2
         )
@@ -516,7 +586,7 @@ def build_scoring(pipeline: beam.Pipeline, job: ScoreJob) -> dict:
             | "ReadRecords" >> beam.ParDo(_ReadRecords()).with_outputs(ERRORS, main="records")
         )
         checked = records.records | "Check" >> beam.ParDo(_CheckExamples(expected)).with_outputs(ERRORS, main="examples")
-        keyed = checked.examples
+        chunks = checked.examples
         read_errors = (records[ERRORS], checked[ERRORS]) | "ReadErrors" >> beam.Flatten()
         rows_in = (
             (records.records | "BatchSizes" >> beam.Map(len), records[ERRORS] | "OneEach" >> beam.Map(lambda _: 1))
@@ -526,18 +596,12 @@ def build_scoring(pipeline: beam.Pipeline, job: ScoreJob) -> dict:
         )
         extra = pipeline | "NoExtra" >> beam.Create([{}])
 
-    scored = keyed | "Score" >> ScoreExamples(job.model.path, job.signature, job.output_key, job.max_batch_size)
-    name, version = job.model.name, job.model.version
-
-    def row(key_score):
-        (user_id, item_id, timestamp, _), score = key_score
-        return {"user_id": user_id, "item_id": item_id, "timestamp": timestamp, "score": score, "model": name, "model_version": version}
-
-    result["rows"] = scored["scored"] | "Rows" >> beam.Map(row)
+    scored = chunks | "Score" >> ScoreExamples(job.model.path, job.signature, job.output_key, job.max_batch_size, expected)
+    result["scored"] = scored["scored"]
     result[ERRORS] = (read_errors, scored[ERRORS]) | "AllErrors" >> beam.Flatten()
     tallies = (
         rows_in,
-        result["rows"] | "TallyScored" >> beam.Map(lambda _: ("scored", 1)),
+        result["scored"] | "TallyScored" >> beam.Map(lambda chunk: ("scored", chunk_size(chunk))),
         result[ERRORS] | "TallyErrors" >> beam.Map(lambda e: (f"errors.{e['reason']}", 1)),
     ) | "Tallies" >> beam.Flatten()
     result["counts"] = (
@@ -566,17 +630,23 @@ def summarize(tallies: Dict[str, int], extra: dict, input_format: str, model: Mo
     }
 
 
+def score_lines(chunk, model: ModelRef, output_format: str) -> str:
+    """The output lines of a scored chunk, one per row (written as one text element)."""
+    keys, scores = chunk
+    if output_format == "csv":
+        return "\n".join(_csv_line([user, item, ts, score, model.name, model.version]) for (user, item, ts, _), score in zip(keys, scores))
+    return "\n".join(
+        json.dumps({"user_id": user, "item_id": item, "timestamp": ts, "score": score, "model": model.name, "model_version": model.version})
+        for (user, item, ts, _), score in zip(keys, scores)
+    )
+
+
 def write_outputs(result: dict, job: ScoreJob) -> None:
     shards = {"num_shards": job.num_shards} if job.num_shards else {}
-    if job.output_format == "csv":
-        lines = result["rows"] | "ScoreCsv" >> beam.Map(lambda r: _csv_line([r[f] for f in SCORE_FIELDS]))
-        lines | "WriteScores" >> beam.io.WriteToText(
-            os.path.join(job.output_dir, "scores"), file_name_suffix=".csv", header=",".join(SCORE_FIELDS), **shards
-        )
-    else:
-        result["rows"] | "ScoreJson" >> beam.Map(json.dumps) | "WriteScores" >> beam.io.WriteToText(
-            os.path.join(job.output_dir, "scores"), file_name_suffix=".jsonl", **shards
-        )
+    header = {"header": ",".join(SCORE_FIELDS)} if job.output_format == "csv" else {}
+    result["scored"] | "ScoreLines" >> beam.Map(score_lines, job.model, job.output_format) | "WriteScores" >> beam.io.WriteToText(
+        os.path.join(job.output_dir, "scores"), file_name_suffix=f".{job.output_format}", **header, **shards
+    )
     result[ERRORS] | "ErrorJson" >> beam.Map(json.dumps) | "WriteErrors" >> beam.io.WriteToText(
         os.path.join(job.output_dir, "errors"), file_name_suffix=".jsonl", **shards
     )

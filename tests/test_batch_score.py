@@ -90,9 +90,10 @@ def setup(tmp_path_factory):
     # the examples the pipeline's sequence builder makes of this log, scored by the SavedModel directly
     with beam.Pipeline() as pipeline:
         built = pipeline | sequences.BuildExamples(config, spec, split=False)
-        built[sequences.ALL] | "Records" >> beam.Map(lambda ke: ke[1]) | beam.io.WriteToTFRecord(
+        examples = built[sequences.ALL] | "PerExample" >> beam.FlatMap(lambda keys_examples: zip(*keys_examples))
+        examples | "Records" >> beam.Map(lambda ke: ke[1]) | beam.io.WriteToTFRecord(
             str(root / "examples" / "part"), file_name_suffix=".tfrecord.gz")
-        built[sequences.ALL] | "Keys" >> beam.Map(lambda ke: json.dumps(ke[0])) | beam.io.WriteToText(str(root / "keys" / "part"))
+        examples | "Keys" >> beam.Map(lambda ke: json.dumps(ke[0])) | beam.io.WriteToText(str(root / "keys" / "part"))
     keys = [tuple(k) for k in map(json.loads, _read_lines(str(root / "keys" / "part*")))]
     records = [r.numpy() for r in tf.data.TFRecordDataset(sorted(glob.glob(str(root / "examples" / "*"))), compression_type="GZIP")]
     serve = tf.saved_model.load(model_dir).signatures["serving_default"]
@@ -166,6 +167,19 @@ def test_tfrecords_with_malformed_records(setup, tmp_path):
     open(corrupt, "wb").write(bytes(data))
     bad[b"corrupt"] = "unreadable_tfrecord"
     good = good + tail[:3]
+    # ids fine, another feature wrong: the model's parsing rejects the batch, the reason is still precise
+    no_category = tf.train.Example.FromString(setup["records"][45])
+    del no_category.features.feature["category"]
+    int_history = tf.train.Example.FromString(setup["records"][46])
+    int_history.features.feature["hist_click_item_id"].Clear()
+    int_history.features.feature["hist_click_item_id"].int64_list.value.append(7)
+    rejected = str(tmp_path / "in" / "rejected.tfrecord")
+    with tf.io.TFRecordWriter(rejected) as writer:
+        for record in [setup["records"][47], no_category.SerializeToString(), int_history.SerializeToString(), setup["records"][48]]:
+            writer.write(record)
+    bad[b"no category"] = "missing_feature"
+    bad[b"int history"] = "wrong_feature_type"
+    good = good + setup["records"][47:49]
 
     output = tmp_path / "out"
     counts = batch_score.score(_job(setup, str(tmp_path / "in"), output, output_format="csv"))
@@ -179,7 +193,12 @@ def test_tfrecords_with_malformed_records(setup, tmp_path):
         assert float(row["score"]) == pytest.approx(setup["direct"][key], rel=1e-5, abs=1e-6)
     errors = _read_jsonl(str(output / "errors-*.jsonl"))
     assert sorted(e["reason"] for e in errors) == sorted(bad.values())
-    assert {e["source"] for e in errors} == {f"{path}:record {n}" for n in range(21, 25)} | {f"{corrupt}:record 4"}
+    assert {e["source"] for e in errors} == (
+        {f"{path}:record {n}" for n in range(21, 25)} | {f"{corrupt}:record 4"} | {f"{rejected}:record {n}" for n in (2, 3)}
+    )
+    by_source = {e["source"]: e for e in errors}
+    assert "category" in by_source[f"{rejected}:record 2"]["detail"]
+    assert "hist_click_item_id" in by_source[f"{rejected}:record 3"]["detail"]
     assert "corrupted record" in next(e["detail"] for e in errors if e["reason"] == "unreadable_tfrecord")
     assert counts["input_format"] == "tfrecord"
     assert counts["rows_in"] == len(good) + len(bad) == counts["rows_scored"] + counts["error_rows"]
@@ -190,9 +209,10 @@ def test_a_batch_the_model_rejects_costs_only_its_bad_examples(setup, tmp_path):
     good = setup["records"][:12]
     keyed = [(_ids(record) + (f"s{n}",), record) for n, record in enumerate(good)]
     keyed.insert(5, (("bad", "bad", -1, "s-bad"), b"garbage"))
+    chunks = [([key for key, _ in part], [record for _, record in part]) for part in (keyed[:4], keyed[4:9], keyed[9:])]
     with beam.Pipeline() as pipeline:
-        out = pipeline | beam.Create(keyed) | batch_score.ScoreExamples(setup["model_dir"], max_batch_size=64)
-        out["scored"] | "S" >> beam.Map(lambda ks: json.dumps([ks[0][3], ks[1]])) | "WS" >> beam.io.WriteToText(str(tmp_path / "s"))
+        out = pipeline | beam.Create(chunks) | batch_score.ScoreExamples(setup["model_dir"], max_batch_size=64)
+        out["scored"] | "S" >> beam.FlatMap(lambda ks: [json.dumps([key[3], score]) for key, score in zip(*ks)]) | "WS" >> beam.io.WriteToText(str(tmp_path / "s"))
         out["errors"] | "E" >> beam.Map(json.dumps) | "WE" >> beam.io.WriteToText(str(tmp_path / "e"))
     scored = dict(json.loads(line) for line in _read_lines(str(tmp_path / "s*")))
     errors = _read_jsonl(str(tmp_path / "e*"))

@@ -116,8 +116,9 @@ def _carried_states(user_tails, spec: FeatureSpec):
         carried = carried.merged_with(hist.HistoryState.from_snapshot(tail, spec.max_length, spec.feedback_types))
 
 
-def _examples_of_window(joined, spec: FeatureSpec, users: Optional[dict]):
-    """((timestamp, user_id, item_id), serialized raw tf.Example) for every event of one (user, window).
+def _examples_of_window(joined, spec: FeatureSpec, users: Optional[dict]) -> Tuple[List[tuple], List[bytes]]:
+    """The examples of one (user, window): their keys ``(timestamp, user_id, item_id)`` and the
+    serialized raw tf.Examples, in the same order.
 
     Columnar: the window's histories come from one vectorised ``history.histories_at`` call, the
     examples from one C++ encoding of the window's Arrow record batch (tfx_bsl).
@@ -141,8 +142,8 @@ def _examples_of_window(joined, spec: FeatureSpec, users: Optional[dict]):
     for name, ragged in hist.histories_at(spec, past, times).items():
         columns[name] = pa.ListArray.from_arrays(pa.array(ragged.offsets), pa.array(ragged.values, type=_ARROW_TYPES[spec.raw_dtype(name)]))
     serialized = example_coder.RecordBatchToExamples(pa.RecordBatch.from_arrays(list(columns.values()), list(columns)))
-    for event, example in zip(events, serialized):
-        yield (int(event[TIMESTAMP]), user, str(event["item_id"])), example
+    keys = [(int(t), user, str(e["item_id"])) for t, e in zip(times, events)]
+    return keys, serialized
 
 
 _ARROW_TYPES = {"string": pa.binary(), "int64": pa.int64()}
@@ -234,8 +235,10 @@ class BuildExamples(beam.PTransform):
     """Logs -> {"train"|"eval"|"test": serialized raw tf.Examples, "quarantine": dicts, "counts": dict}.
 
     With ``split=False`` (batch scoring) the examples are not split: the output ``"all"`` holds
-    ``((timestamp, user_id, item_id), serialized raw tf.Example)`` for every example instead of
-    the three splits; the counts then report ``examples: {"all": n}``.
+    one element per (user, window), ``(keys, serialized raw tf.Examples)`` with the keys
+    ``(timestamp, user_id, item_id)`` in the examples' order, instead of the three splits (a
+    batch per element keeps Beam's per-element cost off every row); the counts then report
+    ``examples: {"all": n}``.
     """
 
     def __init__(self, config, spec: FeatureSpec, split: bool = True):
@@ -263,16 +266,17 @@ class BuildExamples(beam.PTransform):
             | "SortDedupe" >> beam.FlatMap(_dedupe_window, self.spec).with_outputs(QUARANTINE, "tail", main="events")
         )
         carry = windows.tail | "TailsByUser" >> beam.GroupByKey() | "Carry" >> beam.FlatMap(_carried_states, self.spec)
-        keyed = (
+        window_examples = (
             {"events": windows.events, "carry": carry}
             | "Join" >> beam.CoGroupByKey()
-            | "Examples" >> beam.FlatMap(
+            | "Examples" >> beam.Map(
                 lambda joined, users: _examples_of_window(joined, self.spec, users), beam.pvalue.AsSingleton(users_side)
             )
         )
         if not self.split:
-            outputs = {ALL: keyed}
+            outputs = {ALL: window_examples}
             return self._with_quarantine_and_counts(pipeline, read, windows, outputs, item_rows + user_rows)
+        keyed = window_examples | "PerExample" >> beam.FlatMap(lambda keys_examples: zip(*keys_examples))
         split = self.config.split
         if split.method == "time":
             assigned = keyed | "SplitByTime" >> _SplitByTime(split.train, split.eval)
@@ -295,14 +299,16 @@ class BuildExamples(beam.PTransform):
         return outputs
 
     def _counts(self, read, outputs, table_rows_quarantined: int):
-        def tally(label, pcoll, key_fn):
-            return pcoll | f"Tally{label}" >> beam.Map(lambda x: (key_fn(x), 1))
+        def tally(label, pcoll, key_fn, size=lambda _: 1):
+            return pcoll | f"Tally{label}" >> beam.Map(lambda x: (key_fn(x), size(x)))
 
+        example_count = (lambda _: 1) if self.split else (lambda keys_examples: len(keys_examples[0]))
         tallies = [
             tally("Events", read.events, lambda _: "events_read"),
             tally("ReadQuarantine", read[QUARANTINE], lambda _: "log_rows_quarantined_at_read"),
             tally("Quarantine", outputs[QUARANTINE], lambda q: f"quarantined.{q['reason']}"),
-        ] + [tally(f"Split{name}", outputs[name], lambda _, n=name: f"examples.{n}") for name in self._example_outputs()]
+        ] + [tally(f"Split{name}", outputs[name], lambda _, n=name: f"examples.{n}", example_count)
+             for name in self._example_outputs()]
         return (
             tallies
             | "FlattenTallies" >> beam.Flatten()
