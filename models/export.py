@@ -51,10 +51,15 @@ def raw_tensors_to_parsed(spec: FeatureSpec, tensors: Dict[str, tf.Tensor]) -> D
         if not is_sequence:
             parsed[name] = tf.reshape(tensors[name], [-1, 1])
     for kind in spec.feedback_types:
+        # one layout per feedback type, shared by its fields: the real positions, left-aligned
         real = tf.not_equal(tensors[spec.history(kind, "item_id")], "")
-        names = [spec.history(kind, f) for f in spec.item_fields] + [spec.history_timestamp(kind)]
-        for name in names:
-            parsed[name] = tf.ragged.boolean_mask(tensors[name], real).to_sparse()
+        positions = tf.where(real)  # [P, 2], row-major
+        column = tf.gather_nd(tf.cumsum(tf.cast(real, tf.int64), axis=1, exclusive=True), positions)
+        indices = tf.stack([positions[:, 0], column], axis=1)
+        lengths = tf.reduce_sum(tf.cast(real, tf.int64), axis=1)
+        dense_shape = tf.stack([tf.size(lengths, out_type=tf.int64), tf.reduce_max(tf.concat([lengths, [0]], 0))])
+        for name in [spec.history(kind, f) for f in spec.item_fields] + [spec.history_timestamp(kind)]:
+            parsed[name] = tf.SparseTensor(indices, tf.gather_nd(tensors[name], positions), dense_shape)
     return parsed
 
 

@@ -170,14 +170,18 @@ def transform_dir(spec: FeatureSpec = SPEC) -> str:
     return _TFT_DIRS[spec.max_length]
 
 
-def dense_raw_tensors(examples, spec: FeatureSpec = SPEC) -> Dict[str, tf.Tensor]:
-    """Raw-signature inputs: scalars [B]; histories [B, L] right-padded with "" / 0."""
+def dense_raw_tensors(examples, spec: FeatureSpec = SPEC, mixed_padding: bool = False) -> Dict[str, tf.Tensor]:
+    """Raw-signature inputs: scalars [B]; histories [B, L] right-padded with "" / 0 (with
+    ``mixed_padding``: one slot wider, odd rows padded on the left)."""
     out = {}
     for name, (dtype, is_sequence) in spec.raw_features().items():
         pad = "" if dtype == "string" else 0
         if is_sequence:
-            width = max(1, max(len(e[name]) for e in examples))
-            rows = [list(e[name]) + [pad] * (width - len(e[name])) for e in examples]
+            width = max(1, max(len(e[name]) for e in examples)) + int(mixed_padding)
+            rows = [
+                [pad] * (width - len(e[name])) + list(e[name]) if mixed_padding and n % 2 else list(e[name]) + [pad] * (width - len(e[name]))
+                for n, e in enumerate(examples)
+            ]
         else:
             rows = [e[name] for e in examples]
         out[name] = tf.constant(rows, tf.string if dtype == "string" else tf.int64)
@@ -207,8 +211,10 @@ def assert_export_roundtrip(name: str, params=None, tmp_dir: str = None):
     serialized = tf.constant([raw_data.to_tf_example({k: v for k, v in e.items() if k != LABEL}, SPEC) for e in examples])
     from_examples = loaded.signatures[SERVING_DEFAULT](examples=serialized)["probability"].numpy()
     from_raw = loaded.signatures[SERVING_RAW](**dense_raw_tensors(examples))["probability"].numpy()
+    from_mixed = loaded.signatures[SERVING_RAW](**dense_raw_tensors(examples, mixed_padding=True))["probability"].numpy()
     np.testing.assert_allclose(from_examples, expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(from_raw, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(from_mixed, expected, rtol=1e-5, atol=1e-6)
     assert len(set(np.round(expected, 6))) > 1, "degenerate: every example got the same score"
     # one user (the example with the longest click history) and the items of every example as candidates
     user = max(examples, key=lambda e: len(e[SPEC.history_timestamp("click")]))
