@@ -12,6 +12,7 @@ import tf_keras
 from models.dumn import (
     FEEDBACK,
     content_addressing,
+    distinct_items,
     memory_read,
     memory_write,
     orthogonal_map,
@@ -177,6 +178,40 @@ def test_triplet_loss_hinge_and_empty_cases():
     no = tf.constant([False])
     assert float(triplet_loss(one, yes, one, yes, one, no, margin=0.5)) == 0.0
     assert float(triplet_loss(one, no, one, yes, one, yes, margin=0.5)) == 0.0
+
+
+def test_mining_over_distinct_items_equals_mining_over_every_position():
+    """Repeated items (the same ids at many positions) are mined once: same loss, same gradient."""
+    rng = np.random.default_rng(0)
+    table = tf.Variable(rng.normal(size=(6, 3)).astype(np.float32))  # item id -> vector (pad row 0 unused)
+    ids = tf.constant(rng.integers(1, 6, size=(4, 7, 1)), tf.int64)  # 4 users x 7 positions, 5 distinct items
+    mask = tf.constant(rng.random((4, 7)) < 0.7)
+    mask = tf.tensor_scatter_nd_update(mask, [[2, i] for i in range(7)], [False] * 7)  # a user without items
+    anchors = tf.constant(rng.normal(size=(4, 3)).astype(np.float32))
+    anchor_mask = tf.constant([True, True, False, True])
+
+    def losses(distinct):
+        with tf.GradientTape() as tape:
+            vectors = tf.gather(table, ids[..., 0])  # [4, 7, 3]
+            if distinct:
+                pos, pos_mask = distinct_items(vectors, ids, mask)
+                neg, neg_mask = distinct_items(vectors[::-1], ids[::-1], mask[::-1])
+            else:
+                pos, pos_mask = tf.reshape(vectors, [-1, 3]), tf.reshape(mask, [-1])
+                neg, neg_mask = tf.reshape(vectors[::-1], [-1, 3]), tf.reshape(mask[::-1], [-1])
+            loss = triplet_loss(anchors, anchor_mask, pos, pos_mask, neg, neg_mask, margin=0.5)
+        return float(loss), tf.convert_to_tensor(tape.gradient(loss, table)).numpy()
+
+    vectors, vector_mask = distinct_items(tf.gather(table, ids[..., 0]), ids, mask)
+    real_ids = set(ids.numpy()[mask.numpy()][:, 0].tolist())
+    assert int(tf.reduce_sum(tf.cast(vector_mask, tf.int32))) == len(real_ids) == vectors.shape[0] - 1
+    assert not bool(vector_mask[-1]), "the last row is the pad"
+    (all_loss, all_grad), (distinct_loss, distinct_grad) = losses(False), losses(True)
+    assert all_loss > 0
+    np.testing.assert_allclose(distinct_loss, all_loss, rtol=1e-6)
+    np.testing.assert_allclose(distinct_grad, all_grad, rtol=1e-5, atol=1e-6)
+    empty, empty_mask = distinct_items(tf.zeros([2, 3, 3]), tf.zeros([2, 3, 1], tf.int64), tf.zeros([2, 3], tf.bool))
+    assert empty.shape == (1, 3) and not bool(tf.reduce_any(empty_mask))
 
 
 # ---- the memory: model state, written only in training -----------------------------------------
