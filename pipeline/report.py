@@ -65,12 +65,25 @@ class _Run:
 def _overall_metrics(evaluation_uri: str) -> Dict[str, float]:
     import tensorflow_model_analysis as tfma
 
-    for metrics in tfma.load_metrics(evaluation_uri):
+    return candidate_metrics(tfma.load_metrics(evaluation_uri))
+
+
+BASELINE_MODEL = "baseline"  # TFMA's name for the baseline model's metrics (tfma.BASELINE_KEY)
+
+
+def candidate_metrics(metrics_for_slices) -> Dict[str, float]:
+    """The evaluated model's overall-slice metrics from TFMA's MetricsForSlice protos.
+
+    With a baseline (the latest blessed version of the same model), TFMA reports the baseline's
+    metrics and the differences beside the candidate's: only the candidate's are taken.
+    """
+    for metrics in metrics_for_slices:
         if not metrics.slice_key.single_slice_keys:
             return {
                 kv.key.name: kv.value.double_value.value
                 for kv in metrics.metric_keys_and_values
-                if not kv.key.HasField("sub_key") and not kv.key.is_diff and kv.value.HasField("double_value")
+                if not kv.key.HasField("sub_key") and not kv.key.is_diff and kv.key.model_name != BASELINE_MODEL
+                and kv.value.HasField("double_value")
             }
     return {}
 

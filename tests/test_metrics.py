@@ -40,3 +40,30 @@ def test_tfma_gauc_metric_matches_grouped_auc():
 def test_gauc_without_query_key_fails_loudly():
     with pytest.raises(ValueError, match="query_key"):
         GAUC().computations()
+
+
+def test_the_report_takes_the_candidates_metrics_not_the_baselines():
+    """A run gated against an earlier blessed version: TFMA stores both models' metrics and their
+    difference; the report must show the new model's."""
+    import tensorflow_model_analysis as tfma
+    from tensorflow_model_analysis.proto import metrics_for_slice_pb2
+
+    from pipeline.report import BASELINE_MODEL, candidate_metrics
+
+    assert BASELINE_MODEL == tfma.BASELINE_KEY
+    overall = metrics_for_slice_pb2.MetricsForSlice()
+    for model_name, is_diff, value in (("candidate", False, 0.786), (BASELINE_MODEL, False, 0.784), ("candidate", True, 0.002)):
+        kv = overall.metric_keys_and_values.add()
+        kv.key.name, kv.key.model_name, kv.key.is_diff = "auc", model_name, is_diff
+        kv.value.double_value.value = value
+    sliced = metrics_for_slice_pb2.MetricsForSlice()
+    sliced.slice_key.single_slice_keys.add(column="user_id", bytes_value=b"u1")
+    kv = sliced.metric_keys_and_values.add()
+    kv.key.name = "auc"
+    kv.value.double_value.value = 0.5
+    assert candidate_metrics([sliced, overall]) == {"auc": 0.786}
+    only = metrics_for_slice_pb2.MetricsForSlice()  # no baseline: the model name is empty
+    kv = only.metric_keys_and_values.add()
+    kv.key.name = "auc"
+    kv.value.double_value.value = 0.7
+    assert candidate_metrics([only]) == {"auc": 0.7}
