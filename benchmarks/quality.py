@@ -144,14 +144,14 @@ def rela_impr(model_auc: float, din_auc: float) -> float:
     return (model_auc - 0.5) / (din_auc - 0.5) - 1
 
 
-def format_markdown(table: Dict[str, Dict[str, dict]], command: str, meta: dict) -> str:
+def format_markdown(table: Dict[str, Dict[str, dict]], commands: List[str], meta: dict) -> str:
     def cell(stat, digits=4, scale=1.0):
         if stat is None:
             return "-"
         mean, std, n = stat
         return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}" if n > 1 else f"{mean * scale:.{digits}f}"
 
-    lines = ["# Model quality", "", f"`{command}`", ""]
+    lines = ["# Model quality", "", "Rows from:", ""] + [f"- `{c}`" for c in commands] + [""]
     lines += [f"- {k}: {v}" for k, v in meta.items()]
     for dataset, models in table.items():
         din = models.get("din", {}).get("auc")
@@ -195,9 +195,11 @@ def plot(table: Dict[str, Dict[str, dict]], path: str) -> bool:
 
 
 def write_outputs(results: List[dict], output: str, command: str, meta: dict) -> None:
+    """``command``: this invocation's, for the rows recorded before commands were (which lack one)."""
     table = summarize(results)
+    commands = list(dict.fromkeys(r.get("command", command) for r in results))
     with open(os.path.join(output, "quality.md"), "w", encoding="utf-8") as handle:
-        handle.write(format_markdown(table, command, meta))
+        handle.write(format_markdown(table, commands, meta))
     plot(table, os.path.join(output, "quality.png"))
 
 
@@ -242,7 +244,7 @@ def main() -> None:
                 if (dataset, seed, model) in done:
                     continue
                 print(f"[quality] {dataset} seed {seed} {model} ...", flush=True)
-                row = {"dataset": dataset, "seed": seed, **run_one(dataset, config_path, model, args.workdir)}
+                row = {"dataset": dataset, "seed": seed, **run_one(dataset, config_path, model, args.workdir), "command": command}
                 print(f"[quality] {dataset} seed {seed} {model}: AUC {row['auc']:.4f} gAUC {row['gauc']:.4f} "
                       f"logloss {row['logloss']:.4f}, train {row['train_examples_per_second'] or 0:,.0f} ex/s, "
                       f"inference {row['inference_examples_per_second']:,.0f} ex/s, peak {row['peak_rss_mb']:,.0f} MB, "

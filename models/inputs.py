@@ -16,6 +16,7 @@ from typing import Dict, Mapping, Tuple
 import tensorflow as tf
 import tf_keras
 
+from models.layers import masked_mean
 from transforms.features import CONTEXT_FIELDS, CONTEXT_SIZES, PAD_INDEX, FeatureSpec
 
 GAP_TABLE = "gap"
@@ -75,6 +76,15 @@ class FeatureEmbeddings(tf_keras.layers.Layer):
         if with_gap:
             emb = emb + self.lookup(GAP_TABLE, features[self.spec.history_gap(feedback)])[:, :, tf.newaxis, :]
         return emb * tf.cast(mask, emb.dtype)[:, :, tf.newaxis, tf.newaxis], mask
+
+    def pooled_fields(self, features) -> tf.Tensor:
+        """[B, f, E]: user, target and context fields, then each behaviour sequence mean-pooled
+        per attribute over its real positions (the field layout of DNN and TF4CTR)."""
+        parts = [self.user(features), self.target(features), self.context(features)]
+        for feedback in self.spec.feedback_types:
+            sequence, mask = self.sequence(features, feedback)
+            parts.append(masked_mean(sequence, mask, axis=1))  # [B, N, E]
+        return tf.concat(parts, axis=1)
 
     def item_vectors(self, item_embeddings: tf.Tensor) -> tf.Tensor:
         """Concatenates the N attribute embeddings of items: [..., N, E] -> [..., N*E]."""

@@ -39,7 +39,7 @@ import tf_keras
 
 from models.base import CTRModel, ModelOutput, ModelParams
 from models.inputs import FeatureEmbeddings
-from models.layers import MLP, masked_mean
+from models.layers import MLP
 from transforms.features import CONTEXT_FIELDS, FeatureSpec
 
 
@@ -73,16 +73,6 @@ def num_fields(spec: FeatureSpec) -> int:
     """f: user, target-item and context fields, plus one pooled field per sequence and attribute."""
     items = len(spec.item_fields)
     return len(spec.user_fields) + items + len(CONTEXT_FIELDS) + len(spec.feedback_types) * items
-
-
-# shared candidate: the DNN baseline assembles the same fields; a FeatureEmbeddings method could serve both.
-def pooled_fields(embeddings: FeatureEmbeddings, features: Mapping[str, tf.Tensor]) -> tf.Tensor:
-    """[B, f, E]: user, target and context fields, then each sequence mean-pooled per attribute."""
-    parts = [embeddings.user(features), embeddings.target(features), embeddings.context(features)]
-    for feedback in embeddings.spec.feedback_types:
-        sequence, mask = embeddings.sequence(features, feedback)  # [B, T, N, E], pads zero
-        parts.append(masked_mean(sequence, mask, axis=1))  # [B, N, E] over real positions only
-    return tf.concat(parts, axis=1)
 
 
 _UNIFORM_FLOOR = 1e-20  # keeps log(u) finite for the Gumbel noise (pi is float32)
@@ -283,7 +273,7 @@ class TF4CTR(CTRModel):
     def sample_selection(self, features, training=False) -> Tuple[tf.Tensor, tf.Tensor]:
         """SSEM (III-C): (h_es, h_hs), the inputs of the simple and complex encoders."""
         def flat(embeddings):
-            fields = pooled_fields(embeddings, features)  # [B, f, E]
+            fields = embeddings.pooled_fields(features)  # [B, f, E]
             return tf.reshape(fields, [tf.shape(fields)[0], self.num_fields * embeddings.dim])
 
         ssem = self.params.ssem
