@@ -5,6 +5,8 @@ Evaluator), every model and ablation, several seeds.
     python benchmarks/quality.py --data-path /path/to/ml-1m-partial [--seeds 0,1,2]
         [--models dnn,din,fadidn,camn,dumn,tf4ctr] [--ablations] [--synthetic] [--no-ml1m]
 
+``--models`` also takes ablation variants by name (``--models tf4ctr_no_tf_loss``).
+
 Each (dataset, seed, model) is one ``ctr-pipeline run --models <model>`` in a child process:
 the data steps are cached by TFX after the first run of a dataset, a new seed retrains. Per run:
 test AUC, gAUC, logloss (TFMA, from ML Metadata), training examples/s (wall clock after the first
@@ -212,7 +214,8 @@ def main() -> None:
     parser.add_argument("--synthetic-path", default=os.path.join(ROOT, "data", "demo"),
                         help="synthetic logs (generated there with the demo's size when missing)")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated models (default: all six)")
+    parser.add_argument("--models", default=",".join(MODELS),
+                        help="comma-separated models or ablation variants (default: the six models)")
     parser.add_argument("--ablations", action="store_true", help=f"also the ablation variants: {', '.join(ABLATIONS)}")
     parser.add_argument("--workdir", default=os.path.join(ROOT, "runs", "quality"))
     parser.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "results"))
@@ -220,7 +223,7 @@ def main() -> None:
     if not args.no_ml1m and not args.data_path:
         parser.error("--data-path is required for ml1m-seq (or pass --no-ml1m)")
     seeds = [int(s) for s in args.seeds.split(",")]
-    models = {m: {} for m in args.models.split(",") if m}
+    models = {m: dict(ABLATIONS.get(m, {})) for m in args.models.split(",") if m}
     if args.ablations:
         models.update({name: variant for name, variant in ABLATIONS.items() if variant["architecture"] in models})
     datasets = []
