@@ -185,7 +185,8 @@ class TripletSamples(NamedTuple):
 
 # ---- layers --------------------------------------------------------------------------------------
 class FeedbackEncoder(tf_keras.layers.Layer):
-    """Eq. 1-5 for one feedback sequence: self-attention, then target-aware attention pooling -> f."""
+    """Eq. 1-5 for one feedback sequence in two calls: self-attention (eq. 1-2, the user's side
+    alone), then target-aware attention pooling -> f (eq. 3-5)."""
 
     def __init__(self, num_heads: int, head_dim: int, width: int, name: Optional[str] = None):
         super().__init__(name=name)
@@ -194,11 +195,15 @@ class FeedbackEncoder(tf_keras.layers.Layer):
         self.W_c_query = tf_keras.layers.Dense(1, use_bias=False, name="W_c_query")
         self.W_c_sequence = tf_keras.layers.Dense(1, use_bias=False, name="W_c_sequence")
 
-    def call(self, e_x, mask, query):
-        O_x, _ = self.self_attention(e_x, e_x, e_x, key_mask=mask)  # eq. 1-2, [B, T, D]
-        scores = tf.nn.relu(self.W_c_query(query)[:, tf.newaxis, :] + self.W_c_sequence(O_x))  # eq. 3
+    def call(self, x, mask, query=None):
+        """Without ``query``: eq. 1-2, ``x`` is e_x and the result O_x [B, T, D] (the user's side
+        alone). With ``query`` [B, Q]: eq. 3-5, ``x`` is O_x and the result f [B, D]."""
+        if query is None:
+            O_x, _ = self.self_attention(x, x, x, key_mask=mask)  # eq. 1-2
+            return O_x
+        scores = tf.nn.relu(self.W_c_query(query)[:, tf.newaxis, :] + self.W_c_sequence(x))  # eq. 3
         alpha = masked_softmax(tf.squeeze(scores, -1), mask)  # eq. 4
-        return tf.einsum("bt,btd->bd", alpha, O_x)  # eq. 5
+        return tf.einsum("bt,btd->bd", alpha, x)  # eq. 5
 
 
 class UserMemory(tf_keras.layers.Layer):
@@ -282,6 +287,15 @@ class PreferenceGate(tf_keras.layers.Layer):
         return tf.concat(parts, axis=-1)
 
 
+class EncodedSequence(NamedTuple):
+    """One feedback sequence after eq. 1-2 (the user's side of the purification layer)."""
+
+    O_x: tf.Tensor  # [B, T, D] self-attention output
+    items: tf.Tensor  # s: item embeddings without gap [B, T, N*E] (triplet samples)
+    mask: tf.Tensor  # [B, T] bool
+    item_ids: tf.Tensor  # the items' field indices [B, T, N]
+
+
 class ShortTerm(NamedTuple):
     """What the embedding and feature purification layers give (section 3.2-3.3)."""
 
@@ -336,6 +350,8 @@ class DUMN(CTRModel):
     * Eq. 13: g, g' (and W1, W2) are linear maps to ``pair_dim`` (MODELS.md). The prediction MLP
       (256, 128) sees [e_user, e_item, f_oc, f_ou, f_l, f_d, r_c..r_d, R_cross] (MODELS.md: the text
       of 3.5, where eq. 15 lists only e_user, e_item and R_cross); hour/weekday only if ``context``.
+    * Serving many candidates (``score_candidates``): eq. 1-2 depend on the user's sequences
+      alone and run once per request; eq. 3 onwards see the target and run per candidate.
     * Ablations: ``purification=False`` is DUMN-FP; ``memory=False`` is DUMN-UMN (no r, no write,
       U keeps its short-term half, no triplet terms); ``triplet_loss=False`` is DUMN-TL.
     """
@@ -384,21 +400,36 @@ class DUMN(CTRModel):
         emb = self.embeddings
         e_user = flatten_fields(emb.user(features))
         e_item = emb.item_vectors(emb.target(features))
-        query = tf.concat([e_user, e_item], axis=-1)
-        items, item_ids, masks, f = {}, {}, {}, {}
+        return self.purified(e_user, e_item, self.encoded_sequences(features))
+
+    def encoded_sequences(self, features) -> Dict[str, EncodedSequence]:
+        """Eq. 1-2 for each feedback sequence: what depends on the user's histories alone."""
+        emb = self.embeddings
+        encoded = {}
         for fb in FEEDBACK:
             attributes, mask = emb.sequence(features, fb, with_gap=False)  # [B, T, N, E], zero at pads
             gap = emb.lookup(GAP_TABLE, features[self.spec.history_gap(fb)])
             gap = gap * tf.cast(mask, gap.dtype)[:, :, tf.newaxis]
             e_x = emb.item_vectors(attributes + gap[:, :, tf.newaxis, :])  # e_c, e_u, e_l, e_d
-            items[fb], masks[fb] = emb.item_vectors(attributes), mask
-            item_ids[fb] = tf.stack([features[self.spec.history(fb, field)] for field in self.spec.item_fields], axis=-1)
-            f[fb] = self.encoders[fb](e_x, mask, query)  # eq. 1-5
+            item_ids = tf.stack([features[self.spec.history(fb, field)] for field in self.spec.item_fields], axis=-1)
+            encoded[fb] = EncodedSequence(self.encoders[fb](e_x, mask), emb.item_vectors(attributes), mask, item_ids)
+        return encoded
+
+    def purified(self, e_user, e_item, encoded: Mapping[str, EncodedSequence]) -> ShortTerm:
+        """Eq. 3-7: target-aware pooling of each encoded sequence, then the orthogonal mapping."""
+        query = tf.concat([e_user, e_item], axis=-1)
+        f = {fb: self.encoders[fb](seq.O_x, seq.mask, query) for fb, seq in encoded.items()}  # eq. 3-5
         f_o = dict(f)
         if self.params.purification:
             for implicit, explicit in PURIFIED_BY.items():
                 f_o[implicit] = orthogonal_map(f[implicit], f[explicit])  # eq. 6-7
-        return ShortTerm(e_user, e_item, items, item_ids, masks, f, f_o)
+        return ShortTerm(
+            e_user, e_item,
+            items={fb: seq.items for fb, seq in encoded.items()},
+            item_ids={fb: seq.item_ids for fb, seq in encoded.items()},
+            masks={fb: seq.mask for fb, seq in encoded.items()},
+            f=f, f_o=f_o,
+        )
 
     # ---- 3.4 and 3.6 ---------------------------------------------------------------------------
     def long_term(self, short: ShortTerm, training: bool, losses: bool = True):
@@ -422,9 +453,26 @@ class DUMN(CTRModel):
     def forward(self, features, training=False, losses=True):
         short = self.short_term(features)
         r, aux = self.long_term(short, training, losses)
+        context = flatten_fields(self.embeddings.context(features)) if self.params.context else None
+        return ModelOutput(logit=self._logit(short, r, context, training), aux_losses=aux)
+
+    def _logit(self, short: ShortTerm, r, context, training):
         U = [self.gates[fb](short.f_o[fb], r.get(fb)) for fb in FEEDBACK]  # eq. 13
         R_cross = tf.concat(U, axis=-1)  # eq. 14
         parts = [short.e_user, short.e_item, *(short.f_o[fb] for fb in FEEDBACK), *(r[fb] for fb in r), R_cross]
-        if self.params.context:
-            parts.append(flatten_fields(self.embeddings.context(features)))
-        return ModelOutput(logit=self.head(tf.concat(parts, axis=-1), training=training), aux_losses=aux)  # eq. 15
+        if context is not None:
+            parts.append(context)
+        return self.head(tf.concat(parts, axis=-1), training=training)  # eq. 15
+
+    def score_candidates(self, user_features, item_features):
+        """Eq. 1-2 (self-attention over the user's four sequences) once for the user row; eq. 3-15
+        per candidate (the pooling weights see the target)."""
+        emb = self.embeddings
+        e_item = emb.item_vectors(emb.target(item_features))
+        count = tf.shape(e_item)[0]
+        repeat = lambda x: tf.repeat(x, count, axis=0)  # noqa: E731
+        encoded = {fb: EncodedSequence(*map(repeat, seq)) for fb, seq in self.encoded_sequences(user_features).items()}
+        short = self.purified(repeat(flatten_fields(emb.user(user_features))), e_item, encoded)
+        r, _ = self.long_term(short, training=False, losses=False)
+        context = repeat(flatten_fields(emb.context(user_features))) if self.params.context else None
+        return tf.sigmoid(self._logit(short, r, context, training=False))
