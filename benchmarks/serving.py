@@ -611,7 +611,8 @@ def breakdown(saved_model_dir: str, model: str, version: int, contract: client.M
             "client_build": lambda: client.build_predict_request(
                 contract, model, pool.signature, client.parse_user_request(text, contract.spec)
             ).SerializeToString(),
-            "decode_and_call": lambda: servable.call_from_protos(pool.signature, _input_protos(data, specs))["probability"].numpy(),
+            "decode_and_call": lambda: servable.call_from_protos(
+                pool.signature, server.serialized_inputs(predict_pb2.PredictRequest.FromString(data), specs))["probability"].numpy(),
             "signature_call": lambda: function(**inputs)["probability"].numpy(),
             "server_predict_in_process": lambda: server.predict(
                 servable, predict_pb2.PredictRequest.FromString(data), 10**6),
@@ -679,11 +680,6 @@ def _decode(data: bytes, specs) -> Dict[str, tf.Tensor]:
     return {n: tf.constant(tf.make_ndarray(request.inputs[n]), dtype=specs[n].dtype)
             for n in specs}
 
-
-def _input_protos(data: bytes, specs) -> List[bytes]:
-    """PredictRequest bytes -> the serialized input TensorProtos the server decodes in-graph."""
-    request = predict_pb2.PredictRequest.FromString(data)
-    return [request.inputs[n].SerializeToString() for n in sorted(specs)]
 
 
 # ---- reporting ------------------------------------------------------------------------------

@@ -177,10 +177,10 @@ def predict(
     output_names = _output_names(where, function, request.output_filter)
     try:
         try:
-            outputs = servable.call_from_protos(signature_name, [request.inputs[name].SerializeToString() for name in sorted(specs)])
+            outputs = servable.call_from_protos(signature_name, serialized_inputs(request, specs))
         except tf.errors.InvalidArgumentError:
             # decoded one by one, a bad input gets a message naming it; else the model's own error
-            outputs = function(**{name: _decode_input(where, name, specs[name], request.inputs[name]) for name in specs})
+            outputs = function(**{name: _decode_input(where, name, specs[name], request.inputs[name], shapes[name]) for name in specs})
     except tf.errors.OpError as e:
         raise ServingError(_grpc_code(e.error_code), f"{where}: {e.message}") from e
     except UnicodeDecodeError as e:  # TF's message quotes undecodable input bytes
@@ -203,6 +203,11 @@ def _check_input_names(where: str, specs: Dict[str, tf.TensorSpec], given) -> No
             grpc.StatusCode.INVALID_ARGUMENT,
             f"{where}: inputs do not match the signature; missing: {missing}, unexpected: {extra}",
         )
+
+
+def serialized_inputs(request: predict_pb2.PredictRequest, specs: Dict[str, tf.TensorSpec]) -> List[bytes]:
+    """A request's input TensorProtos, serialized, in the order ``Servable.call_from_protos`` takes."""
+    return [request.inputs[name].SerializeToString() for name in sorted(specs)]
 
 
 def _from_protos_function(function) -> Callable:
@@ -240,11 +245,11 @@ def _checked_shape(where: str, name: str, spec: tf.TensorSpec, proto) -> List[in
     return dims
 
 
-def _decode_input(where: str, name: str, spec: tf.TensorSpec, proto) -> tf.Tensor:
+def _decode_input(where: str, name: str, spec: tf.TensorSpec, proto, dims: List[int]) -> tf.Tensor:
     try:
         return tf.constant(tf.make_ndarray(proto), dtype=spec.dtype)
     except (ValueError, TypeError) as e:
-        raise _invalid_input(where, name, f"is not a valid TensorProto of shape {_checked_shape(where, name, spec, proto)}: {e}") from e
+        raise _invalid_input(where, name, f"is not a valid TensorProto of shape {dims}: {e}") from e
 
 
 def _dtype_name(enum: int) -> str:
