@@ -18,12 +18,18 @@ NEG_INF = -1e9  # a "minus infinity" for float32 logits
 
 
 def masked_softmax(logits: tf.Tensor, mask: tf.Tensor, axis: int = -1) -> tf.Tensor:
-    """Softmax over ``axis`` where ``mask`` is False gets exactly 0; an all-masked row gives 0s."""
-    mask = tf.broadcast_to(tf.cast(mask, tf.bool), tf.shape(logits))
-    # the dtype's own minimum, not -1e9: in float16 that is -inf and 0 * -inf is NaN
-    shifted = tf.where(mask, logits, tf.cast(logits.dtype.min, logits.dtype))
-    # masked entries are exp(min - max) = 0 already; the multiply zeroes rows with no real entry
-    return tf.nn.softmax(shifted, axis=axis) * tf.cast(mask, logits.dtype)
+    """Softmax over ``axis`` where ``mask`` is False gets exactly 0; an all-masked row gives 0s.
+
+    ``mask`` may be of any shape that broadcasts to ``logits`` (a key mask [B, 1, 1, T] for
+    attention logits [B, H, T, T]): the mask is applied as an additive bias and a per-row factor
+    of its own shape, so no logits-sized mask is materialised (attention is memory-bound on CPU).
+    """
+    mask = tf.cast(mask, tf.bool)
+    # half the dtype's minimum, not -1e9 (in float16 that is -inf) nor the minimum itself (a
+    # negative logit plus the minimum overflows to -inf): masked entries get exp(-huge) = 0
+    bias = tf.where(mask, tf.zeros([], logits.dtype), tf.cast(0.5 * logits.dtype.min, logits.dtype))
+    any_real = tf.cast(tf.reduce_any(mask, axis=axis, keepdims=True), logits.dtype)
+    return tf.nn.softmax(logits + bias, axis=axis) * any_real
 
 
 def masked_mean(values: tf.Tensor, mask: tf.Tensor, axis: int = 1) -> tf.Tensor:
@@ -144,8 +150,9 @@ class MultiHeadAttention(tf_keras.layers.Layer):
         return tf.transpose(tf.reshape(x, [batch, steps, self.num_heads, self.head_dim]), [0, 2, 1, 3])
 
     def call(self, query, key, value, key_mask, key_scale=None):
-        q, k, v = self._split(self.w_q(query)), self._split(self.w_k(key)), self._split(self.w_v(value))
-        logits = tf.einsum("bhqd,bhkd->bhqk", q, k) / tf.math.sqrt(tf.cast(self.head_dim, q.dtype))
+        scale = tf.math.rsqrt(tf.cast(self.head_dim, query.dtype))  # on q: [B, Tq, D], not the logits
+        q, k, v = self._split(self.w_q(query) * scale), self._split(self.w_k(key)), self._split(self.w_v(value))
+        logits = tf.einsum("bhqd,bhkd->bhqk", q, k)
         if key_scale is not None:
             logits = logits * tf.cast(tf.transpose(key_scale, [0, 2, 1]), logits.dtype)[:, :, tf.newaxis, :]
         weights = masked_softmax(logits, key_mask[:, tf.newaxis, tf.newaxis, :])
