@@ -1,0 +1,142 @@
+"""Where training time goes: the input pipeline against the model's own step, per model.
+
+Runs on the transformed examples of a pipeline that has run (for instance the quality
+benchmark's ml1m-seq run), with the Trainer's own code:
+
+    python benchmarks/train_step.py --config runs/quality/ml1m-seq/config-seed0.yaml \
+        [--models dnn,din,fadidn,camn,tf4ctr,dumn] [--steps 20] [--output benchmarks/results]
+
+Per model, training examples/s of
+
+* ``input``: reading and parsing the transformed training examples alone
+  (``models.trainer.make_dataset``, the Trainer's input function; the same for every model),
+* ``model step``: the training step alone, on batches already in memory (the first
+  ``--cached-batches`` batches of the same data, repeated),
+* ``trainer``: both together, as the Trainer runs them (the figure quality.py reports),
+
+each after ``--warmup`` steps, under the Trainer's distribution strategy. Writes
+``train_step.json`` and ``train_step.md`` to ``--output``.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import platform
+import sys
+import time
+import types
+from typing import Dict, List
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import tensorflow as tf  # noqa: E402
+import tensorflow_transform as tft  # noqa: E402
+import tf_keras  # noqa: E402
+from tfx.components.util import tfxio_utils  # noqa: E402
+from tfx.proto import example_gen_pb2  # noqa: E402
+
+from models import registry  # noqa: E402
+from models.trainer import ThroughputLogger, distribution_strategy, make_dataset, vocabulary_sizes  # noqa: E402
+from pipeline.config import load_config, validate_model_params  # noqa: E402
+from transforms.features import FeatureSpec  # noqa: E402
+
+
+def latest_output(pipeline_root: str, *parts: str) -> str:
+    """The newest execution's output directory of the pipeline's Transform (``parts`` below it)."""
+    runs = glob.glob(os.path.join(pipeline_root, "Transform", parts[0], "*"))
+    if not runs:
+        raise SystemExit(f"no Transform output under {pipeline_root}: run the pipeline first (ctr-pipeline run)")
+    newest = max(runs, key=lambda path: int(os.path.basename(path)))
+    return os.path.join(newest, *parts[1:])
+
+
+def trainer_inputs():
+    """The ``fn_args`` the Trainer's ``make_dataset`` reads: a tfxio dataset factory for tf.Examples."""
+
+    def factory(files, options, schema):
+        return tfxio_utils.make_tfxio(
+            file_pattern=files, telemetry_descriptors=["benchmark"],
+            payload_format=example_gen_pb2.PayloadFormat.FORMAT_TF_EXAMPLE, schema=schema,
+        ).TensorFlowDataset(options)
+
+    return types.SimpleNamespace(data_accessor=types.SimpleNamespace(tf_dataset_factory=factory))
+
+
+def input_examples_per_second(dataset: tf.data.Dataset, batch: int, warmup: int, steps: int) -> float:
+    iterator = iter(dataset)
+    for _ in range(warmup):
+        next(iterator)
+    started = time.perf_counter()
+    for _ in range(steps):
+        next(iterator)
+    return steps * batch / (time.perf_counter() - started)
+
+
+def fit_examples_per_second(model, dataset: tf.data.Dataset, batch: int, warmup: int, steps: int) -> float:
+    throughput = ThroughputLogger(batch, warmup_steps=warmup)
+    model.fit(dataset, epochs=1, steps_per_epoch=warmup + steps, callbacks=[throughput], verbose=0)
+    return throughput.examples_per_second
+
+
+def main(argv: List[str] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="the pipeline config whose Transform output is read")
+    parser.add_argument("--models", default=None, help="comma-separated model names (default: the config's)")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps before each measurement")
+    parser.add_argument("--cached-batches", type=int, default=4)
+    parser.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "results"))
+    args = parser.parse_args(argv)
+
+    config = load_config(args.config)
+    choices = validate_model_params(config)
+    names = args.models.split(",") if args.models else list(choices)
+    spec = FeatureSpec.from_config(config)
+    tft_output = tft.TFTransformOutput(latest_output(config.pipeline_root, "transform_graph"))
+    train_files = [os.path.join(latest_output(config.pipeline_root, "transformed_examples", "Split-train"), "*")]
+    vocab = vocabulary_sizes(tft_output, spec)
+    strategy = distribution_strategy()
+    batch = config.training.batch_size * strategy.num_replicas_in_sync
+    fn_args = trainer_inputs()
+
+    def train_dataset():
+        return make_dataset(fn_args, train_files, tft_output, batch, True, config.training.seed)
+
+    input_rate = input_examples_per_second(train_dataset(), batch, args.warmup, args.steps)
+    print(f"input (read + parse): {input_rate:,.0f} examples/s", flush=True)
+    cached = train_dataset().take(args.cached_batches).cache().repeat()
+    rows: List[Dict] = []
+    for name in names:
+        choice = choices.get(name)
+        architecture, params = (choice.architecture, choice.params) if choice else (name, registry.params_class(name)())
+        tf_keras.utils.set_random_seed(config.training.seed)
+        with strategy.scope():
+            model = registry.build(architecture, spec, vocab, params.model_dump(), name=name)
+            model.compile(optimizer=tf_keras.optimizers.Adam(config.training.learning_rate))
+        step_rate = fit_examples_per_second(model, cached, batch, args.warmup, args.steps)
+        trainer_rate = fit_examples_per_second(model, train_dataset(), batch, args.warmup, args.steps)
+        row = {"model": name, "batch_size": batch, "input": input_rate, "model_step": step_rate, "trainer": trainer_rate}
+        rows.append(row)
+        print(f"{name}: model step {step_rate:,.0f} examples/s, trainer {trainer_rate:,.0f} examples/s", flush=True)
+
+    command = "python benchmarks/train_step.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    os.makedirs(args.output, exist_ok=True)
+    with open(os.path.join(args.output, "train_step.json"), "w", encoding="utf-8") as handle:
+        json.dump({"command": command, "machine": f"{os.cpu_count()} CPUs, {platform.machine()}", "rows": rows}, handle, indent=2)
+    lines = [
+        "# Training throughput: input pipeline vs model step", "", f"`{command}`", "",
+        f"- machine: {os.cpu_count()} CPUs, {platform.machine()}; batch {batch}; examples/s after {args.warmup} warmup steps",
+        "", "| model | input alone | model step alone | trainer (both) |", "|---|---:|---:|---:|",
+    ]
+    lines += [f"| {r['model']} | {r['input']:,.0f} | {r['model_step']:,.0f} | {r['trainer']:,.0f} |" for r in rows]
+    with open(os.path.join(args.output, "train_step.md"), "w", encoding="utf-8") as handle:
+        handle.write("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
