@@ -20,7 +20,6 @@ each after ``--warmup`` steps, under the Trainer's distribution strategy. Writes
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import platform
@@ -42,16 +41,17 @@ from tfx.proto import example_gen_pb2  # noqa: E402
 from models import registry  # noqa: E402
 from models.trainer import ThroughputLogger, distribution_strategy, make_dataset, vocabulary_sizes  # noqa: E402
 from pipeline.config import load_config, validate_model_params  # noqa: E402
+from pipeline.report import PipelineRun  # noqa: E402
 from transforms.features import FeatureSpec  # noqa: E402
 
 
-def latest_output(pipeline_root: str, *parts: str) -> str:
-    """The newest execution's output directory of the pipeline's Transform (``parts`` below it)."""
-    runs = glob.glob(os.path.join(pipeline_root, "Transform", parts[0], "*"))
-    if not runs:
-        raise SystemExit(f"no Transform output under {pipeline_root}: run the pipeline first (ctr-pipeline run)")
-    newest = max(runs, key=lambda path: int(os.path.basename(path)))
-    return os.path.join(newest, *parts[1:])
+def transform_outputs(config) -> Dict[str, str]:
+    """URIs of the Transform outputs of the pipeline's newest run, from its ML Metadata."""
+    run = PipelineRun(config.metadata_path, config.pipeline_name)
+    outputs = {key: artifact.uri for key, artifact in run.outputs("Transform").items()}
+    if "transform_graph" not in outputs:
+        raise SystemExit(f"the newest run of {config.pipeline_name} has no Transform output: run the pipeline first")
+    return outputs
 
 
 def trainer_inputs():
@@ -96,8 +96,9 @@ def main(argv: List[str] = None) -> int:
     choices = validate_model_params(config)
     names = args.models.split(",") if args.models else list(choices)
     spec = FeatureSpec.from_config(config)
-    tft_output = tft.TFTransformOutput(latest_output(config.pipeline_root, "transform_graph"))
-    train_files = [os.path.join(latest_output(config.pipeline_root, "transformed_examples", "Split-train"), "*")]
+    outputs = transform_outputs(config)
+    tft_output = tft.TFTransformOutput(outputs["transform_graph"])
+    train_files = [os.path.join(outputs["transformed_examples"], "Split-train", "*")]
     vocab = vocabulary_sizes(tft_output, spec)
     strategy = distribution_strategy()
     batch = config.training.batch_size * strategy.num_replicas_in_sync

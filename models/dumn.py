@@ -143,11 +143,12 @@ def triplet_loss(
     # reduce_min/max over the masked matrix, at a fraction of the cost). A pad row scores
     # ``pad_score`` through one extra column (q' = [q, 1], s' = [s/|s|, 0] or [0, pad_score]), so the
     # matrix needs no masking pass; top_k(., 1) is argmax (first index on ties), about twice as fast.
+    anchor = tf.pad(tf.stop_gradient(q), [[0, 0], [0, 1]], constant_values=1.0)  # q' = [q, 1]
+
     def hardest(samples, mask, pad_score, sign):  # [A, Z]: the row of greatest sign * cosine
         real = mask[:, tf.newaxis]
         unit = tf.where(real, tf.math.l2_normalize(tf.stop_gradient(samples), axis=-1), 0.0)
         unit = tf.concat([unit, tf.where(real, 0.0, pad_score)], axis=-1)
-        anchor = tf.pad(tf.stop_gradient(q), [[0, 0], [0, 1]], constant_values=1.0)
         similarity = tf.matmul(anchor, unit, transpose_b=True)
         return tf.gather(samples, tf.math.top_k(sign * similarity, k=1).indices[:, 0])
 

@@ -21,7 +21,7 @@ REPORT_FILE = "report.json"
 _OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
 
 
-class _Run:
+class PipelineRun:
     """The executions of the newest pipeline run and their output artifacts, by node id."""
 
     def __init__(self, metadata_path: str, pipeline_name: str):
@@ -111,7 +111,7 @@ def _prop(artifact, name):
 
 
 def collect(config, models: List[str]) -> dict:
-    run = _Run(config.metadata_path, config.pipeline_name)
+    run = PipelineRun(config.metadata_path, config.pipeline_name)
     stages = {node: {"seconds": run.seconds(node), "state": run.state(node)} for node in sorted(run.executions)}
     example_gen = run.outputs("SequenceExampleGen")
     counts = {}

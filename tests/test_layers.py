@@ -15,7 +15,7 @@ from models.layers import masked_softmax
 def reference_masked_softmax(logits: np.ndarray, mask: np.ndarray) -> np.ndarray:
     mask = np.broadcast_to(mask, logits.shape)
     shifted = np.where(mask, logits, -np.inf)
-    top = np.max(np.where(mask, logits, -np.inf), axis=-1, keepdims=True)
+    top = np.max(shifted, axis=-1, keepdims=True)
     top = np.where(np.isfinite(top), top, 0.0)
     exp = np.where(mask, np.exp(shifted - top), 0.0)
     total = exp.sum(axis=-1, keepdims=True)
