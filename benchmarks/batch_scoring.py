@@ -33,10 +33,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JOB_LINE = re.compile(r"\[score\] ([0-9.]+)s \(([0-9,]+) rows/s\)")
 
 
-def score_job(model: str, input_path: str, config: str, workdir: str) -> Dict[str, object]:
+def score_job(model: str, input_path: str, config: str, workdir: str, beam_args: List[str]) -> Dict[str, object]:
     output = tempfile.mkdtemp(prefix="score-", dir=workdir)
     command = [os.path.join(os.path.dirname(sys.executable), "ctr-pipeline"), "score", "--model", model,
-               "--input", input_path, "--config", config, "--output", output]
+               "--input", input_path, "--config", config, "--output", output] + [f"--beam-arg={arg}" for arg in beam_args]
     started = time.perf_counter()
     completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     process_seconds = time.perf_counter() - started
@@ -74,6 +74,8 @@ def main(argv: List[str] = None) -> int:
     parser.add_argument("--examples", default=None, help="an Examples artifact (Split-*/*.gz) to score as TFRecords too")
     parser.add_argument("--config", default=os.path.join(ROOT, "configs", "ml1m.yaml"))
     parser.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "results"))
+    parser.add_argument("--beam-arg", dest="beam_args", action="append", default=[], metavar="ARG",
+                        help="a Beam pipeline option for every job, repeatable (as ctr-pipeline score --beam-arg)")
     args = parser.parse_args(argv)
     workdir = tempfile.mkdtemp(prefix="batch-scoring-")
     load_start = [round(x, 2) for x in os.getloadavg()]
@@ -87,7 +89,7 @@ def main(argv: List[str] = None) -> int:
         for model in args.model:
             for kind, path in inputs:
                 print(f"[batch_scoring] {model} on {kind} ...", flush=True)
-                row = {"model": os.path.relpath(os.path.abspath(model), ROOT), "input": kind, **score_job(model, path, args.config, workdir)}
+                row = {"model": os.path.relpath(os.path.abspath(model), ROOT), "input": kind, **score_job(model, path, args.config, workdir, args.beam_args)}
                 print(f"[batch_scoring] {row}", flush=True)
                 result["jobs"].append(row)
     finally:

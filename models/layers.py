@@ -58,6 +58,13 @@ def cosine_similarity(a: tf.Tensor, b: tf.Tensor, axis: int = -1) -> tf.Tensor:
     return tf.reduce_sum(tf.math.l2_normalize(a, axis=axis) * tf.math.l2_normalize(b, axis=axis), axis=axis)
 
 
+# Batch norm with PyTorch's BatchNorm1d defaults, which the papers' code (FuxiCTR) trains with: each
+# step moves the running statistics 10% of the way (Keras' default 1% lags ~100 steps behind the
+# weights, about one ml1m-seq epoch at batch 4096, so evaluation and serving saw stale statistics).
+BATCH_NORM_MOMENTUM = 0.9  # Keras' momentum = 1 - PyTorch's 0.1
+BATCH_NORM_EPSILON = 1e-5
+
+
 class MLP(tf_keras.layers.Layer):
     """Dense blocks: Dense -> (BatchNorm) -> activation -> (Dropout), then an optional output."""
 
@@ -75,7 +82,7 @@ class MLP(tf_keras.layers.Layer):
         for width in units:
             block = [tf_keras.layers.Dense(width, use_bias=not batch_norm)]
             if batch_norm:
-                block.append(tf_keras.layers.BatchNormalization())
+                block.append(tf_keras.layers.BatchNormalization(momentum=BATCH_NORM_MOMENTUM, epsilon=BATCH_NORM_EPSILON))
             block.append(tf_keras.layers.Activation(activation))
             if dropout:
                 block.append(tf_keras.layers.Dropout(dropout))
