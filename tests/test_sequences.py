@@ -29,7 +29,7 @@ def _windowed_examples(events, window_seconds, spec=SPEC):
         groups[key].append(event)
     window_events, tails = {}, collections.defaultdict(list)
     for key, group in groups.items():
-        for out in sequences._dedupe_window((key, group), spec):
+        for out in sequences._dedupe_window((key, [group]), spec):  # one read batch
             if isinstance(out, beam.pvalue.TaggedOutput):
                 if out.tag == "tail":
                     tails[out.value[0]].append(out.value[1])
@@ -217,3 +217,18 @@ def test_user_split_keeps_each_user_in_one_split(tmp_path):
         for e in examples:
             owners[e.features.feature["user_id"].bytes_list.value[0]].add(name)
     assert all(len(s) == 1 for s in owners.values()) and counts["balanced"]
+
+
+def test_windows_split_across_read_batches_give_the_same_examples_and_quarantine(built, tmp_path, monkeypatch):
+    """The reader hands Beam its events grouped per (user, window) and flushes every FLUSH_EVENTS
+    events; a window whose events land in several flushes (and a duplicate whose twin sits in
+    another flush) must come out as with one batch."""
+    monkeypatch.setattr(sequences._ReadAndValidate, "FLUSH_EVENTS", 3)
+    _, counts, quarantined, splits = _run_builder(tmp_path)
+    _, expected_counts, expected_quarantined, expected_splits = built
+    assert counts == expected_counts
+    by_source = lambda records: sorted((os.path.basename(q["source"]), q["reason"]) for q in records)  # noqa: E731
+    assert by_source(quarantined) == by_source(expected_quarantined)
+    for name in sequences.SPLITS:
+        assert sorted(e.SerializeToString(deterministic=True) for e in splits[name]) == \
+            sorted(e.SerializeToString(deterministic=True) for e in expected_splits[name])

@@ -44,12 +44,23 @@ def quarantine_record(q: sources.Quarantined) -> dict:
 
 # ---- reading and validating --------------------------------------------------------------------
 class _ReadAndValidate(beam.DoFn):
-    """One log file -> events with their user and item attributes, or quarantined rows."""
+    """One log file -> its events grouped by (user, time window), or quarantined rows.
 
-    def __init__(self, data_config):
+    Yields ``((user_id, window), [events])``: a file's events are grouped here before Beam groups
+    them across files, so Beam handles one element per (user, window) and read batch instead of
+    one per event. At most ``FLUSH_EVENTS`` events are held at once; a (user, window) flushed
+    twice arrives as two lists.
+    """
+
+    FLUSH_EVENTS = 100_000
+
+    def __init__(self, data_config, window_seconds: float):
         self.data_config = data_config
+        self.window_key = _window_key(window_seconds)
 
     def process(self, path, items, users):
+        pending: Dict[Tuple[str, int], List[dict]] = {}
+        held = 0
         for record in sources.read_events(path, self.data_config):
             if isinstance(record, sources.Quarantined):
                 yield beam.pvalue.TaggedOutput(QUARANTINE, quarantine_record(record))
@@ -66,7 +77,13 @@ class _ReadAndValidate(beam.DoFn):
                 )
                 continue
             event.update((items or {}).get(event["item_id"], {}))
-            yield event
+            key, event = self.window_key(event)
+            pending.setdefault(key, []).append(event)
+            held += 1
+            if held == self.FLUSH_EVENTS:
+                yield from pending.items()
+                pending, held = {}, 0
+        yield from pending.items()
 
 
 def _reference_error(event: sources.Event, reason: str, detail: str) -> dict:
@@ -81,14 +98,15 @@ def _window_key(window_seconds: float):
     return key
 
 
-def _dedupe_window(keyed_events, spec: FeatureSpec):
-    """Sorts one (user, window)'s events; a repeated (user, item, timestamp) is quarantined.
+def _dedupe_window(keyed_batches, spec: FeatureSpec):
+    """Sorts one (user, window)'s events (they arrive as the read batches' lists); a repeated
+    (user, item, timestamp) is quarantined.
 
     Yields ("events", (key, sorted events)), ("tail", (user, (window, state))) and quarantine.
     """
-    (user, window), events = keyed_events
+    (user, window), batches = keyed_batches
     ordered: List[dict] = []
-    for event in sorted(events, key=lambda e: (hist.event_order_key(e), e["source"])):
+    for event in sorted((e for batch in batches for e in batch), key=lambda e: (hist.event_order_key(e), e["source"])):
         if ordered and hist.event_order_key(ordered[-1]) == hist.event_order_key(event):
             yield beam.pvalue.TaggedOutput(
                 QUARANTINE,
@@ -255,13 +273,12 @@ class BuildExamples(beam.PTransform):
             pipeline
             | "LogFiles" >> beam.Create(sources.list_event_files(data))
             | "Read" >> beam.ParDo(
-                _ReadAndValidate(data), beam.pvalue.AsSingleton(items_side), beam.pvalue.AsSingleton(users_side)
+                _ReadAndValidate(data, self.config.sequences.window_days * 86400),
+                beam.pvalue.AsSingleton(items_side), beam.pvalue.AsSingleton(users_side),
             ).with_outputs(QUARANTINE, main="events")
         )
-        window_seconds = self.config.sequences.window_days * 86400
         windows = (
             read.events
-            | "ByUserWindow" >> beam.Map(_window_key(window_seconds))
             | "GroupWindow" >> beam.GroupByKey()
             | "SortDedupe" >> beam.FlatMap(_dedupe_window, self.spec).with_outputs(QUARANTINE, "tail", main="events")
         )
@@ -304,7 +321,7 @@ class BuildExamples(beam.PTransform):
 
         example_count = (lambda _: 1) if self.split else (lambda keys_examples: len(keys_examples[0]))
         tallies = [
-            tally("Events", read.events, lambda _: "events_read"),
+            tally("Events", read.events, lambda _: "events_read", lambda keyed_batch: len(keyed_batch[1])),
             tally("ReadQuarantine", read[QUARANTINE], lambda _: "log_rows_quarantined_at_read"),
             tally("Quarantine", outputs[QUARANTINE], lambda q: f"quarantined.{q['reason']}"),
         ] + [tally(f"Split{name}", outputs[name], lambda _, n=name: f"examples.{n}", example_count)
