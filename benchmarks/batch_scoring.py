@@ -30,6 +30,8 @@ import time
 from typing import Dict, List
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from benchmarks import machine  # noqa: E402
 JOB_LINE = re.compile(r"\[score\] ([0-9.]+)s \(([0-9,]+) rows/s\)")
 
 
@@ -82,7 +84,7 @@ def main(argv: List[str] = None) -> int:
     result = {
         "command": "python benchmarks/batch_scoring.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{os.cpu_count()} CPUs", "load_start": load_start, "target_rows_per_second": 10_000, "jobs": [],
+        "machine": machine.describe(), "load_start": load_start, "target_rows_per_second": 10_000, "jobs": [],
     }
     inputs = [("logs", os.path.abspath(args.data_path))] + ([("tfrecords", os.path.abspath(args.examples))] if args.examples else [])
     try:

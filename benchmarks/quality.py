@@ -26,7 +26,6 @@ import datetime
 import glob
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from typing import Dict, List, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from benchmarks import machine  # noqa: E402
 
 import yaml  # noqa: E402
 
@@ -239,7 +239,7 @@ def main() -> None:
     results = json.load(open(results_path, encoding="utf-8")) if os.path.exists(results_path) else []
     done = {(r["dataset"], r["seed"], r["model"]) for r in results}
     command = "python benchmarks/quality.py " + " ".join(sys.argv[1:])
-    meta = {"machine": f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}", "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    meta = {"machine": machine.describe(), "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     for dataset, base, data_path in datasets:
         for seed in seeds:
             config_path = dataset_config(dataset, base, data_path, args.workdir, seed, models)

@@ -59,6 +59,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from benchmarks.machine import cpu_model  # noqa: E402
 
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
@@ -90,7 +91,7 @@ def machine_facts() -> Dict[str, object]:
         "host": socket.gethostname(),
         "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "load_average_start": [round(x, 2) for x in os.getloadavg()],
         "memory_gb": _memory_gb(),
         "python": platform.python_version(),
@@ -101,17 +102,6 @@ def machine_facts() -> Dict[str, object]:
         "git_dirty": bool(_git("status", "--porcelain")),
     }
     return facts
-
-
-def _cpu_model() -> Optional[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
 
 
 def _memory_gb() -> Optional[float]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 import types
@@ -30,6 +29,7 @@ from typing import Dict, List
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from benchmarks import machine  # noqa: E402
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import tensorflow as tf  # noqa: E402
@@ -127,10 +127,10 @@ def main(argv: List[str] = None) -> int:
     command = "python benchmarks/train_step.py " + " ".join(argv if argv is not None else sys.argv[1:])
     os.makedirs(args.output, exist_ok=True)
     with open(os.path.join(args.output, "train_step.json"), "w", encoding="utf-8") as handle:
-        json.dump({"command": command, "machine": f"{os.cpu_count()} CPUs, {platform.machine()}", "rows": rows}, handle, indent=2)
+        json.dump({"command": command, "machine": machine.describe(), "rows": rows}, handle, indent=2)
     lines = [
         "# Training throughput: input pipeline vs model step", "", f"`{command}`", "",
-        f"- machine: {os.cpu_count()} CPUs, {platform.machine()}; batch {batch}; examples/s after {args.warmup} warmup steps",
+        f"- machine: {machine.describe()}; batch {batch}; examples/s after {args.warmup} warmup steps",
         "", "| model | input alone | model step alone | trainer (both) |", "|---|---:|---:|---:|",
     ]
     lines += [f"| {r['model']} | {r['input']:,.0f} | {r['model_step']:,.0f} | {r['trainer']:,.0f} |" for r in rows]
