@@ -211,8 +211,9 @@ def main() -> None:
     parser.add_argument("--data-path", default=None, help="ml-1m-partial directory (ratings*.dat[.gz], users.dat, movies.dat)")
     parser.add_argument("--no-ml1m", action="store_true", help="skip ml1m-seq")
     parser.add_argument("--synthetic", action="store_true", help="also run the synthetic demo logs (against the oracle AUC)")
-    parser.add_argument("--synthetic-path", default=os.path.join(ROOT, "data", "demo"),
-                        help="synthetic logs (generated there with the demo's size when missing)")
+    parser.add_argument("--synthetic-path", default=os.path.join(ROOT, "runs", "quality", "synthetic-logs"),
+                        help="synthetic logs (generated there by `ctr-pipeline generate-data` with its defaults, "
+                             "400 users x 50 events, when missing)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--models", default=",".join(MODELS),
                         help="comma-separated models or ablation variants (default: the six models)")
