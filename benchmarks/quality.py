@@ -5,7 +5,10 @@ Evaluator), every model and ablation, several seeds.
     python benchmarks/quality.py --data-path /path/to/ml-1m-partial [--seeds 0,1,2]
         [--models dnn,din,fadidn,camn,dumn,tf4ctr] [--ablations] [--synthetic] [--no-ml1m]
 
-``--models`` also takes ablation variants by name (``--models tf4ctr_no_tf_loss``).
+``--models`` also takes ablation variants by name (``--models tf4ctr_no_tf_loss``) and regularised
+variants ``<model>_reg`` (``--models dnn_reg,dumn_reg``): the model with the regularisation
+MODELS.md fixes for TF4CTR (the authors' ML-1M settings: dropout 0.1, embedding L2 0.01), which
+the other models' defaults leave out.
 
 Each (dataset, seed, model) is one ``ctr-pipeline run --models <model>`` in a child process:
 the data steps are cached by TFX after the first run of a dataset, a new seed retrains. Per run:
@@ -52,7 +55,23 @@ ABLATIONS: Dict[str, dict] = {
     "tf4ctr_dfm_sum": {"architecture": "tf4ctr", "dfm": "sum"},
     "tf4ctr_ssem_share": {"architecture": "tf4ctr", "ssem": "share"},
 }
+# TF4CTR's regularisation in MODELS.md (the authors' ML-1M settings), for the other models: <model>_reg
+REGULARIZATION = {"dropout": 0.1, "embedding_l2": 0.01}
+REGULARIZED_SUFFIX = "_reg"
 INFERENCE_BATCH = 4096
+
+
+def variant(name: str) -> dict:
+    """The ``training.models`` entry of a model, an ablation or a regularised variant."""
+    if name in MODELS:
+        return {}
+    if name in ABLATIONS:
+        return dict(ABLATIONS[name])
+    architecture = name[: -len(REGULARIZED_SUFFIX)]
+    if name.endswith(REGULARIZED_SUFFIX) and architecture in MODELS and architecture != "tf4ctr":
+        return {"architecture": architecture, **REGULARIZATION}
+    regularized = [m + REGULARIZED_SUFFIX for m in MODELS if m != "tf4ctr"]
+    raise ValueError(f"unknown model {name!r}: one of {', '.join(MODELS + tuple(ABLATIONS) + tuple(regularized))}")
 
 
 def dataset_config(name: str, base_config: str, data_path: str, workdir: str, seed: int, models: Dict[str, dict]) -> str:
@@ -216,7 +235,7 @@ def main() -> None:
                              "400 users x 50 events, when missing)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--models", default=",".join(MODELS),
-                        help="comma-separated models or ablation variants (default: the six models)")
+                        help="comma-separated models, ablation variants or <model>_reg variants (default: the six models)")
     parser.add_argument("--ablations", action="store_true", help=f"also the ablation variants: {', '.join(ABLATIONS)}")
     parser.add_argument("--workdir", default=os.path.join(ROOT, "runs", "quality"))
     parser.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "results"))
@@ -224,7 +243,10 @@ def main() -> None:
     if not args.no_ml1m and not args.data_path:
         parser.error("--data-path is required for ml1m-seq (or pass --no-ml1m)")
     seeds = [int(s) for s in args.seeds.split(",")]
-    models = {m: dict(ABLATIONS.get(m, {})) for m in args.models.split(",") if m}
+    try:
+        models = {m: variant(m) for m in args.models.split(",") if m}
+    except ValueError as error:
+        parser.error(str(error))
     if args.ablations:
         models.update({name: variant for name, variant in ABLATIONS.items() if variant["architecture"] in models})
     datasets = []
