@@ -165,7 +165,28 @@ def rela_impr(model_auc: float, din_auc: float) -> float:
     return (model_auc - 0.5) / (din_auc - 0.5) - 1
 
 
-def format_markdown(table: Dict[str, Dict[str, dict]], commands: List[str], meta: dict) -> str:
+def paired_variants(results: List[dict]) -> Dict[str, List[dict]]:
+    """dataset -> one entry per variant (ablation or ``_reg``): its mean test AUC and its model's
+    on the seeds both ran, so a variant is only ever compared with its model on the same seeds."""
+    auc = {(r["dataset"], r["model"], r["seed"]): r["auc"] for r in results}
+    pairs: Dict[str, List[dict]] = {}
+    for dataset, name in dict.fromkeys((r["dataset"], r["model"]) for r in results):
+        if name in MODELS:
+            continue
+        settings = variant(name)
+        base = settings.pop("architecture")
+        seeds = sorted(s for (d, m, s) in auc if d == dataset and m == name and (dataset, base, s) in auc)
+        if seeds:
+            mean, base_mean = (statistics.fmean(auc[(dataset, m, s)] for s in seeds) for m in (name, base))
+            pairs.setdefault(dataset, []).append({
+                "variant": name, "model": base, "settings": settings, "seeds": seeds,
+                "auc": mean, "model_auc": base_mean, "delta": mean - base_mean,
+            })
+    return pairs
+
+
+def format_markdown(table: Dict[str, Dict[str, dict]], commands: List[str], meta: dict,
+                    pairs: Optional[Dict[str, List[dict]]] = None) -> str:
     def cell(stat, digits=4, scale=1.0):
         if stat is None:
             return "-"
@@ -189,6 +210,13 @@ def format_markdown(table: Dict[str, Dict[str, dict]], commands: List[str], meta
         oracle = next((e["oracle_auc"] for e in models.values() if e["oracle_auc"]), None)
         if oracle:
             lines.append(f"\nOracle AUC (the true click probability of the synthetic logs): {oracle[0]:.4f}")
+        if (pairs or {}).get(dataset):
+            lines += ["", "Variants against their model on the same seeds (test AUC, mean over those seeds):", "",
+                      "| variant | setting | seeds | variant AUC | model AUC | variant - model |", "|---|---|---|---|---|---:|"]
+            for p in pairs[dataset]:
+                setting = ", ".join(f"{k}={v}" for k, v in p["settings"].items())
+                lines.append(f"| {p['variant']} | {p['model']}: {setting} | {','.join(map(str, p['seeds']))} | "
+                             f"{p['auc']:.4f} | {p['model_auc']:.4f} | {p['delta']:+.4f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -220,7 +248,7 @@ def write_outputs(results: List[dict], output: str, command: str, meta: dict) ->
     table = summarize(results)
     commands = list(dict.fromkeys(r.get("command", command) for r in results))
     with open(os.path.join(output, "quality.md"), "w", encoding="utf-8") as handle:
-        handle.write(format_markdown(table, commands, meta))
+        handle.write(format_markdown(table, commands, meta, paired_variants(results)))
     plot(table, os.path.join(output, "quality.png"))
 
 
