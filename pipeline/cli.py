@@ -75,7 +75,7 @@ def cmd_generate_data(args) -> int:
         seed=args.seed, days=args.days,
     )
     print(json.dumps(summary, indent=2))
-    print(f"wrote events.csv, items.csv, users.csv to {args.output}")
+    print(f"wrote events.csv, items.csv, users.csv and {synthetic.REQUEST_FILE} (a `ctr-pipeline predict` request) to {args.output}")
     return 0
 
 
@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     val.set_defaults(func=cmd_validate_config)
 
     gen = sub.add_parser("generate-data", help="write seeded synthetic interaction logs (generic CSV format)")
-    gen.add_argument("--output", required=True, help="directory for events.csv, items.csv, users.csv")
+    gen.add_argument("--output", required=True, help="directory for events.csv, items.csv, users.csv, request.json")
     gen.add_argument("--users", type=int, default=400)
     gen.add_argument("--items", type=int, default=500)
     gen.add_argument("--events-per-user", type=int, default=50)

@@ -73,3 +73,31 @@ def test_impossible_auc_bound_pushes_nothing(first_run):
     (row,) = report.collect(config, ["dnn"])["models"]
     assert row["blessed"] is False and row["pushed"] is None
     assert sorted(os.listdir(os.path.join(config.serving_root, "dnn"))) == versions_before
+
+
+def test_generate_data_request_gets_ranked_scores_from_the_served_model(first_run, capsys):
+    """The README's path: `ctr-pipeline serve` on the serving root, then `ctr-pipeline predict`
+    with the request.json that generate-data wrote; every signature ranks the same scores."""
+    from pipeline import cli
+    from serving import server
+
+    _, data_dir, config, _ = first_run
+    request_path = os.path.join(data_dir, synthetic.REQUEST_FILE)
+    with open(request_path, encoding="utf-8") as handle:
+        candidates = sorted(c["item_id"] for c in json.load(handle)["candidates"])
+    served = server.serve(config.serving_root, 0, poll_seconds=3600)
+    rankings = {}
+    try:
+        for signature in ("serving_default", "serving_raw", "serving_candidates"):
+            assert cli.main(["predict", "--server", f"127.0.0.1:{served.port}", "--model", "dnn",
+                             "--input", request_path, "--signature", signature, "--json"]) == 0
+            rankings[signature] = json.loads(capsys.readouterr().out)["ranking"]
+    finally:
+        served.stop()
+    for ranking in rankings.values():
+        scores = [row["score"] for row in ranking]
+        assert sorted(row["item_id"] for row in ranking) == candidates
+        assert scores == sorted(scores, reverse=True) and all(0 < s < 1 for s in scores)
+        by_item = {row["item_id"]: row["score"] for row in ranking}
+        reference = {row["item_id"]: row["score"] for row in rankings["serving_default"]}
+        assert by_item == pytest.approx(reference, abs=1e-5)

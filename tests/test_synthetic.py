@@ -11,7 +11,7 @@ from pipeline.auc import auc
 from pipeline.config import DataConfig
 from transforms import sources, synthetic
 
-FILES = ("events.csv", "items.csv", "users.csv")
+FILES = ("events.csv", "items.csv", "users.csv", synthetic.REQUEST_FILE)
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +52,28 @@ def test_files_read_back_through_the_sources_readers(dataset):
     assert {row.item_id for row in rows} <= set(items) and {row.user_id for row in rows} <= set(users)
     assert set(next(iter(items.values()))) == {"category", "brand", "price_bucket"}
     assert set(next(iter(users.values()))) == {"age_bucket", "region", "activity"}
+
+
+def test_example_request_is_a_valid_predict_request_for_the_most_active_user(dataset):
+    from pipeline.config import parse_config
+    from serving.client import parse_user_request
+    from transforms.features import FeatureSpec
+
+    path, _, events = dataset
+    config = parse_config({"pipeline_name": "t", "data": synthetic.data_config(path)})
+    with open(os.path.join(path, synthetic.REQUEST_FILE), encoding="utf-8") as handle:
+        request = parse_user_request(handle.read(), FeatureSpec.from_config(config))
+    user_id = request.user["user_id"]
+    mine = events[events.user_id == user_id]
+    assert len(mine) == events.user_id.value_counts().max()
+    assert request.timestamp == mine.timestamp.max() + 1
+    last = mine.tail(synthetic.REQUEST_EVENTS)
+    assert [e["item_id"] for e in request.events] == last.item_id.tolist()
+    assert [e["clicked"] for e in request.events] == last.clicked.tolist()
+    assert [e["category"] for e in request.events] == last.category.tolist()
+    candidates = [c["item_id"] for c in request.candidates]
+    assert len(candidates) == synthetic.REQUEST_CANDIDATES == len(set(candidates))
+    assert not set(candidates) & set(mine.item_id)
 
 
 def test_labels_follow_click_prob(dataset):

@@ -3,7 +3,8 @@
 ``generate`` writes three generic-format CSV files (read them with ``data_config(path)``):
 ``events.csv`` (user_id, item_id, timestamp, clicked, liked, disliked, click_prob),
 ``items.csv`` (item_id, category, brand, price_bucket) and ``users.csv`` (user_id, age_bucket,
-region, activity). The same arguments always give byte-identical files.
+region, activity), plus ``request.json``, a ``ctr-pipeline predict`` request for the most active
+user (see ``example_request``). The same arguments always give byte-identical files.
 
 The generative story, chosen so that a model reading behaviour sequences with their time gaps
 can beat one that sees only the user and the target item:
@@ -41,8 +42,9 @@ label) about 0.8; ``generate`` reports both.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
-from typing import Dict
+from typing import Dict, Tuple
 
 import numpy as np
 import pandas as pd
@@ -63,6 +65,9 @@ DISLIKE_DECAY_S = 3 * 86400.0
 MISCLICK = 0.04
 BIAS = -0.9
 WEIGHTS = {"category": 1.2, "brand": 0.6, "dislike": 1.5, "popularity": 0.4, "hour": 0.3, "price": 0.3}
+REQUEST_FILE = "request.json"
+REQUEST_EVENTS = 30
+REQUEST_CANDIDATES = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,24 +255,49 @@ def _simulate(rng, items: _Items, users: _Users, counts: np.ndarray, timestamp: 
     return item, clicked, liked, disliked, prob
 
 
-def _write_tables(output_dir: str, items: _Items, users: _Users) -> None:
+def _tables(items: _Items, users: _Users) -> Tuple[pd.DataFrame, pd.DataFrame]:
+    """The items and users tables, as written to items.csv and users.csv."""
     activity_names = np.array(list(ACTIVITY))
-    pd.DataFrame(
+    items_table = pd.DataFrame(
         {
             "item_id": [f"i{n}" for n in range(len(items.category))],
             "category": [f"c{c}" for c in items.category],
             "brand": [f"b{b}" for b in items.brand],
             "price_bucket": [f"p{p}" for p in items.price],
         }
-    ).to_csv(os.path.join(output_dir, "items.csv"), index=False)
-    pd.DataFrame(
+    )
+    users_table = pd.DataFrame(
         {
             "user_id": [f"u{n}" for n in range(len(users.age))],
             "age_bucket": np.array(AGE_BUCKETS)[users.age],
             "region": np.array(REGIONS)[users.region],
             "activity": activity_names[users.activity],
         }
-    ).to_csv(os.path.join(output_dir, "users.csv"), index=False)
+    )
+    return items_table, users_table
+
+
+def example_request(events: pd.DataFrame, items_table: pd.DataFrame, users_table: pd.DataFrame,
+                    num_events: int = REQUEST_EVENTS, num_candidates: int = REQUEST_CANDIDATES) -> dict:
+    """A ``ctr-pipeline predict`` request (``serving.client``'s JSON) for the user with the most
+    events, one second after their last one: their profile, their last ``num_events`` events with
+    feedback and item fields, and the ``num_candidates`` items with the most impressions in the
+    logs that the user has not seen, as candidates."""
+    user_id = events["user_id"].value_counts(sort=False).idxmax()
+    mine = events[events["user_id"] == user_id]
+    item_fields = items_table.set_index("item_id")
+    recent = mine.tail(num_events).join(item_fields, on="item_id")
+    unseen = events.loc[~events["item_id"].isin(mine["item_id"]), "item_id"].value_counts()
+    candidates = items_table[items_table["item_id"].isin(unseen.index[:num_candidates])]
+    profile = users_table[users_table["user_id"] == user_id].iloc[0]
+    event_columns = ["item_id", "timestamp", "clicked", "liked", "disliked", *item_fields.columns]
+    return {
+        "user": {k: str(v) for k, v in profile.items()},
+        "timestamp": int(mine["timestamp"].max()) + 1,
+        "events": [{k: (int(v) if k in ("timestamp", "clicked", "liked", "disliked") else str(v)) for k, v in row.items()}
+                   for row in recent[event_columns].to_dict("records")],
+        "candidates": candidates.astype(str).to_dict("records"),
+    }
 
 
 def generate(
@@ -278,7 +308,7 @@ def generate(
     seed: int = 0,
     days: int = 60,
 ) -> Dict[str, float]:
-    """Writes events.csv, items.csv and users.csv into ``output_dir``; returns a summary."""
+    """Writes events.csv, items.csv, users.csv and request.json into ``output_dir``; returns a summary."""
     if min(num_users, num_items, events_per_user, days) < 1:
         raise ValueError("num_users, num_items, events_per_user and days must all be >= 1")
     os.makedirs(output_dir, exist_ok=True)
@@ -300,7 +330,11 @@ def generate(
         }
     ).iloc[np.lexsort((user, timestamp))]
     events.to_csv(os.path.join(output_dir, "events.csv"), index=False, float_format="%.6f")
-    _write_tables(output_dir, items, users)
+    items_table, users_table = _tables(items, users)
+    items_table.to_csv(os.path.join(output_dir, "items.csv"), index=False)
+    users_table.to_csv(os.path.join(output_dir, "users.csv"), index=False)
+    with open(os.path.join(output_dir, REQUEST_FILE), "w", encoding="utf-8") as handle:
+        json.dump(example_request(events, items_table, users_table), handle, indent=1)
     return {
         "events": int(len(events)),
         "users": num_users,
