@@ -5,10 +5,10 @@ Evaluator), every model and ablation, several seeds.
     python benchmarks/quality.py --data-path /path/to/ml-1m-partial [--seeds 0,1,2]
         [--models dnn,din,fadidn,camn,dumn,tf4ctr] [--ablations] [--synthetic] [--no-ml1m]
 
-``--models`` also takes ablation variants by name (``--models tf4ctr_no_tf_loss``) and regularised
-variants ``<model>_reg`` (``--models dnn_reg,dumn_reg``): the model with the regularisation
-MODELS.md fixes for TF4CTR (the authors' ML-1M settings: dropout 0.1, embedding L2 0.01), which
-the other models' defaults leave out.
+``--models`` also takes ablation variants by name (``--models tf4ctr_no_tf_loss``) and
+regularisation variants: ``<model>_reg`` (``--models dnn_reg,dumn_reg``) is the model with the
+regularisation MODELS.md fixes for TF4CTR (the authors' ML-1M settings: dropout 0.1, embedding
+L2 0.01), which the other models' defaults leave out; ``tf4ctr_noreg`` is TF4CTR without it.
 
 Each (dataset, seed, model) is one ``ctr-pipeline run --models <model>`` in a child process:
 the data steps are cached by TFX after the first run of a dataset, a new seed retrains. Per run:
@@ -55,23 +55,24 @@ ABLATIONS: Dict[str, dict] = {
     "tf4ctr_dfm_sum": {"architecture": "tf4ctr", "dfm": "sum"},
     "tf4ctr_ssem_share": {"architecture": "tf4ctr", "ssem": "share"},
 }
-# TF4CTR's regularisation in MODELS.md (the authors' ML-1M settings), for the other models: <model>_reg
+# regularisation: TF4CTR's in MODELS.md (the authors' ML-1M settings) on the other models
+# (<model>_reg), and TF4CTR without it (tf4ctr_noreg)
 REGULARIZATION = {"dropout": 0.1, "embedding_l2": 0.01}
-REGULARIZED_SUFFIX = "_reg"
+REGULARIZATION_VARIANTS: Dict[str, dict] = {
+    **{f"{m}_reg": {"architecture": m, **REGULARIZATION} for m in MODELS if m != "tf4ctr"},
+    "tf4ctr_noreg": {"architecture": "tf4ctr", "dropout": 0.0, "embedding_l2": 0.0},
+}
 INFERENCE_BATCH = 4096
 
 
 def variant(name: str) -> dict:
-    """The ``training.models`` entry of a model, an ablation or a regularised variant."""
+    """The ``training.models`` entry of a model, an ablation or a regularisation variant."""
     if name in MODELS:
         return {}
-    if name in ABLATIONS:
-        return dict(ABLATIONS[name])
-    architecture = name[: -len(REGULARIZED_SUFFIX)]
-    if name.endswith(REGULARIZED_SUFFIX) and architecture in MODELS and architecture != "tf4ctr":
-        return {"architecture": architecture, **REGULARIZATION}
-    regularized = [m + REGULARIZED_SUFFIX for m in MODELS if m != "tf4ctr"]
-    raise ValueError(f"unknown model {name!r}: one of {', '.join(MODELS + tuple(ABLATIONS) + tuple(regularized))}")
+    variants = {**ABLATIONS, **REGULARIZATION_VARIANTS}
+    if name not in variants:
+        raise ValueError(f"unknown model {name!r}: one of {', '.join([*MODELS, *variants])}")
+    return dict(variants[name])
 
 
 def dataset_config(name: str, base_config: str, data_path: str, workdir: str, seed: int, models: Dict[str, dict]) -> str:
@@ -263,7 +264,7 @@ def main() -> None:
                              "400 users x 50 events, when missing)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--models", default=",".join(MODELS),
-                        help="comma-separated models, ablation variants or <model>_reg variants (default: the six models)")
+                        help="comma-separated models, ablation variants, <model>_reg or tf4ctr_noreg (default: the six models)")
     parser.add_argument("--ablations", action="store_true", help=f"also the ablation variants: {', '.join(ABLATIONS)}")
     parser.add_argument("--workdir", default=os.path.join(ROOT, "runs", "quality"))
     parser.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "results"))
