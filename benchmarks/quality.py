@@ -8,7 +8,8 @@ Evaluator), every model and ablation, several seeds.
 ``--models`` also takes ablation variants by name (``--models tf4ctr_no_tf_loss``) and
 regularisation variants: ``<model>_reg`` (``--models dnn_reg,dumn_reg``) is the model with the
 regularisation MODELS.md fixes for TF4CTR (the authors' ML-1M settings: dropout 0.1, embedding
-L2 0.01), which the other models' defaults leave out; ``tf4ctr_noreg`` is TF4CTR without it.
+L2 0.01), which the other models' defaults leave out; ``tf4ctr_noreg`` is TF4CTR without it and
+``tf4ctr_half_l2`` TF4CTR with half its embedding L2.
 
 Each (dataset, seed, model) is one ``ctr-pipeline run --models <model>`` in a child process:
 the data steps are cached by TFX after the first run of a dataset, a new seed retrains. Per run:
@@ -56,11 +57,13 @@ ABLATIONS: Dict[str, dict] = {
     "tf4ctr_ssem_share": {"architecture": "tf4ctr", "ssem": "share"},
 }
 # regularisation: TF4CTR's in MODELS.md (the authors' ML-1M settings) on the other models
-# (<model>_reg), and TF4CTR without it (tf4ctr_noreg)
+# (<model>_reg), TF4CTR without it (tf4ctr_noreg) and with half its embedding L2
+# (tf4ctr_half_l2: the authors' code, FuxiCTR, adds 0.01/2 * sum(E^2); tf_keras' L2(0.01) adds 0.01 * sum(E^2))
 REGULARIZATION = {"dropout": 0.1, "embedding_l2": 0.01}
 REGULARIZATION_VARIANTS: Dict[str, dict] = {
     **{f"{m}_reg": {"architecture": m, **REGULARIZATION} for m in MODELS if m != "tf4ctr"},
     "tf4ctr_noreg": {"architecture": "tf4ctr", "dropout": 0.0, "embedding_l2": 0.0},
+    "tf4ctr_half_l2": {"architecture": "tf4ctr", "embedding_l2": 0.005},
 }
 INFERENCE_BATCH = 4096
 
@@ -264,7 +267,7 @@ def main() -> None:
                              "400 users x 50 events, when missing)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--models", default=",".join(MODELS),
-                        help="comma-separated models, ablation variants, <model>_reg or tf4ctr_noreg (default: the six models)")
+                        help="comma-separated models, ablation variants, <model>_reg, tf4ctr_noreg or tf4ctr_half_l2 (default: the six models)")
     parser.add_argument("--ablations", action="store_true", help=f"also the ablation variants: {', '.join(ABLATIONS)}")
     parser.add_argument("--workdir", default=os.path.join(ROOT, "runs", "quality"))
     parser.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "results"))
