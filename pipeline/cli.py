@@ -127,10 +127,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _ignore_tensorflow_teardown_errors() -> None:
+    """TensorFlow 2.16's ``AtomicFunction.__del__`` raises a TypeError for each function still
+    alive when the interpreter shuts down (its module globals are gone by then) and Python prints
+    a traceback for each. Ignores exactly those; any other unraisable error is printed."""
+    default_hook = sys.unraisablehook
+
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, TypeError) and getattr(unraisable.object, "__qualname__", "") == "AtomicFunction.__del__":
+            return
+        default_hook(unraisable)
+
+    sys.unraisablehook = hook
+
+
 def main(argv=None) -> int:
     from pipeline.config import ConfigError
 
     args = build_parser().parse_args(argv)
+    _ignore_tensorflow_teardown_errors()
     try:
         return args.func(args) or 0
     except (ConfigError, FileNotFoundError, ValueError) as exc:

@@ -24,3 +24,24 @@ def test_invalid_config_exits_2_and_names_the_key(tmp_path):
     path.write_text("data: {path: x}\ntraining: {epochs: -1}\n")
     result = _cli("validate-config", "--config", str(path))
     assert result.returncode == 2 and "training.epochs" in result.stderr
+
+
+class AtomicFunction:  # stands in for tensorflow's, whose __del__ fails at interpreter exit
+    def __del__(self):
+        pass
+
+
+def test_only_tensorflows_teardown_errors_are_silenced(monkeypatch):
+    import types
+
+    from pipeline import cli
+
+    printed = []
+    monkeypatch.setattr(sys, "unraisablehook", printed.append)
+    cli._ignore_tensorflow_teardown_errors()
+    teardown = types.SimpleNamespace(exc_value=TypeError("'NoneType' object is not subscriptable"), object=AtomicFunction.__del__)
+    other_type = types.SimpleNamespace(exc_value=RuntimeError("refcount"), object=AtomicFunction.__del__)
+    elsewhere = types.SimpleNamespace(exc_value=TypeError("boom"), object=test_every_subcommand_has_help)
+    for unraisable in (teardown, other_type, elsewhere):
+        sys.unraisablehook(unraisable)
+    assert printed == [other_type, elsewhere]
