@@ -65,14 +65,20 @@ REGULARIZATION_VARIANTS: Dict[str, dict] = {
     "tf4ctr_noreg": {"architecture": "tf4ctr", "dropout": 0.0, "embedding_l2": 0.0},
     "tf4ctr_half_l2": {"architecture": "tf4ctr", "embedding_l2": 0.005},
 }
+# the DNN baseline given only the behaviour sequences another model reads (the user, target and
+# context fields stay): tells how much of a model's gap to DNN its inputs explain
+INPUT_VARIANTS: Dict[str, dict] = {
+    "dnn_click": {"architecture": "dnn", "sequences": ["click"]},  # DIN's and CAMN's sequence
+    "dnn_click_unclick": {"architecture": "dnn", "sequences": ["click", "unclick"]},  # FADIDN's
+}
 INFERENCE_BATCH = 4096
 
 
 def variant(name: str) -> dict:
-    """The ``training.models`` entry of a model, an ablation or a regularisation variant."""
+    """The ``training.models`` entry of a model, an ablation, a regularisation or an input variant."""
     if name in MODELS:
         return {}
-    variants = {**ABLATIONS, **REGULARIZATION_VARIANTS}
+    variants = {**ABLATIONS, **REGULARIZATION_VARIANTS, **INPUT_VARIANTS}
     if name not in variants:
         raise ValueError(f"unknown model {name!r}: one of {', '.join([*MODELS, *variants])}")
     return dict(variants[name])
@@ -170,7 +176,7 @@ def rela_impr(model_auc: float, din_auc: float) -> float:
 
 
 def paired_variants(results: List[dict]) -> Dict[str, List[dict]]:
-    """dataset -> one entry per variant (ablation or ``_reg``): its mean test AUC and its model's
+    """dataset -> one entry per variant (ablation, ``_reg`` or input variant): its mean test AUC and its model's
     on the seeds both ran, so a variant is only ever compared with its model on the same seeds."""
     auc = {(r["dataset"], r["model"], r["seed"]): r["auc"] for r in results}
     pairs: Dict[str, List[dict]] = {}
@@ -267,7 +273,8 @@ def main() -> None:
                              "400 users x 50 events, when missing)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--models", default=",".join(MODELS),
-                        help="comma-separated models, ablation variants, <model>_reg, tf4ctr_noreg or tf4ctr_half_l2 (default: the six models)")
+                        help="comma-separated models, ablation variants, <model>_reg, tf4ctr_noreg, tf4ctr_half_l2, "
+                             "dnn_click or dnn_click_unclick (default: the six models)")
     parser.add_argument("--ablations", action="store_true", help=f"also the ablation variants: {', '.join(ABLATIONS)}")
     parser.add_argument("--workdir", default=os.path.join(ROOT, "runs", "quality"))
     parser.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "results"))

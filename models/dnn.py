@@ -1,17 +1,32 @@
-"""DNN baseline (MODELS.md): an MLP over every field, each behaviour sequence mean-pooled per attribute."""
+"""DNN baseline (MODELS.md): an MLP over every field, each behaviour sequence mean-pooled per attribute.
+
+``sequences`` narrows the pooled behaviour sequences (default: every feedback type of the
+spec), so the baseline can be given exactly the inputs another model reads (DIN and CAMN: the
+click sequence; FADIDN: click and unclick) to tell the inputs' share of a gap from the model's.
+"""
 from __future__ import annotations
+
+from typing import Optional, Tuple
 
 from models.base import CTRModel, ModelOutput, ModelParams
 from models.layers import LogitHead, flatten_fields
 
 
-class DNN(CTRModel):
-    Params = ModelParams
+class DNNParams(ModelParams):
+    sequences: Optional[Tuple[str, ...]] = None  # feedback types pooled; None: all of the spec's
 
-    def __init__(self, spec, vocab_sizes, params: ModelParams, name: str = "dnn"):
+
+class DNN(CTRModel):
+    Params = DNNParams
+
+    def __init__(self, spec, vocab_sizes, params: DNNParams, name: str = "dnn"):
         super().__init__(spec, vocab_sizes, params, name=name)
+        self.sequences = spec.feedback_types if params.sequences is None else params.sequences
+        unknown = [kind for kind in self.sequences if kind not in spec.feedback_types]
+        if unknown:
+            raise ValueError(f"{name}: sequences {unknown} are not feedback types of the feature spec {list(spec.feedback_types)}")
         self.head = LogitHead(params.mlp_units, dropout=params.dropout, name="prediction_mlp")
 
     def forward(self, features, training=False, losses=True):
-        flat = flatten_fields(self.embeddings.pooled_fields(features))
+        flat = flatten_fields(self.embeddings.pooled_fields(features, self.sequences))
         return ModelOutput(logit=self.head(flat, training=training))

@@ -11,7 +11,7 @@ import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-from typing import Dict, Mapping, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import tensorflow as tf
 import tf_keras
@@ -77,11 +77,12 @@ class FeatureEmbeddings(tf_keras.layers.Layer):
             emb = emb + self.lookup(GAP_TABLE, features[self.spec.history_gap(feedback)])[:, :, tf.newaxis, :]
         return emb * tf.cast(mask, emb.dtype)[:, :, tf.newaxis, tf.newaxis], mask
 
-    def pooled_fields(self, features) -> tf.Tensor:
+    def pooled_fields(self, features, feedback_types: Optional[Sequence[str]] = None) -> tf.Tensor:
         """[B, f, E]: user, target and context fields, then each behaviour sequence mean-pooled
-        per attribute over its real positions (the field layout of DNN and TF4CTR)."""
+        per attribute over its real positions (the field layout of DNN and TF4CTR); by default
+        every feedback type of the spec, else ``feedback_types``."""
         parts = [self.user(features), self.target(features), self.context(features)]
-        for feedback in self.spec.feedback_types:
+        for feedback in self.spec.feedback_types if feedback_types is None else feedback_types:
             sequence, mask = self.sequence(features, feedback)
             parts.append(masked_mean(sequence, mask, axis=1))  # [B, N, E]
         return tf.concat(parts, axis=1)

@@ -29,6 +29,20 @@ def test_din_uses_the_click_history():
     assert float(diff) > 0
 
 
+def test_dnn_narrowed_to_the_click_sequence_ignores_the_others():
+    features, _ = h.random_batch(min_length=2)
+    narrowed, full = h.build("dnn", {"sequences": ["click"]}), h.build("dnn")
+    other = dict(features)
+    other["hist_unclick_item_id"] = tf.zeros_like(features["hist_unclick_item_id"])
+    tf.debugging.assert_near(narrowed(features)["probability"], narrowed(other)["probability"])
+    assert float(tf.reduce_max(tf.abs(full(features)["probability"] - full(other)["probability"]))) > 0
+
+
+def test_dnn_rejects_a_sequence_the_spec_lacks():
+    with pytest.raises(ValueError, match=r"sequences \['clicks'\] are not feedback types"):
+        h.build("dnn", {"sequences": ["click", "clicks"]})
+
+
 def test_ctr_and_regularization_terms_are_logged():
     features, labels = h.random_batch()
     terms = h.logged_loss_terms(h.build("dnn", {"embedding_l2": 1e-3}), features, labels)
