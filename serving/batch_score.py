@@ -11,12 +11,20 @@ Inputs (``--input``):
   artifact's ``Split-*/*.gz``): each record must be a tf.Example with the raw features of the
   model's ``serving_raw`` signature (``user_id``, ``item_id``, ``timestamp`` at least).
 
-Scoring uses Beam's ``RunInference`` with a Beam model handler for the SavedModel's
-``serving_default`` signature (serialized raw tf.Example -> ``probability``; ``SignatureModelHandler``).
-Rows travel in chunks ``(keys, serialized examples)`` (a TFRecord read batch, a user's window of
-the sequence builder), so Beam's per-element cost is paid per chunk, not per row; every score
-keeps the ids of its input row. A batch the model rejects is retried one example at a time, so
-one bad example costs only its own row.
+Scoring uses Beam's ``RunInference`` with Beam model handlers for the SavedModel's signatures.
+Rows travel in chunks, so Beam's per-element cost is paid per chunk, not per row, and every
+score keeps the ids of its input row:
+
+* TFRecords: chunks ``(keys, serialized examples)`` (a read batch) through ``serving_default``
+  (serialized raw tf.Example -> ``probability``; ``SignatureModelHandler``).
+* logs: the sequence builder's ``WindowRows`` (one user's window, columnar) through
+  ``serving_raw``: each window's past events become tensors once and every row's histories are
+  gathered from them in the graph, with no tf.Example written and parsed again
+  (``WindowRowsModelHandler``; a model without ``serving_raw``, or ``--signature`` naming
+  another signature, gets the rows as tf.Examples).
+
+A batch the model rejects is retried as tf.Examples one example at a time, so one bad example
+costs only its own row.
 
 Outputs in ``--output``:
 
@@ -51,6 +59,7 @@ import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
 SCORE_FIELDS = ("user_id", "item_id", "timestamp", "score", "model", "model_version")
@@ -369,7 +378,7 @@ class SignatureModelHandler(ModelHandler):
     examples. Each chunk comes back as ``(keys, scores, error rows)``: the rows scored, and an
     error row for each example the model rejected (see ``_SignatureScorer.score``). Lean on
     purpose: one signature call per batch, no PredictionLog protos, no pickling of batches to
-    count their bytes.
+    count their bytes. A key is ``(user_id, item_id, timestamp, source)``.
     """
 
     def __init__(self, model_path: str, signature: str, output_key: str, max_batch_size: int,
@@ -392,10 +401,19 @@ class SignatureModelHandler(ModelHandler):
             raise ValueError(f"signature {self.signature!r} has no output {self.output_key!r}; outputs: {sorted(function.structured_outputs)}")
         return _SignatureScorer(loaded, function, next(iter(inputs)), self.output_key, self.expected)
 
+    @staticmethod
+    def keys_of(chunk) -> list:
+        return chunk[0]
+
+    def score_batch(self, batch, model) -> Tuple[List[Optional[float]], Dict[int, Tuple[str, str]]]:
+        """Scores of the batch's rows in order, and ``(reason, detail)`` of the rejected ones by index."""
+        return model.score([record for _, records in batch for record in records])
+
     def run_inference(self, batch, model, inference_args=None):
-        scores, problems = model.score([record for _, records in batch for record in records])
+        scores, problems = self.score_batch(batch, model)
         results, start = [], 0
-        for keys, _ in batch:
+        for chunk in batch:
+            keys = self.keys_of(chunk)
             end = start + len(keys)
             if not any(start <= i < end for i in problems):
                 results.append((keys, scores[start:end], []))
@@ -414,6 +432,108 @@ class SignatureModelHandler(ModelHandler):
         return {"min_batch_size": 1, "max_batch_size": self.max_batch_size, "element_size_fn": chunk_size}
 
 
+class WindowRowsModelHandler(SignatureModelHandler):
+    """Beam model handler for the sequence builder's ``WindowRows`` (scoring logs).
+
+    The rows reach the model's ``serving_raw`` signature as columns: each window's past events
+    become tensors once, and every row's histories are gathered from them in the graph
+    (``_RawColumnsScorer``): no tf.Example is encoded and parsed again, no history is copied once
+    per row. ``serving_raw`` runs the same transform graph and model as ``serving_default``. A
+    batch the model rejects, and every batch of a model without ``serving_raw``, is encoded as
+    tf.Examples and scored through ``signature`` as ``SignatureModelHandler`` does, so each
+    rejected row gets its own error row.
+    """
+
+    def __init__(self, model_path: str, signature: str, output_key: str, max_batch_size: int,
+                 expected: Optional[Dict[str, Tuple[str, int]]], spec, use_raw: bool = True):
+        super().__init__(model_path, signature, output_key, max_batch_size, expected)
+        self.spec, self.use_raw = spec, use_raw
+
+    def load_model(self) -> "_RawColumnsScorer":
+        examples = super().load_model()
+        raw = examples.loaded.signatures.get(RAW_SIGNATURE) if self.use_raw else None
+        return _RawColumnsScorer(examples, self.spec, None if raw is None else _gather_and_score(raw, self.spec, self.output_key))
+
+    @staticmethod
+    def keys_of(rows) -> list:
+        return [(user, item, timestamp, "") for timestamp, user, item in rows.keys]
+
+    def score_batch(self, batch, model):
+        return model.score(batch)
+
+    def get_num_bytes(self, batch) -> int:
+        return sum(len(rows) for rows in batch)  # rows, not bytes: sizing columns would cost a pass over them
+
+    def batch_elements_kwargs(self):
+        return {"min_batch_size": 1, "max_batch_size": self.max_batch_size, "element_size_fn": len}
+
+
+def raw_columns(batch, spec) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray], Dict[str, np.ndarray]]:
+    """``WindowRows`` -> (scalars [rows] per scalar raw feature, each feedback type's past events
+    [events + 1] per history feature (the last a pad: "" / 0), positions [rows, longest history]
+    per feedback type, indexing those events, the pad where a history is shorter)."""
+    scalars = {name: np.concatenate([rows.scalars[name] for rows in batch])
+               for name, (_, is_sequence) in spec.raw_features().items() if not is_sequence}
+    columns, positions = {}, {}
+    for kind in spec.feedback_types:
+        tables = [rows.histories[kind] for rows in batch]
+        sizes = [len(table.columns[spec.history_timestamp(kind)]) for table in tables]
+        bases = np.cumsum([0] + sizes[:-1])
+        for name in tables[0].columns:
+            pad = np.array([0 if tables[0].columns[name].dtype != object else ""], dtype=tables[0].columns[name].dtype)
+            columns[name] = np.concatenate([table.columns[name] for table in tables] + [pad])
+        lengths = np.concatenate([np.diff(table.positions.offsets) for table in tables])
+        index = np.full((len(lengths), int(lengths.max(initial=0))), sum(sizes), dtype=np.int32)
+        index[np.arange(index.shape[1]) < lengths[:, np.newaxis]] = np.concatenate(
+            [table.positions.values + base for table, base in zip(tables, bases)])
+        positions[kind] = index
+    return scalars, columns, positions
+
+
+def _gather_and_score(raw_signature, spec, output_key: str):
+    """A tf.function: ``raw_columns``' arrays -> scores, the histories gathered in the graph."""
+    import tensorflow as tf
+
+    dtypes = {"string": tf.string, "int64": tf.int64}
+    features = spec.raw_features()
+    by_kind = {kind: [spec.history(kind, f) for f in spec.item_fields] + [spec.history_timestamp(kind)] for kind in spec.feedback_types}
+    signature = (
+        {name: tf.TensorSpec([None], dtypes[dtype]) for name, (dtype, seq) in features.items() if not seq},
+        {name: tf.TensorSpec([None], dtypes[features[name][0]]) for names in by_kind.values() for name in names},
+        {kind: tf.TensorSpec([None, None], tf.int32) for kind in spec.feedback_types},
+    )
+
+    @tf.function(input_signature=signature)
+    def score(scalars, columns, positions):
+        inputs = dict(scalars)
+        for kind, names in by_kind.items():
+            inputs.update({name: tf.gather(columns[name], positions[kind]) for name in names})
+        return raw_signature(**inputs)[output_key]
+
+    return score
+
+
+@dataclasses.dataclass
+class _RawColumnsScorer:
+    examples: "_SignatureScorer"  # tf.Examples through the job's signature: the fallback
+    spec: object  # transforms.features.FeatureSpec
+    raw: Optional[object]  # _gather_and_score's function; None: the model has no serving_raw
+
+    def score(self, batch) -> Tuple[List[Optional[float]], Dict[int, Tuple[str, str]]]:
+        """As ``_SignatureScorer.score``, for a batch of ``WindowRows``."""
+        if self.raw is not None:
+            try:
+                return self._score_raw(batch), {}
+            except _model_input_errors():
+                pass  # scored again as tf.Examples, where each rejected row gets its reason
+        return self.examples.score([record for rows in batch for record in rows.serialized()])
+
+    def _score_raw(self, batch) -> List[float]:
+        scores = self.raw(*raw_columns(batch, self.spec)).numpy().reshape(-1)
+        rows = sum(len(window) for window in batch)
+        if len(scores) != rows:
+            raise ValueError(f"serving_raw gave {len(scores)} scores for {rows} rows")
+        return scores.tolist()
 @dataclasses.dataclass
 class _SignatureScorer:
     loaded: object  # keeps the SavedModel's variables alive
@@ -482,27 +602,30 @@ def _scored_and_errors(result):
 
 
 class ScoreExamples(beam.PTransform):
-    """Chunks ``(keys, serialized tf.Examples)`` -> {"scored": chunks ``(keys, scores)``, "errors": error rows}.
+    """The handler's chunks (``(keys, serialized tf.Examples)`` for ``SignatureModelHandler``,
+    ``WindowRows`` for ``WindowRowsModelHandler``) -> {"scored": chunks ``(keys, scores)``,
+    "errors": error rows}.
 
     A key is ``(user_id, item_id, timestamp, source)``. With ``expected`` (the model's raw
     features), an example the model rejects gets the precise reason (``missing_feature``, ...),
     else ``model_error``; a batch RunInference itself fails on becomes ``model_error`` rows.
     """
 
-    def __init__(self, model_path: str, signature: str = DEFAULT_SIGNATURE, output_key: str = DEFAULT_OUTPUT_KEY,
-                 max_batch_size: int = 1024, expected: Optional[Dict[str, Tuple[str, int]]] = None):
+    def __init__(self, handler: SignatureModelHandler):
         super().__init__()
-        self.handler = SignatureModelHandler(model_path, signature, output_key, max_batch_size, expected)
+        self.handler = handler
 
     def expand(self, chunks):
         results, failed = chunks | "RunInference" >> RunInference(self.handler).with_exception_handling()
         split = results | "ScoredOrError" >> beam.ParDo(_scored_and_errors).with_outputs(ERRORS, main="scored")
 
+        keys_of = self.handler.keys_of
+
         def model_errors(batch_error):
             batch, error = batch_error
             message = exception_message(error)
-            for keys, _ in batch:
-                for key in keys:
+            for chunk in batch:
+                for key in keys_of(chunk):
                     yield error_row(key[3], "model_error", message, ids=key[:3])
 
         failed_rows = failed.failed_inferences | "FailedBatches" >> beam.FlatMap(model_errors)
@@ -569,9 +692,10 @@ def build_scoring(pipeline: beam.Pipeline, job: ScoreJob) -> dict:
         config = _log_config(job.config, job.input_path)
         event_files = frozenset(sources.list_event_files(config.data))
         built = pipeline | "BuildExamples" >> sequences.BuildExamples(config, spec, split=False)
-        chunks = built[sequences.ALL] | "Key" >> beam.Map(
-            lambda keys_examples: ([(user, item, int(ts), "") for ts, user, item in keys_examples[0]], keys_examples[1])
-        )
+        chunks = built[sequences.ALL]
+        # the columns through serving_raw unless another signature is asked for by name
+        handler = WindowRowsModelHandler(job.model.path, job.signature, job.output_key, job.max_batch_size, expected,
+                                         spec, use_raw=job.signature == DEFAULT_SIGNATURE)
         table, logs = built[sequences.QUARANTINE] | "TableOrLog" >> beam.Partition(
             lambda record, _: int(not _is_table_record(record, event_files)), 2
         )
@@ -595,8 +719,9 @@ def build_scoring(pipeline: beam.Pipeline, job: ScoreJob) -> dict:
             | "RowsIn" >> beam.Map(lambda n: ("rows_in", n))
         )
         extra = pipeline | "NoExtra" >> beam.Create([{}])
+        handler = SignatureModelHandler(job.model.path, job.signature, job.output_key, job.max_batch_size, expected)
 
-    scored = chunks | "Score" >> ScoreExamples(job.model.path, job.signature, job.output_key, job.max_batch_size, expected)
+    scored = chunks | "Score" >> ScoreExamples(handler)
     result["scored"] = scored["scored"]
     result[ERRORS] = (read_errors, scored[ERRORS]) | "AllErrors" >> beam.Flatten()
     tallies = (
@@ -727,7 +852,8 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-shards", type=int, default=0, help="output files per output (default: runner decides)")
     parser.add_argument("--max-batch-size", type=int, default=1024, help="largest batch per model call (default 1024)")
     parser.add_argument("--signature", default=DEFAULT_SIGNATURE,
-                        help="SavedModel signature: serialized tf.Example in, score out (default serving_default)")
+                        help="SavedModel signature: serialized tf.Example in, score out (default serving_default; "
+                             "with the default, logs are scored through the model's serving_raw when it has one)")
     parser.add_argument("--output-key", default=DEFAULT_OUTPUT_KEY, help="the signature output holding the score")
     parser.add_argument("--model-name", default=None, help="model name written in the rows (default: from the path)")
     parser.add_argument("--model-version", default=None, help="model version written in the rows (default: from the path)")

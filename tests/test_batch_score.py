@@ -90,7 +90,7 @@ def setup(tmp_path_factory):
     # the examples the pipeline's sequence builder makes of this log, scored by the SavedModel directly
     with beam.Pipeline() as pipeline:
         built = pipeline | sequences.BuildExamples(config, spec, split=False)
-        examples = built[sequences.ALL] | "PerExample" >> beam.FlatMap(lambda keys_examples: zip(*keys_examples))
+        examples = built[sequences.ALL] | "PerExample" >> beam.FlatMap(lambda rows: zip(rows.keys, rows.serialized()))
         examples | "Records" >> beam.Map(lambda ke: ke[1]) | beam.io.WriteToTFRecord(
             str(root / "examples" / "part"), file_name_suffix=".tfrecord.gz")
         examples | "Keys" >> beam.Map(lambda ke: json.dumps(ke[0])) | beam.io.WriteToText(str(root / "keys" / "part"))
@@ -211,7 +211,8 @@ def test_a_batch_the_model_rejects_costs_only_its_bad_examples(setup, tmp_path):
     keyed.insert(5, (("bad", "bad", -1, "s-bad"), b"garbage"))
     chunks = [([key for key, _ in part], [record for _, record in part]) for part in (keyed[:4], keyed[4:9], keyed[9:])]
     with beam.Pipeline() as pipeline:
-        out = pipeline | beam.Create(chunks) | batch_score.ScoreExamples(setup["model_dir"], max_batch_size=64)
+        out = pipeline | beam.Create(chunks) | batch_score.ScoreExamples(batch_score.SignatureModelHandler(
+            setup["model_dir"], "serving_default", "probability", max_batch_size=64))
         out["scored"] | "S" >> beam.FlatMap(lambda ks: [json.dumps([key[3], score]) for key, score in zip(*ks)]) | "WS" >> beam.io.WriteToText(str(tmp_path / "s"))
         out["errors"] | "E" >> beam.Map(json.dumps) | "WE" >> beam.io.WriteToText(str(tmp_path / "e"))
     scored = dict(json.loads(line) for line in _read_lines(str(tmp_path / "s*")))
@@ -220,6 +221,57 @@ def test_a_batch_the_model_rejects_costs_only_its_bad_examples(setup, tmp_path):
     np.testing.assert_allclose([scored[f"s{n}"] for n in range(len(good))], expected, rtol=1e-5, atol=1e-6)
     assert [(e["source"], e["reason"]) for e in errors] == [("s-bad", "model_error")]
     assert "InvalidArgumentError" in errors[0]["detail"]
+
+
+def _window_rows(spec, user, flags, start=1_704_000_000):
+    """The sequence builder's rows of one user's window: one event per (clicked, liked, disliked)."""
+    events = [{"user_id": user, "item_id": f"i{n % 7}", "category": f"c{n % 3}", "timestamp": start + 60 * n,
+               "clicked": c, "liked": l, "disliked": d, "source": f"log:{n}"} for n, (c, l, d) in enumerate(flags)]
+    return sequences._rows_of_window(((user, 0), {"events": [events], "carry": []}), spec, None)
+
+
+def _raw_path_batch(spec):
+    return [
+        _window_rows(spec, "u1", [(1, 1, 0), (0, 0, 0), (1, 0, 1), (1, 1, 0)] * 3),  # histories longer than max_length
+        _window_rows(spec, "u2", [(1, 0, 0)]),  # one row, every history empty
+        _window_rows(spec, "u3", [(0, 0, 0), (1, 0, 0), (0, 0, 0)]),  # no likes, no dislikes
+    ]
+
+
+def test_logs_rows_score_through_serving_raw_as_through_serving_default(setup):
+    """The logs path feeds the builder's columns to serving_raw, histories gathered in the graph."""
+    spec = setup["spec"]
+    batch = _raw_path_batch(spec)
+    handler = batch_score.WindowRowsModelHandler(setup["model_dir"], "serving_default", "probability", 64, None, spec)
+    scorer = handler.load_model()
+    assert scorer.raw is not None, "the exported model has serving_raw: the logs path must use it"
+    scalars, columns, positions = batch_score.raw_columns(batch, spec)
+    assert positions["click"].shape == (12 + 1 + 3, spec.max_length)
+    assert positions["dislike"].shape[1] == 3  # u1's last rows see its three dislikes
+    raw = scorer.raw(scalars, columns, positions).numpy()
+    serialized = [record for rows in batch for record in rows.serialized()]
+    default = tf.saved_model.load(setup["model_dir"]).signatures["serving_default"](examples=tf.constant(serialized))["probability"].numpy()
+    np.testing.assert_allclose(raw, default, rtol=1e-5, atol=1e-6)
+    assert len(set(np.round(raw, 6))) > 3
+    results = handler.run_inference(batch, scorer)
+    assert [keys for keys, _, _ in results] == [[(u, i, t, "") for t, u, i in rows.keys] for rows in batch]
+    np.testing.assert_allclose([x for _, scores, _ in results for x in scores], default, rtol=1e-5, atol=1e-6)
+
+
+def test_logs_rows_the_raw_signature_rejects_are_scored_as_tf_examples(setup, monkeypatch):
+    spec = setup["spec"]
+    batch = _raw_path_batch(spec)
+    handler = batch_score.WindowRowsModelHandler(setup["model_dir"], "serving_default", "probability", 64, None, spec)
+    scorer = handler.load_model()
+    expected, _ = scorer.score(batch)
+
+    def rejects(*_):
+        raise tf.errors.InvalidArgumentError(None, None, "rejected")
+
+    monkeypatch.setattr(scorer, "raw", rejects)
+    fallback, problems = scorer.score(batch)
+    assert problems == {}
+    np.testing.assert_allclose(fallback, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_counts_that_do_not_balance_raise():

@@ -39,7 +39,8 @@ def _windowed_examples(events, window_seconds, spec=SPEC):
     examples = []
     for key, group in window_events.items():
         joined = (key, {"events": [group], "carry": [carried[key]]})
-        for (timestamp, user, item), serialized in zip(*sequences._examples_of_window(joined, spec, None)):
+        rows = sequences._rows_of_window(joined, spec, None)
+        for (timestamp, user, item), serialized in zip(rows.keys, rows.serialized()):
             features = _decoded(serialized)
             assert (features["timestamp"], features["user_id"], features["item_id"]) == (timestamp, user, item)
             examples.append(features)

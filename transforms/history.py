@@ -84,16 +84,34 @@ class Ragged:
         return self.values[self.offsets[index]:self.offsets[index + 1]].tolist()
 
 
-def histories_at(spec: FeatureSpec, past: Mapping[str, Sequence[Event]], times: np.ndarray) -> Dict[str, Ragged]:
-    """Raw sequence features (``hist_<fb>_<field>``, ``hist_<fb>_timestamp``) at each of ``times``.
+@dataclasses.dataclass(frozen=True)
+class HistoryTable:
+    """One feedback type's histories at many times, each past event stored once.
+
+    ``columns`` maps the raw history features (``hist_<fb>_<field>``, ``hist_<fb>_timestamp``)
+    to one value per past event; row i of ``positions`` indexes the events that form the
+    history at the i-th time, oldest first. Consecutive times share most of their history, so a
+    window's rows cost one value per event here, not one per event and row.
+    """
+
+    columns: Dict[str, np.ndarray]
+    positions: Ragged
+
+    def gathered(self) -> Dict[str, Ragged]:
+        """Each history feature, one row per time (``histories_at``)."""
+        return {name: Ragged(values[self.positions.values], self.positions.offsets) for name, values in self.columns.items()}
+
+
+def history_tables(spec: FeatureSpec, past: Mapping[str, Sequence[Event]], times: np.ndarray) -> Dict[str, HistoryTable]:
+    """Feedback type -> its ``HistoryTable`` at each of ``times``.
 
     ``past[fb]``: the user's events of feedback type ``fb`` in ``event_order_key`` order (at least
     the last ``max_length`` before the earliest time). The history at time t holds the most recent
     ``max_length`` of them with a timestamp strictly before t, most recent last: events of the
-    same second never see each other. Vectorised over ``times``: one numpy gather per feature.
+    same second never see each other. Vectorised over ``times``.
     """
     times = np.asarray(times, dtype=np.int64)
-    features: Dict[str, Ragged] = {}
+    tables: Dict[str, HistoryTable] = {}
     for kind in spec.feedback_types:
         events = past.get(kind, ())
         stamps = np.fromiter((int(e[TIMESTAMP]) for e in events), dtype=np.int64, count=len(events))
@@ -103,11 +121,17 @@ def histories_at(spec: FeatureSpec, past: Mapping[str, Sequence[Event]], times: 
         offsets = np.zeros(len(times) + 1, dtype=np.int32)
         np.cumsum(lengths, out=offsets[1:])
         take = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
-        for field in spec.item_fields:
-            values = np.array([str(e.get(field, "")) for e in events], dtype=object)
-            features[spec.history(kind, field)] = Ragged(values[take], offsets)
-        features[spec.history_timestamp(kind)] = Ragged(stamps[take], offsets)
-    return features
+        columns = {spec.history(kind, field): np.array([str(e.get(field, "")) for e in events], dtype=object)
+                   for field in spec.item_fields}
+        columns[spec.history_timestamp(kind)] = stamps
+        tables[kind] = HistoryTable(columns, Ragged(take, offsets))
+    return tables
+
+
+def histories_at(spec: FeatureSpec, past: Mapping[str, Sequence[Event]], times: np.ndarray) -> Dict[str, Ragged]:
+    """Raw sequence features (``hist_<fb>_<field>``, ``hist_<fb>_timestamp``) at each of ``times``
+    (see ``history_tables``), one row per time."""
+    return {name: ragged for table in history_tables(spec, past, times).values() for name, ragged in table.gathered().items()}
 
 
 def split_by_feedback(spec: FeatureSpec, sorted_events: Iterable[Event]) -> Dict[str, List[Event]]:

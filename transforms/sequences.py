@@ -17,6 +17,7 @@ Split (``split.method``):
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -134,12 +135,43 @@ def _carried_states(user_tails, spec: FeatureSpec):
         carried = carried.merged_with(hist.HistoryState.from_snapshot(tail, spec.max_length, spec.feedback_types))
 
 
-def _examples_of_window(joined, spec: FeatureSpec, users: Optional[dict]) -> Tuple[List[tuple], List[bytes]]:
-    """The examples of one (user, window): their keys ``(timestamp, user_id, item_id)`` and the
-    serialized raw tf.Examples, in the same order.
+@dataclasses.dataclass
+class WindowRows:
+    """The examples of one (user, window), columnar.
 
-    Columnar: the window's histories come from one vectorised ``history.histories_at`` call, the
-    examples from one C++ encoding of the window's Arrow record batch (tfx_bsl).
+    ``keys``: ``(timestamp, user_id, item_id)`` per row, in row order; ``scalars``: one value per
+    row of each scalar raw feature (user and item fields, ``timestamp``, the label); ``click_prob``
+    the generator's true click probability per row where the log has one; ``histories``: the
+    window's ``history.HistoryTable`` per feedback type (each past event once, rows index them).
+    ``serialized()`` gives the raw tf.Examples; batch scoring feeds the columns to the model as
+    they are (``serving.batch_score``).
+    """
+
+    keys: List[Tuple[int, str, str]]
+    scalars: Dict[str, np.ndarray]
+    click_prob: Optional[List[Optional[float]]]
+    histories: Dict[str, hist.HistoryTable]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def serialized(self) -> List[bytes]:
+        """The raw tf.Examples, in row order: one C++ encoding of an Arrow record batch (tfx_bsl)."""
+        columns = {name: _scalar_column(values, "string" if values.dtype == object else "int64")
+                   for name, values in self.scalars.items()}
+        if self.click_prob is not None:
+            columns[CLICK_PROB] = pa.array([[] if p is None else [p] for p in self.click_prob], type=pa.list_(pa.float32()))
+        for table in self.histories.values():
+            for name, ragged in table.gathered().items():
+                arrow_type = _ARROW_TYPES["string" if ragged.values.dtype == object else "int64"]
+                columns[name] = pa.ListArray.from_arrays(pa.array(ragged.offsets), pa.array(ragged.values, type=arrow_type))
+        return example_coder.RecordBatchToExamples(pa.RecordBatch.from_arrays(list(columns.values()), list(columns)))
+
+
+def _rows_of_window(joined, spec: FeatureSpec, users: Optional[dict]) -> WindowRows:
+    """The ``WindowRows`` of one (user, window): its sorted events and the carried history state.
+
+    Vectorised: the window's histories come from one ``history.history_tables`` call.
     """
     (user, _), groups = joined
     (events,) = groups["events"]
@@ -147,21 +179,18 @@ def _examples_of_window(joined, spec: FeatureSpec, users: Optional[dict]) -> Tup
     past = {kind: list(carry.get(kind, ())) + window for kind, window in hist.split_by_feedback(spec, events).items()}
     times = np.fromiter((int(e[TIMESTAMP]) for e in events), dtype=np.int64, count=len(events))
     profile = (users or {}).get(user, {})
-    columns = {name: _scalar_column([value] * len(events), "string") for name, value in (
-        ("user_id", user), *((f, profile.get(f, "")) for f in spec.user_fields[1:])
-    )}
+    scalars = {"user_id": np.full(len(events), user, dtype=object)}
+    for field in spec.user_fields[1:]:
+        scalars[field] = np.full(len(events), profile.get(field, ""), dtype=object)
     for field in spec.item_fields:
-        columns[field] = _scalar_column([str(e.get(field, "")) for e in events], "string")
-    columns[TIMESTAMP] = _scalar_column(times, "int64")
-    columns[LABEL] = _scalar_column([int(e["clicked"]) for e in events], "int64")
+        scalars[field] = np.array([str(e.get(field, "")) for e in events], dtype=object)
+    scalars[TIMESTAMP] = times
+    scalars[LABEL] = np.fromiter((int(e["clicked"]) for e in events), dtype=np.int64, count=len(events))
+    click_prob = None
     if any(e.get(CLICK_PROB) is not None for e in events):
-        columns[CLICK_PROB] = pa.array([[] if e.get(CLICK_PROB) is None else [float(e[CLICK_PROB])] for e in events],
-                                       type=pa.list_(pa.float32()))
-    for name, ragged in hist.histories_at(spec, past, times).items():
-        columns[name] = pa.ListArray.from_arrays(pa.array(ragged.offsets), pa.array(ragged.values, type=_ARROW_TYPES[spec.raw_dtype(name)]))
-    serialized = example_coder.RecordBatchToExamples(pa.RecordBatch.from_arrays(list(columns.values()), list(columns)))
+        click_prob = [None if e.get(CLICK_PROB) is None else float(e[CLICK_PROB]) for e in events]
     keys = [(int(t), user, str(e["item_id"])) for t, e in zip(times, events)]
-    return keys, serialized
+    return WindowRows(keys, scalars, click_prob, hist.history_tables(spec, past, times))
 
 
 _ARROW_TYPES = {"string": pa.binary(), "int64": pa.int64()}
@@ -173,7 +202,6 @@ def _scalar_column(values, dtype: str) -> pa.Array:
     return pa.ListArray.from_arrays(offsets, pa.array(values, type=_ARROW_TYPES[dtype]))
 
 
-# ---- splits --------------------------------------------------------------------------------------
 def time_cuts(bucket_counts: Iterable[Tuple[int, int]], fractions: Tuple[float, float]) -> List[Tuple[int, int]]:
     """For each cumulative fraction: (bucket holding the cut, examples of that bucket before it).
 
@@ -253,10 +281,9 @@ class BuildExamples(beam.PTransform):
     """Logs -> {"train"|"eval"|"test": serialized raw tf.Examples, "quarantine": dicts, "counts": dict}.
 
     With ``split=False`` (batch scoring) the examples are not split: the output ``"all"`` holds
-    one element per (user, window), ``(keys, serialized raw tf.Examples)`` with the keys
-    ``(timestamp, user_id, item_id)`` in the examples' order, instead of the three splits (a
-    batch per element keeps Beam's per-element cost off every row); the counts then report
-    ``examples: {"all": n}``.
+    one ``WindowRows`` per (user, window) instead of the three splits (a batch per element keeps
+    Beam's per-element cost off every row, and the rows stay columns until a model needs them);
+    the counts then report ``examples: {"all": n}``.
     """
 
     def __init__(self, config, spec: FeatureSpec, split: bool = True):
@@ -283,17 +310,17 @@ class BuildExamples(beam.PTransform):
             | "SortDedupe" >> beam.FlatMap(_dedupe_window, self.spec).with_outputs(QUARANTINE, "tail", main="events")
         )
         carry = windows.tail | "TailsByUser" >> beam.GroupByKey() | "Carry" >> beam.FlatMap(_carried_states, self.spec)
-        window_examples = (
+        window_rows = (
             {"events": windows.events, "carry": carry}
             | "Join" >> beam.CoGroupByKey()
-            | "Examples" >> beam.Map(
-                lambda joined, users: _examples_of_window(joined, self.spec, users), beam.pvalue.AsSingleton(users_side)
+            | "Rows" >> beam.Map(
+                lambda joined, users: _rows_of_window(joined, self.spec, users), beam.pvalue.AsSingleton(users_side)
             )
         )
         if not self.split:
-            outputs = {ALL: window_examples}
+            outputs = {ALL: window_rows}
             return self._with_quarantine_and_counts(pipeline, read, windows, outputs, item_rows + user_rows)
-        keyed = window_examples | "PerExample" >> beam.FlatMap(lambda keys_examples: zip(*keys_examples))
+        keyed = window_rows | "PerExample" >> beam.FlatMap(lambda rows: zip(rows.keys, rows.serialized()))
         split = self.config.split
         if split.method == "time":
             assigned = keyed | "SplitByTime" >> _SplitByTime(split.train, split.eval)
@@ -319,7 +346,7 @@ class BuildExamples(beam.PTransform):
         def tally(label, pcoll, key_fn, size=lambda _: 1):
             return pcoll | f"Tally{label}" >> beam.Map(lambda x: (key_fn(x), size(x)))
 
-        example_count = (lambda _: 1) if self.split else (lambda keys_examples: len(keys_examples[0]))
+        example_count = (lambda _: 1) if self.split else len
         tallies = [
             tally("Events", read.events, lambda _: "events_read", lambda keyed_batch: len(keyed_batch[1])),
             tally("ReadQuarantine", read[QUARANTINE], lambda _: "log_rows_quarantined_at_read"),
