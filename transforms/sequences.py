@@ -202,6 +202,7 @@ def _scalar_column(values, dtype: str) -> pa.Array:
     return pa.ListArray.from_arrays(offsets, pa.array(values, type=_ARROW_TYPES[dtype]))
 
 
+# ---- splits --------------------------------------------------------------------------------------
 def time_cuts(bucket_counts: Iterable[Tuple[int, int]], fractions: Tuple[float, float]) -> List[Tuple[int, int]]:
     """For each cumulative fraction: (bucket holding the cut, examples of that bucket before it).
 
