@@ -9,7 +9,9 @@ Evaluator), every model and ablation, several seeds.
 regularisation variants: ``<model>_reg`` (``--models dnn_reg,dumn_reg``) is the model with the
 regularisation MODELS.md fixes for TF4CTR (the authors' ML-1M settings: dropout 0.1, embedding
 L2 0.01), which the other models' defaults leave out; ``tf4ctr_noreg`` is TF4CTR without it and
-``tf4ctr_half_l2`` TF4CTR with half its embedding L2.
+``tf4ctr_half_l2`` TF4CTR with half its embedding L2. ``<model>_plateau`` is the model trained with
+FuxiCTR's schedule (learning rate cut by 10x after each epoch without a validation-AUC gain,
+stop after two such epochs) in place of configs/ml1m.yaml's (fixed rate, stop after one).
 
 Each (dataset, seed, model) is one ``ctr-pipeline run --models <model>`` in a child process:
 the data steps are cached by TFX after the first run of a dataset, a new seed retrains. Per run:
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import glob
+import itertools
 import json
 import os
 import statistics
@@ -71,22 +74,32 @@ INPUT_VARIANTS: Dict[str, dict] = {
     "dnn_click": {"architecture": "dnn", "sequences": ["click"]},  # DIN's and CAMN's sequence
     "dnn_click_unclick": {"architecture": "dnn", "sequences": ["click", "unclick"]},  # FADIDN's
 }
+# training-schedule variants: the same model, trained under other ``training`` settings (a config of their own)
+SCHEDULES: Dict[str, dict] = {"plateau": {"reduce_lr_on_plateau": 0.1, "early_stopping_patience": 2}}
+SCHEDULE_VARIANTS: Dict[str, dict] = {f"{m}_{s}": {"architecture": m} for m in MODELS for s in SCHEDULES}
 INFERENCE_BATCH = 4096
 
 
 def variant(name: str) -> dict:
-    """The ``training.models`` entry of a model, an ablation, a regularisation or an input variant."""
+    """The ``training.models`` entry of a model, an ablation, a regularisation, an input or a schedule variant."""
     if name in MODELS:
         return {}
-    variants = {**ABLATIONS, **REGULARIZATION_VARIANTS, **INPUT_VARIANTS}
+    variants = {**ABLATIONS, **REGULARIZATION_VARIANTS, **INPUT_VARIANTS, **SCHEDULE_VARIANTS}
     if name not in variants:
         raise ValueError(f"unknown model {name!r}: one of {', '.join([*MODELS, *variants])}")
     return dict(variants[name])
 
 
-def dataset_config(name: str, base_config: str, data_path: str, workdir: str, seed: int, models: Dict[str, dict]) -> str:
+def schedule(name: str) -> str:
+    """The SCHEDULES key a schedule variant trains under; "" (the dataset config's own) for the others."""
+    return name.rsplit("_", 1)[1] if name in SCHEDULE_VARIANTS else ""
+
+
+def dataset_config(name: str, base_config: str, data_path: str, workdir: str, seed: int, models: Dict[str, dict],
+                   schedule_name: str = "") -> str:
     """Writes the run's YAML config (the dataset's config with the data path, roots, seed and
-    models replaced) and returns its path."""
+    models replaced, and the training settings of ``schedule_name`` if given) and returns its path.
+    Every config of a dataset shares its pipeline root, so the data steps stay cached."""
     with open(base_config, encoding="utf-8") as handle:
         raw = yaml.safe_load(handle)
     raw["pipeline_name"] = f"quality-{name}"
@@ -95,8 +108,9 @@ def dataset_config(name: str, base_config: str, data_path: str, workdir: str, se
     raw["data"]["path"] = os.path.abspath(data_path)
     raw.setdefault("training", {})["seed"] = seed
     raw["training"]["models"] = models
+    raw["training"].update(SCHEDULES.get(schedule_name, {}))
     raw.setdefault("evaluation", {})["auc_max_drop"] = 1.0  # every seed is evaluated, none is held back
-    path = os.path.join(workdir, name, f"config-seed{seed}.yaml")
+    path = os.path.join(workdir, name, f"config-seed{seed}{'-' + schedule_name if schedule_name else ''}.yaml")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w", encoding="utf-8") as handle:
         yaml.safe_dump(raw, handle, sort_keys=False)
@@ -183,7 +197,7 @@ def paired_variants(results: List[dict]) -> Dict[str, List[dict]]:
     for dataset, name in dict.fromkeys((r["dataset"], r["model"]) for r in results):
         if name in MODELS:
             continue
-        settings = variant(name)
+        settings = {**variant(name), **SCHEDULES.get(schedule(name), {})}
         base = settings.pop("architecture")
         seeds = sorted(s for (d, m, s) in auc if d == dataset and m == name and (dataset, base, s) in auc)
         if seeds:
@@ -274,7 +288,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--models", default=",".join(MODELS),
                         help="comma-separated models, ablation variants, <model>_reg, tf4ctr_noreg, tf4ctr_half_l2, "
-                             "dnn_click or dnn_click_unclick (default: the six models)")
+                             "dnn_click, dnn_click_unclick or <model>_plateau (default: the six models)")
     parser.add_argument("--ablations", action="store_true", help=f"also the ablation variants: {', '.join(ABLATIONS)}")
     parser.add_argument("--workdir", default=os.path.join(ROOT, "runs", "quality"))
     parser.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "results"))
@@ -287,7 +301,7 @@ def main() -> None:
     except ValueError as error:
         parser.error(str(error))
     if args.ablations:
-        models.update({name: variant for name, variant in ABLATIONS.items() if variant["architecture"] in models})
+        models.update({name: variant(name) for name, settings in ABLATIONS.items() if settings["architecture"] in models})
     datasets = []
     if not args.no_ml1m:
         datasets.append(("ml1m-seq", os.path.join(ROOT, "configs", "ml1m.yaml"), args.data_path))
@@ -302,10 +316,13 @@ def main() -> None:
     done = {(r["dataset"], r["seed"], r["model"]) for r in results}
     command = "python benchmarks/quality.py " + " ".join(sys.argv[1:])
     meta = {"machine": machine.describe(), "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    for dataset, base, data_path in datasets:
-        for seed in seeds:
-            config_path = dataset_config(dataset, base, data_path, args.workdir, seed, models)
-            for model in models:
+    by_schedule: Dict[str, Dict[str, dict]] = {}  # a config per schedule, for its variants
+    for model, entry in models.items():
+        by_schedule.setdefault(schedule(model), {})[model] = entry
+    for (dataset, base, data_path), seed in itertools.product(datasets, seeds):
+        for schedule_name, group in by_schedule.items():
+            config_path = dataset_config(dataset, base, data_path, args.workdir, seed, group, schedule_name)
+            for model in group:
                 if (dataset, seed, model) in done:
                     continue
                 print(f"[quality] {dataset} seed {seed} {model} ...", flush=True)

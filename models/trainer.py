@@ -52,6 +52,21 @@ def distribution_strategy(devices: Optional[list] = None) -> tf.distribute.Strat
     return tf.distribute.MirroredStrategy(devices=devices, cross_device_ops=cross_device_ops)
 
 
+def schedule_callbacks(training: dict) -> list:
+    """Early stopping on validation AUC (the best epoch's weights are kept) and, with
+    ``reduce_lr_on_plateau``, the learning rate cut by that factor after each epoch without a gain.
+    A cut does not reset the patience count: as in FuxiCTR, training stops after
+    ``early_stopping_patience`` epochs without a gain, cut or not."""
+    callbacks = [tf_keras.callbacks.EarlyStopping(
+        monitor="val_auc", mode="max", patience=training["early_stopping_patience"], restore_best_weights=True
+    )]
+    if training.get("reduce_lr_on_plateau"):
+        callbacks.append(tf_keras.callbacks.ReduceLROnPlateau(
+            monitor="val_auc", mode="max", factor=training["reduce_lr_on_plateau"], patience=0, min_delta=0.0, verbose=1
+        ))
+    return callbacks
+
+
 class ThroughputLogger(tf_keras.callbacks.Callback):
     """Logs each epoch's metrics and the training examples/s after ``warmup_steps`` steps."""
 
@@ -103,13 +118,7 @@ def train(fn_args, strategy: Optional[tf.distribute.Strategy] = None):
         model = registry.build(config.get("architecture", name), spec, vocab, config.get("model_params") or {}, name=name)
         model.compile(optimizer=tf_keras.optimizers.Adam(training["learning_rate"]))
     throughput = ThroughputLogger(batch)
-    callbacks = [
-        tf_keras.callbacks.EarlyStopping(
-            monitor="val_auc", mode="max", patience=training["early_stopping_patience"], restore_best_weights=True
-        ),
-        tf_keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir),
-        throughput,
-    ]
+    callbacks = schedule_callbacks(training) + [tf_keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir), throughput]
     started = time.perf_counter()
     model.fit(
         train_ds, validation_data=eval_ds, epochs=training["epochs"],

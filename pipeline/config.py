@@ -96,6 +96,9 @@ class TrainingConfig(_Strict):
     steps_per_epoch: Optional[int] = pydantic.Field(None, ge=1)  # default: one pass over train
     learning_rate: float = pydantic.Field(1e-3, gt=0)
     early_stopping_patience: int = pydantic.Field(1, ge=0)
+    # multiply the learning rate by this factor after each epoch whose validation AUC does not
+    # improve (FuxiCTR's schedule, which the official TF4CTR code trains with); None keeps it fixed
+    reduce_lr_on_plateau: Optional[float] = pydantic.Field(None, gt=0, lt=1)
     seed: int = 0
     mixed_precision: bool = False
 

@@ -19,6 +19,7 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path):
 @pytest.mark.parametrize("text, fragment", [
     ("data: {path: x, colums: {}}\n", "data.colums"),
     ("data: {path: x}\ntraining: {batch_size: many}\n", "training.batch_size"),
+    ("data: {path: x}\ntraining: {reduce_lr_on_plateau: 1.5}\n", "training.reduce_lr_on_plateau"),
     ("data: {path: x}\nsplit: {train: 0.5, eval: 0.1, test: 0.1}\n", "split"),
     ("data: {path: x}\nsequences: {max_length: 0}\n", "sequences.max_length"),
     ("pipeline_name: x\n", "data"),
