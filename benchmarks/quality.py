@@ -76,6 +76,7 @@ INPUT_VARIANTS: Dict[str, dict] = {
 }
 # training-schedule variants: the same model, trained under other ``training`` settings (a config of their own)
 SCHEDULES: Dict[str, dict] = {"plateau": {"reduce_lr_on_plateau": 0.1, "early_stopping_patience": 2}}
+SCHEDULE_OF_VARIANT: Dict[str, str] = {f"{m}_{s}": s for m in MODELS for s in SCHEDULES}
 SCHEDULE_VARIANTS: Dict[str, dict] = {f"{m}_{s}": {"architecture": m} for m in MODELS for s in SCHEDULES}
 INFERENCE_BATCH = 4096
 
@@ -92,7 +93,7 @@ def variant(name: str) -> dict:
 
 def schedule(name: str) -> str:
     """The SCHEDULES key a schedule variant trains under; "" (the dataset config's own) for the others."""
-    return name.rsplit("_", 1)[1] if name in SCHEDULE_VARIANTS else ""
+    return SCHEDULE_OF_VARIANT.get(name, "")
 
 
 def dataset_config(name: str, base_config: str, data_path: str, workdir: str, seed: int, models: Dict[str, dict],
