@@ -69,10 +69,13 @@ REGULARIZATION_VARIANTS: Dict[str, dict] = {
     "tf4ctr_half_l2": {"architecture": "tf4ctr", "embedding_l2": 0.005},
 }
 # the DNN baseline given only the behaviour sequences another model reads (the user, target and
-# context fields stay): tells how much of a model's gap to DNN its inputs explain
+# context fields stay), and the models MODELS.md denies the context fields (hour, weekday) given
+# them as DNN has them: tell how much of a model's gap to DNN its inputs explain
 INPUT_VARIANTS: Dict[str, dict] = {
     "dnn_click": {"architecture": "dnn", "sequences": ["click"]},  # DIN's and CAMN's sequence
     "dnn_click_unclick": {"architecture": "dnn", "sequences": ["click", "unclick"]},  # FADIDN's
+    "dumn_context": {"architecture": "dumn", "context": True},
+    "fadidn_context": {"architecture": "fadidn", "context": True},
 }
 # training-schedule variants: the same model, trained under other ``training`` settings (a config of their own)
 SCHEDULES: Dict[str, dict] = {"plateau": {"reduce_lr_on_plateau": 0.1, "early_stopping_patience": 2}}
