@@ -68,9 +68,9 @@ REGULARIZATION_VARIANTS: Dict[str, dict] = {
     "tf4ctr_noreg": {"architecture": "tf4ctr", "dropout": 0.0, "embedding_l2": 0.0},
     "tf4ctr_half_l2": {"architecture": "tf4ctr", "embedding_l2": 0.005},
 }
-# the DNN baseline given only the behaviour sequences another model reads (the user, target and
-# context fields stay), and the models MODELS.md denies the context fields (hour, weekday) given
-# them as DNN has them: tell how much of a model's gap to DNN its inputs explain
+# how much of a model's gap to DNN its inputs explain: DNN given only the behaviour sequences
+# another model reads (the user, target and context fields stay), and DUMN and FADIDN given the
+# context fields (hour, weekday) that MODELS.md leaves out of them and DNN sees
 INPUT_VARIANTS: Dict[str, dict] = {
     "dnn_click": {"architecture": "dnn", "sequences": ["click"]},  # DIN's and CAMN's sequence
     "dnn_click_unclick": {"architecture": "dnn", "sequences": ["click", "unclick"]},  # FADIDN's
