@@ -9,9 +9,10 @@ Evaluator), every model and ablation, several seeds.
 regularisation variants: ``<model>_reg`` (``--models dnn_reg,dumn_reg``) is the model with the
 regularisation MODELS.md fixes for TF4CTR (the authors' ML-1M settings: dropout 0.1, embedding
 L2 0.01), which the other models' defaults leave out; ``tf4ctr_noreg`` is TF4CTR without it and
-``tf4ctr_half_l2`` TF4CTR with half its embedding L2. ``<model>_plateau`` is the model trained with
-FuxiCTR's schedule (learning rate cut by 10x after each epoch without a validation-AUC gain,
-stop after two such epochs) in place of configs/ml1m.yaml's (fixed rate, stop after one).
+``tf4ctr_half_l2`` TF4CTR with half its embedding L2. ``din_ref`` and ``dnn_ref`` are the baselines
+with exactly FuxiCTR's inputs and networks (benchmarks/peers.md compares them with FuxiCTR).
+``<model>_v1`` is the model trained with the v1 trainer (fixed learning rate, patience 1, no
+clipping, a 10,000-example shuffle buffer, uniform embedding init) instead of the v2 defaults.
 
 Each (dataset, seed, model) is one ``ctr-pipeline run --models <model>`` in a child process:
 the data steps are cached by TFX after the first run of a dataset, a new seed retrains. Per run:
@@ -19,6 +20,16 @@ test AUC, gAUC, logloss (TFMA, from ML Metadata), training examples/s (wall cloc
 50 steps, from the Trainer), batch inference examples/s (the exported ``serving_default``
 signature: serialized raw tf.Examples of the test split -> probability, batches of 4096, parsing
 and the transform graph included) and the run's peak resident memory (the child process).
+
+``--synthetic`` adds the known-answer logs (dataset ``known-answer``, config
+``configs/known_answer.yaml``): ``ctr-pipeline generate-data --preset known-answer`` writes them
+into ``--synthetic-path`` when it holds no events.csv (5,000 users x 80 events, about 400k events;
+a few minutes). Their click depends strongly on the recent same-category/brand clicks with their
+time gaps and on recent dislikes, so quality.md reports two ceilings on the test split: the oracle
+AUC (the true click probability) and the no-sequence oracle AUC (``click_prob_static``: the click
+probability expected without the feedback history, the best a model that reads no sequence can
+do, computed from events.csv by ``transforms.synthetic.oracles_on_test_split``). A sequence
+model should land between the two, well above the second.
 
 Results are appended to ``<output>/quality.json`` as they come (a re-run skips what is there,
 so an interrupted benchmark resumes); ``quality.md`` (mean +- std over seeds, RelaImpr vs DIN)
@@ -77,10 +88,23 @@ INPUT_VARIANTS: Dict[str, dict] = {
     "dumn_context": {"architecture": "dumn", "context": True},
     "fadidn_context": {"architecture": "fadidn", "context": True},
 }
-# training-schedule variants: the same model, trained under other ``training`` settings (a config of their own)
-SCHEDULES: Dict[str, dict] = {"plateau": {"reduce_lr_on_plateau": 0.1, "early_stopping_patience": 2}}
+# the baselines in their reference form: exactly FuxiCTR's inputs and networks on ml1m-seq
+# (../shared/peers/README.md): the click sequence of movie id and first genre, no time gaps, no
+# year in the sequence; DNN: MLP 500x3 over the fields and the mean-pooled sequence; DIN: one
+# Dice layer of 64 in the activation unit (no softmax), MLP 500x3
+REFERENCE_SEQUENCE = {"sequence_fields": ["item_id", "genre"], "sequence_gap": False, "mlp_units": [500, 500, 500]}
+REFERENCE_VARIANTS: Dict[str, dict] = {
+    "dnn_ref": {"architecture": "dnn", "sequences": ["click"], **REFERENCE_SEQUENCE},
+    "din_ref": {"architecture": "din", "attention_units": [64], "attention_activation": "dice", **REFERENCE_SEQUENCE},
+}
+# training-schedule variants: the same model, trained under other ``training`` settings (a config
+# of their own). ``<model>_v1``: the v1 trainer (before MODELS.md's v2 training defaults): fixed
+# learning rate, stop after one epoch without a gain, no gradient clipping, a 10,000-example
+# shuffle buffer and Keras' uniform embedding init
+SCHEDULES: Dict[str, dict] = {"v1": {"reduce_lr_on_plateau": None, "early_stopping_patience": 1,
+                                     "gradient_clip_norm": None, "shuffle_buffer_examples": 10000}}
 SCHEDULE_OF_VARIANT: Dict[str, str] = {f"{m}_{s}": s for m in MODELS for s in SCHEDULES}
-SCHEDULE_VARIANTS: Dict[str, dict] = {f"{m}_{s}": {"architecture": m} for m in MODELS for s in SCHEDULES}
+SCHEDULE_VARIANTS: Dict[str, dict] = {f"{m}_v1": {"architecture": m, "embedding_init_std": None} for m in MODELS}
 INFERENCE_BATCH = 4096
 
 
@@ -88,7 +112,7 @@ def variant(name: str) -> dict:
     """The ``training.models`` entry of a model, an ablation, a regularisation, an input or a schedule variant."""
     if name in MODELS:
         return {}
-    variants = {**ABLATIONS, **REGULARIZATION_VARIANTS, **INPUT_VARIANTS, **SCHEDULE_VARIANTS}
+    variants = {**ABLATIONS, **REGULARIZATION_VARIANTS, **INPUT_VARIANTS, **REFERENCE_VARIANTS, **SCHEDULE_VARIANTS}
     if name not in variants:
         raise ValueError(f"unknown model {name!r}: one of {', '.join([*MODELS, *variants])}")
     return dict(variants[name])
@@ -150,6 +174,23 @@ def inference_throughput(model_uri: str, examples_uri: str, split: str = "test")
     return count / (time.perf_counter() - started)
 
 
+def synthetic_oracles(base_config: str, data_path: str) -> dict:
+    """The no-sequence oracle AUC of synthetic logs on the test split of ``base_config``'s time
+    split, from events.csv (``click_prob_static``; {} for logs written before it existed)."""
+    import pandas as pd
+
+    from transforms import synthetic
+
+    with open(base_config, encoding="utf-8") as handle:
+        split = yaml.safe_load(handle).get("split", {})
+    events = pd.read_csv(os.path.join(data_path, "events.csv"), dtype={"user_id": str, "item_id": str})
+    oracles = synthetic.oracles_on_test_split(events, split.get("train", 0.8), split.get("eval", 0.1))
+    print(f"[quality] {data_path}: {len(events):,} events, click rate {events['clicked'].mean():.4f}; test split "
+          f"({oracles['test_rows']:,} rows): oracle AUC {oracles['oracle_auc']:.4f}, "
+          f"no-sequence oracle AUC {oracles.get('no_sequence_oracle_auc', float('nan')):.4f}", flush=True)
+    return {"no_sequence_oracle_auc": oracles["no_sequence_oracle_auc"]} if "no_sequence_oracle_auc" in oracles else {}
+
+
 def run_one(dataset: str, config_path: str, model: str, workdir: str) -> dict:
     from pipeline import report
     from pipeline.config import load_config
@@ -182,7 +223,8 @@ def summarize(results: List[dict]) -> Dict[str, Dict[str, dict]]:
     for models in table.values():
         for name, entry in models.items():
             rows = entry.pop("_rows")
-            for metric in ("auc", "gauc", "logloss", "train_examples_per_second", "inference_examples_per_second", "peak_rss_mb", "oracle_auc"):
+            for metric in ("auc", "gauc", "logloss", "train_examples_per_second", "inference_examples_per_second", "peak_rss_mb",
+                           "oracle_auc", "no_sequence_oracle_auc"):
                 entry[metric] = _mean_std([r.get(metric) for r in rows])
             entry["seeds"] = sorted(r["seed"] for r in rows)
     return table
@@ -238,6 +280,10 @@ def format_markdown(table: Dict[str, Dict[str, dict]], commands: List[str], meta
         oracle = next((e["oracle_auc"] for e in models.values() if e["oracle_auc"]), None)
         if oracle:
             lines.append(f"\nOracle AUC (the true click probability of the synthetic logs): {oracle[0]:.4f}")
+        no_sequence = next((e["no_sequence_oracle_auc"] for e in models.values() if e.get("no_sequence_oracle_auc")), None)
+        if no_sequence:
+            lines.append(f"No-sequence oracle AUC (`click_prob_static`, the click probability expected without the feedback "
+                         f"history: the ceiling of a model that reads no sequence, the floor for one that does): {no_sequence[0]:.4f}")
         if (pairs or {}).get(dataset):
             lines += ["", "Variants against their model on the same seeds (test AUC, mean over those seeds):", "",
                       "| variant | setting | seeds | variant AUC | model AUC | variant - model |", "|---|---|---|---|---|---:|"]
@@ -285,14 +331,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-path", default=None, help="ml-1m-partial directory (ratings*.dat[.gz], users.dat, movies.dat)")
     parser.add_argument("--no-ml1m", action="store_true", help="skip ml1m-seq")
-    parser.add_argument("--synthetic", action="store_true", help="also run the synthetic demo logs (against the oracle AUC)")
-    parser.add_argument("--synthetic-path", default=os.path.join(ROOT, "runs", "quality", "synthetic-logs"),
-                        help="synthetic logs (generated there by `ctr-pipeline generate-data` with its defaults, "
-                             "400 users x 50 events, when missing)")
+    parser.add_argument("--synthetic", action="store_true",
+                        help="also run the known-answer synthetic logs (configs/known_answer.yaml; against the oracle "
+                             "and the no-sequence oracle AUC)")
+    parser.add_argument("--synthetic-path", default=os.path.join(ROOT, "runs", "quality", "known-answer-logs"),
+                        help="known-answer logs (generated there by `ctr-pipeline generate-data --preset known-answer`, "
+                             "5,000 users x 80 events, when it holds no events.csv)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--models", default=",".join(MODELS),
                         help="comma-separated models, ablation variants, <model>_reg, tf4ctr_noreg, tf4ctr_half_l2, "
-                             "dnn_click, dnn_click_unclick or <model>_plateau (default: the six models)")
+                             "dnn_click, dnn_click_unclick, din_ref, dnn_ref or <model>_v1 (default: the six models)")
     parser.add_argument("--ablations", action="store_true", help=f"also the ablation variants: {', '.join(ABLATIONS)}")
     parser.add_argument("--workdir", default=os.path.join(ROOT, "runs", "quality"))
     parser.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "results"))
@@ -309,10 +357,14 @@ def main() -> None:
     datasets = []
     if not args.no_ml1m:
         datasets.append(("ml1m-seq", os.path.join(ROOT, "configs", "ml1m.yaml"), args.data_path))
+    dataset_oracles: Dict[str, dict] = {}  # dataset -> fields added to its rows
     if args.synthetic:
-        if not os.path.isdir(args.synthetic_path):
-            subprocess.run([sys.executable, "-m", "pipeline.cli", "generate-data", "--output", args.synthetic_path], cwd=ROOT, check=True)
-        datasets.append(("synthetic", os.path.join(ROOT, "configs", "demo.yaml"), args.synthetic_path))
+        if not os.path.exists(os.path.join(args.synthetic_path, "events.csv")):
+            subprocess.run([sys.executable, "-m", "pipeline.cli", "generate-data", "--preset", "known-answer",
+                            "--output", args.synthetic_path], cwd=ROOT, check=True)
+        base = os.path.join(ROOT, "configs", "known_answer.yaml")
+        datasets.append(("known-answer", base, args.synthetic_path))
+        dataset_oracles["known-answer"] = synthetic_oracles(base, args.synthetic_path)
 
     os.makedirs(args.output, exist_ok=True)
     results_path = os.path.join(args.output, "quality.json")
@@ -330,7 +382,8 @@ def main() -> None:
                 if (dataset, seed, model) in done:
                     continue
                 print(f"[quality] {dataset} seed {seed} {model} ...", flush=True)
-                row = {"dataset": dataset, "seed": seed, **run_one(dataset, config_path, model, args.workdir), "command": command}
+                row = {"dataset": dataset, "seed": seed, **run_one(dataset, config_path, model, args.workdir),
+                       **dataset_oracles.get(dataset, {}), "command": command}
                 print(f"[quality] {dataset} seed {seed} {model}: AUC {row['auc']:.4f} gAUC {row['gauc']:.4f} "
                       f"logloss {row['logloss']:.4f}, train {row['train_examples_per_second'] or 0:,.0f} ex/s, "
                       f"inference {row['inference_examples_per_second']:,.0f} ex/s, peak {row['peak_rss_mb']:,.0f} MB, "

@@ -8,6 +8,12 @@ simply absent there). ``compute_loss`` adds ``ctr`` (binary cross-entropy throug
 ``tfrs.tasks.Ranking``) and every weighted term, and fails loudly when the model returns a term
 it did not declare or omits one it did: an auxiliary loss can never be silently skipped. Each
 term is logged every epoch as ``loss_<name>`` beside the total.
+
+Diagnostics follow the same pattern: a model declares the names of the scalars that show its
+modules at work (an attention's mean normalised entropy, DUMN's slot cosine) in
+``diagnostic_names()`` and returns them in ``ModelOutput.diagnostics`` whenever ``losses=True``;
+each is logged every epoch as ``diag_<name>`` (``val_diag_<name>`` on the validation split), and a
+declared diagnostic the model omits is an error, as for loss terms.
 """
 from __future__ import annotations
 
@@ -24,7 +30,7 @@ import tensorflow_recommenders as tfrs
 import tf_keras
 
 from models.inputs import FeatureEmbeddings
-from transforms.features import LABEL, FeatureSpec
+from transforms.features import FeatureSpec
 
 
 class ModelParams(pydantic.BaseModel):
@@ -34,8 +40,27 @@ class ModelParams(pydantic.BaseModel):
 
     embedding_dim: Optional[int] = pydantic.Field(None, ge=1)  # default: features.embedding_dim
     embedding_l2: float = pydantic.Field(0.0, ge=0)
+    # embedding tables start normal(0, std) (FuxiCTR's 1e-4, MODELS.md v2 training defaults);
+    # None keeps Keras' uniform(-0.05, 0.05) of the v1 trainer
+    embedding_init_std: Optional[float] = pydantic.Field(1e-4, gt=0)
     dropout: float = pydantic.Field(0.0, ge=0, lt=1)
     mlp_units: Tuple[int, ...] = (256, 128)  # the prediction MLP
+
+
+class SequenceInputParams(ModelParams):
+    """The baselines' sequence inputs, narrowable to a reference library's (FuxiCTR on ml1m-seq:
+    the click sequence of item id and first genre, no time gaps; ``peers/README.md``)."""
+
+    sequence_fields: Optional[Tuple[str, ...]] = None  # item fields of each position; None: all
+    sequence_gap: bool = True  # the time-gap embedding added to each position (MODELS.md)
+
+
+def check_sequence_fields(spec: FeatureSpec, params: SequenceInputParams, name: str) -> Optional[Tuple[str, ...]]:
+    """``params.sequence_fields`` if every one is an item field of ``spec`` (ValueError otherwise)."""
+    unknown = [f for f in params.sequence_fields or () if f not in spec.item_fields]
+    if unknown:
+        raise ValueError(f"{name}: sequence_fields {unknown} are not item fields of the feature spec {list(spec.item_fields)}")
+    return params.sequence_fields
 
 
 @dataclasses.dataclass
@@ -43,6 +68,7 @@ class ModelOutput:
     logit: tf.Tensor  # [B] float32
     aux_losses: Dict[str, tf.Tensor] = dataclasses.field(default_factory=dict)  # unweighted scalars
     outputs: Dict[str, tf.Tensor] = dataclasses.field(default_factory=dict)  # named tensors for label_losses
+    diagnostics: Dict[str, tf.Tensor] = dataclasses.field(default_factory=dict)  # scalars, logged, not optimised
 
 
 class CTRModel(tfrs.models.Model):
@@ -56,7 +82,8 @@ class CTRModel(tfrs.models.Model):
             raise TypeError(f"{type(self).__name__} needs {self.Params.__name__}, got {type(params).__name__}")
         self.spec, self.params = spec, params
         self.embedding_dim = params.embedding_dim or spec.embedding_dim
-        self.embeddings = FeatureEmbeddings(spec, vocab_sizes, self.embedding_dim, l2=params.embedding_l2)
+        self.embeddings = FeatureEmbeddings(spec, vocab_sizes, self.embedding_dim, l2=params.embedding_l2,
+                                           init_std=params.embedding_init_std)
         self.task = tfrs.tasks.Ranking(
             # per-example losses, averaged in compute_loss (the only reduction allowed under
             # tf.distribute outside compile())
@@ -68,11 +95,16 @@ class CTRModel(tfrs.models.Model):
             for term in ["ctr", *self.loss_weights(), "regularization"]
         }
         self.total_loss_tracker = tf_keras.metrics.Mean(name="loss")  # the weighted sum
+        self.diagnostic_trackers = {name: tf_keras.metrics.Mean(name=f"diag_{name}") for name in self.diagnostic_names()}
 
     # ---- to implement --------------------------------------------------------------------------
     def loss_weights(self) -> Dict[str, float]:
         """Active auxiliary loss terms -> weight. Override in models with auxiliary losses."""
         return {}
+
+    def diagnostic_names(self) -> Tuple[str, ...]:
+        """Names of the diagnostics ``forward`` returns when ``losses=True``. Override where there are some."""
+        return ()
 
     def forward(self, features: Mapping[str, tf.Tensor], training: bool = False, losses: bool = True) -> ModelOutput:
         """``losses=False`` is the serving path (``call``): no auxiliary term is computed."""
@@ -110,6 +142,9 @@ class CTRModel(tfrs.models.Model):
         declared = set(self.loss_weights())
         if declared != set(terms):
             raise ValueError(f"{self.name}: loss terms declared {sorted(declared)} but the model returned {sorted(terms)}")
+        if set(self.diagnostic_names()) != set(output.diagnostics):
+            raise ValueError(f"{self.name}: diagnostics declared {sorted(self.diagnostic_names())} "
+                             f"but the model returned {sorted(output.diagnostics)}")
         return output, {name: tf.cast(value, tf.float32) for name, value in terms.items()}
 
     def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
@@ -122,13 +157,15 @@ class CTRModel(tfrs.models.Model):
         weights = dict(self.loss_weights(), ctr=1.0, regularization=1.0)
         for name, value in terms.items():
             self.loss_trackers[name].update_state(value)
+        for name, value in output.diagnostics.items():
+            self.diagnostic_trackers[name].update_state(tf.cast(value, tf.float32))
         total = tf.add_n([weights[name] * value for name, value in terms.items()])
         self.total_loss_tracker.update_state(total)
         return total
 
     @property
     def metrics(self):
-        return [self.total_loss_tracker, *self.task.metrics, *self.loss_trackers.values()]
+        return [self.total_loss_tracker, *self.task.metrics, *self.loss_trackers.values(), *self.diagnostic_trackers.values()]
 
     def train_step(self, inputs):
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
@@ -142,8 +179,3 @@ class CTRModel(tfrs.models.Model):
         self.compute_loss(inputs, training=False)
         return {metric.name: metric.result() for metric in self.metrics}
 
-
-def split_label(features: Mapping[str, tf.Tensor]):
-    """(features without the label, label) from a transformed feature dict."""
-    features = dict(features)
-    return features, features.pop(LABEL)

@@ -47,26 +47,38 @@ Deviations from the paper, and why:
    paper lists only the interests and the target item. Context fields (hour, weekday) are not used,
    as neither the paper nor MODELS.md lists them.
 9. Softmaxes of the router and of eq. 4 are computed in float32 (also under mixed precision).
+10. Pre-LN (MODELS.md "Attention numerics", v2): the input of ``W_r^Q`` and ``W_r^K`` is
+   ``LayerNorm(X_r)`` (per head gain and bias), not ``X_r``. Without it the embeddings' init scale
+   (normal(0, 1e-4)) gives logits near 0 and A_r stayed uniform for the whole run in v1 (its
+   diversity loss equalled the uniform value E[1/min(n, 20)]). The values keep ``X_r``.
+   The mean normalised entropy of A_r (real query rows) and of the interest extractor's weights
+   are logged as the diagnostics ``attention_entropy`` and ``interest_entropy``.
 
 Ablations (section 3.5): ``router=False`` is CAMN-loss (no routing module; P = 1, no key scaling,
 ``W_h`` is not created); ``diversity_loss=False`` is CAMN-route (eq. 7 neither computed nor declared).
+``attention="mean"`` replaces eq. 4's softmax by equal weights over the real keys (a check that
+the attention learns something mean pooling cannot).
 """
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Tuple
+from typing import Dict, Literal, Optional, Tuple
 
 import pydantic
 import tensorflow as tf
 import tf_keras
 
 from models.base import CTRModel, ModelOutput, ModelParams
-from models.layers import LogitHead, TargetAttention, flatten_fields, masked_softmax
+from models.layers import PRE_LN_EPSILON, LogitHead, TargetAttention, flatten_fields, masked_softmax, normalized_entropy
 
 FEEDBACK = "click"
 
 
 class CAMNParams(ModelParams):
+    embedding_dim: Optional[int] = pydantic.Field(18, ge=1)  # d = 18, the paper's (section 3.1)
+    # "dot": eq. 4-5; "mean": every real key weighs the same (the known-answer ablation that
+    # replaces the modified Transformer's attention by mean pooling)
+    attention: Literal["dot", "mean"] = "dot"
     sequence_length: Optional[int] = pydantic.Field(20, ge=1)  # most recent clicks used; None: all
     q: Optional[int] = pydantic.Field(None, ge=1)  # keepTopq of eq. 2-3; None: ceil(k / 2)
     router: bool = True  # eq. 1-3; False: P = 1 (the paper's CAMN-loss ablation)
@@ -137,28 +149,50 @@ class AttributeAttention(tf_keras.layers.Layer):
     x [B, l, k, d], mask [B, l], P [B, l, k] or None (no key scaling). Returns
     (X^ [B, l, k, d], A [B, k, l, l] float32). The k heads are computed together with
     per-attribute weights ``W_Q, W_K, W_V`` [k, d, d] (``W_Q[r]`` is the paper's ``W_r^Q``).
+    The input to ``W_Q`` and ``W_K`` is layer-normalised per attribute first (pre-LN, MODELS.md
+    "Attention numerics"; gain and bias per head); ``W_V`` sees ``X_r`` as it is.
+    ``uniform=True`` replaces the softmax of eq. 4 by equal weights over the real keys (ablation).
     """
 
-    def __init__(self, num_attributes: int, dim: int, name: str = "attribute_attention"):
+    def __init__(self, num_attributes: int, dim: int, uniform: bool = False, name: str = "attribute_attention"):
         super().__init__(name=name)
-        self.num_attributes, self.dim = num_attributes, dim
+        self.num_attributes, self.dim, self.uniform = num_attributes, dim, uniform
 
     def build(self, input_shape):
         shape = (self.num_attributes, self.dim, self.dim)
         # Glorot-uniform of each d x d head (Keras' GlorotUniform would count the k heads as fan)
         init = lambda: tf_keras.initializers.VarianceScaling(self.num_attributes, "fan_avg", "uniform")  # noqa: E731
-        self.W_Q = self.add_weight(name="W_Q", shape=shape, initializer=init())
-        self.W_K = self.add_weight(name="W_K", shape=shape, initializer=init())
         self.W_V = self.add_weight(name="W_V", shape=shape, initializer=init())
+        if not self.uniform:  # the logits' weights
+            self.W_Q = self.add_weight(name="W_Q", shape=shape, initializer=init())
+            self.W_K = self.add_weight(name="W_K", shape=shape, initializer=init())
+            self.ln_gain = self.add_weight(name="pre_ln_gain", shape=(self.num_attributes, self.dim), initializer="ones")
+            self.ln_bias = self.add_weight(name="pre_ln_bias", shape=(self.num_attributes, self.dim), initializer="zeros")
         super().build(input_shape)
 
-    def call(self, x, mask, P=None):
-        Q = tf.einsum("blrd,rde->brle", x, self.W_Q)  # X_r W_r^Q, heads first: [B, k, l, d]
-        K = tf.einsum("blrd,rde->brle", x, self.W_K)
-        V = tf.einsum("blrd,rde->brle", x, self.W_V)
+    def pre_norm(self, x):
+        """Layer norm of each position's X_r over its d dimensions, with head r's gain and bias."""
+        x = tf.cast(x, tf.float32)
+        mean, variance = tf.nn.moments(x, axes=[-1], keepdims=True)
+        return (x - mean) * tf.math.rsqrt(variance + PRE_LN_EPSILON) * self.ln_gain + self.ln_bias
+
+    def logits(self, x, P=None):
+        """Eq. 4 inside the softmax: [B, k, l(query), l(key)], float32."""
+        normed = tf.cast(self.pre_norm(x), x.dtype)
+        Q = tf.einsum("blrd,rde->brle", normed, self.W_Q)  # LN(X_r) W_r^Q, heads first: [B, k, l, d]
+        K = tf.einsum("blrd,rde->brle", normed, self.W_K)
         logits = tf.cast(tf.einsum("brte,brse->brts", Q, K), tf.float32) / math.sqrt(self.dim)
-        if P is not None:  # eq. 4, key side: logit[r, t, j] * P[j, r]
+        if P is not None:  # key side: logit[r, t, j] * P[j, r]
             logits = logits * tf.transpose(tf.cast(P, tf.float32), [0, 2, 1])[:, :, tf.newaxis, :]
+        return logits
+
+    def call(self, x, mask, P=None):
+        V = tf.einsum("blrd,rde->brle", x, self.W_V)
+        if self.uniform:
+            steps = tf.shape(x)[1]
+            logits = tf.zeros(tf.stack([tf.shape(x)[0], self.num_attributes, steps, steps]), tf.float32)
+        else:
+            logits = self.logits(x, P)
         A = masked_softmax(logits, mask[:, tf.newaxis, tf.newaxis, :])  # [B, k, l(query), l(key)]
         X_hat = tf.einsum("brts,brse->btre", tf.cast(A, V.dtype), V)  # eq. 5
         return X_hat, A
@@ -176,19 +210,23 @@ class CAMN(CTRModel):
         self.q = params.q if params.q is not None else default_q(k)
         if not 1 <= self.q <= k:
             raise ValueError(f"keepTopq needs 1 <= q <= k = {k} item attributes, got q = {self.q}")
-        self.router = CollaborativeAttributeRouter(k, self.q) if params.router else None
-        self.attention = AttributeAttention(k, d)
+        # the router only scales eq. 4's logits: mean pooling has none to scale
+        self.router = CollaborativeAttributeRouter(k, self.q) if params.router and params.attention == "dot" else None
+        self.attention = AttributeAttention(k, d, uniform=params.attention == "mean")
         # eq. 6, shared by the k heads
         self.W_1 = tf_keras.layers.Dense(d, activation="relu", name="W_1")
         self.W_2 = tf_keras.layers.Dense(d, name="W_2")
         self.interest_extractors = [
-            TargetAttention(params.attention_units, normalization="softmax", name=f"interest_extractor_{r}")
+            TargetAttention(params.attention_units, normalization="softmax", pre_norm=True, name=f"interest_extractor_{r}")
             for r in range(k)
         ]
         self.head = LogitHead(params.mlp_units, dropout=params.dropout, name="prediction_mlp")
 
     def loss_weights(self) -> Dict[str, float]:
         return {"diversity": self.params.alpha} if self.params.diversity_loss else {}
+
+    def diagnostic_names(self) -> Tuple[str, ...]:
+        return ("attention_entropy", "interest_entropy")
 
     def click_sequence(self, features):
         """(X [B, l, k, d], mask [B, l]): the most recent ``sequence_length`` clicks, gap added."""
@@ -210,10 +248,19 @@ class CAMN(CTRModel):
         x, mask = self.click_sequence(features)
         X_tilde, A, _ = self.refine(x, mask)
         target = emb.target(features)  # [B, k, d]
-        interests = [
-            extractor(target[:, r], X_tilde[:, :, r], mask, training=training)[0]
+        pooled = [
+            extractor(target[:, r], X_tilde[:, :, r], mask, training=training)
             for r, extractor in enumerate(self.interest_extractors)
         ]
+        interests = [interest for interest, _ in pooled]
         flat = tf.concat(interests + [emb.item_vectors(target), flatten_fields(emb.user(features))], axis=-1)
-        aux = {"diversity": diversity_loss(A, mask)} if self.params.diversity_loss and losses else {}
-        return ModelOutput(logit=self.head(flat, training=training), aux_losses=aux)
+        logit = self.head(flat, training=training)
+        if not losses:
+            return ModelOutput(logit=logit)
+        aux = {"diversity": diversity_loss(A, mask)} if self.params.diversity_loss else {}
+        real_rows = tf.logical_and(mask[:, tf.newaxis, :, tf.newaxis], mask[:, tf.newaxis, tf.newaxis, :])
+        diagnostics = {
+            "attention_entropy": normalized_entropy(A, real_rows),  # eq. 4, real query rows only
+            "interest_entropy": normalized_entropy(tf.stack([w for _, w in pooled], axis=1), mask[:, tf.newaxis, :]),
+        }
+        return ModelOutput(logit=logit, aux_losses=aux, diagnostics=diagnostics)

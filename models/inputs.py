@@ -39,12 +39,17 @@ class FeatureEmbeddings(tf_keras.layers.Layer):
     Every output is [..., E]; history outputs are zero at pad positions.
     """
 
-    def __init__(self, spec: FeatureSpec, vocab_sizes: Mapping[str, int], dim: int, l2: float = 0.0, name: str = "embeddings"):
+    def __init__(self, spec: FeatureSpec, vocab_sizes: Mapping[str, int], dim: int, l2: float = 0.0,
+                 init_std: Optional[float] = None, name: str = "embeddings"):
+        """``init_std``: tables start normal(0, init_std); None: Keras' uniform(-0.05, 0.05)."""
         super().__init__(name=name)
         self.spec, self.dim = spec, dim
         regularizer = tf_keras.regularizers.L2(l2) if l2 else None
         self.tables = {
-            field: tf_keras.layers.Embedding(rows, dim, embeddings_regularizer=regularizer, name=f"table_{field}")
+            field: tf_keras.layers.Embedding(
+                rows, dim, embeddings_regularizer=regularizer, name=f"table_{field}",
+                embeddings_initializer=(tf_keras.initializers.RandomNormal(0.0, init_std) if init_std else "uniform"),
+            )
             for field, rows in table_sizes(spec, vocab_sizes).items()
         }
 
@@ -67,29 +72,33 @@ class FeatureEmbeddings(tf_keras.layers.Layer):
         """[B, T] bool: True at real (non-pad) positions of a feedback sequence."""
         return tf.not_equal(features[self.spec.history(feedback, "item_id")], PAD_INDEX)
 
-    def sequence(self, features, feedback: str, with_gap: bool = True) -> Tuple[tf.Tensor, tf.Tensor]:
-        """([B, T, N, E], mask [B, T]): attribute embeddings per position, gap embedding added."""
+    def sequence(self, features, feedback: str, with_gap: bool = True,
+                 fields: Optional[Sequence[str]] = None) -> Tuple[tf.Tensor, tf.Tensor]:
+        """([B, T, N, E], mask [B, T]): attribute embeddings per position (of ``fields``, default
+        every item field), gap embedding added unless ``with_gap`` is False."""
         mask = self.sequence_mask(features, feedback)
         emb = tf.stack(
-            [self.lookup(f, features[self.spec.history(feedback, f)]) for f in self.spec.item_fields], axis=2
+            [self.lookup(f, features[self.spec.history(feedback, f)]) for f in fields or self.spec.item_fields], axis=2
         )
         if with_gap:
             emb = emb + self.lookup(GAP_TABLE, features[self.spec.history_gap(feedback)])[:, :, tf.newaxis, :]
         return emb * tf.cast(mask, emb.dtype)[:, :, tf.newaxis, tf.newaxis], mask
 
-    def pooled_fields(self, features, feedback_types: Optional[Sequence[str]] = None) -> tf.Tensor:
+    def pooled_fields(self, features, feedback_types: Optional[Sequence[str]] = None,
+                      fields: Optional[Sequence[str]] = None, with_gap: bool = True) -> tf.Tensor:
         """[B, f, E]: user, target and context fields, then each behaviour sequence mean-pooled
         per attribute over its real positions (the field layout of DNN and TF4CTR); by default
-        every feedback type of the spec, else ``feedback_types``."""
+        every feedback type of the spec, else ``feedback_types``; ``fields`` and ``with_gap`` as
+        in ``sequence``."""
         parts = [self.user(features), self.target(features), self.context(features)]
         for feedback in self.spec.feedback_types if feedback_types is None else feedback_types:
-            sequence, mask = self.sequence(features, feedback)
+            sequence, mask = self.sequence(features, feedback, with_gap=with_gap, fields=fields)
             parts.append(masked_mean(sequence, mask, axis=1))  # [B, N, E]
         return tf.concat(parts, axis=1)
 
     def item_vectors(self, item_embeddings: tf.Tensor) -> tf.Tensor:
         """Concatenates the N attribute embeddings of items: [..., N, E] -> [..., N*E]."""
-        width = len(self.spec.item_fields) * self.dim
+        width = int(item_embeddings.shape[-2]) * int(item_embeddings.shape[-1])
         if item_embeddings.shape.rank == 3:  # keep the batch dimension static-free but the width static
             return tf.reshape(item_embeddings, [-1, width])
         return tf.reshape(item_embeddings, [-1, int(item_embeddings.shape[1]), width])

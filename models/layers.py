@@ -15,6 +15,10 @@ import tensorflow as tf
 import tf_keras
 
 NEG_INF = -1e9  # a "minus infinity" for float32 logits
+# epsilon of the pre-LN before every W_Q / W_K: far below the variance of embeddings at their init
+# scale (normal(0, 1e-4): variance 1e-8), which Keras' default of 1e-3 would swamp, leaving the
+# normalised inputs ~3e-3 and the attention uniform; computed in float32 (also under mixed precision)
+PRE_LN_EPSILON = 1e-12
 
 
 def masked_softmax(logits: tf.Tensor, mask: tf.Tensor, axis: int = -1) -> tf.Tensor:
@@ -45,6 +49,22 @@ def masked_mean(values: tf.Tensor, mask: tf.Tensor, axis: int = 1) -> tf.Tensor:
     return tf.math.divide_no_nan(total, count)
 
 
+def normalized_entropy(weights: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+    """Mean normalised entropy H / log(n) of attention rows over their n valid keys (1.0 = uniform).
+
+    ``weights`` [..., T] (each row sums to 1 over its valid keys), ``mask`` broadcastable to it
+    (True at valid keys). Rows with fewer than two valid keys have no entropy to speak of and are
+    left out of the mean; with no such row at all the result is 0. MODELS.md "Attention numerics".
+    """
+    weights = tf.cast(weights, tf.float32)
+    mask = tf.cast(tf.broadcast_to(tf.cast(mask, tf.bool), tf.shape(weights)), tf.float32)
+    entropy = -tf.reduce_sum(mask * tf.math.multiply_no_nan(tf.math.log(weights), weights), axis=-1)
+    count = tf.reduce_sum(mask, axis=-1)
+    rows = tf.cast(count > 1.5, tf.float32)
+    normalised = tf.math.divide_no_nan(entropy, tf.math.log(tf.maximum(count, 1.0))) * rows
+    return tf.math.divide_no_nan(tf.reduce_sum(normalised), tf.reduce_sum(rows))
+
+
 def flatten_fields(x: tf.Tensor) -> tf.Tensor:
     """[B, d1, ..., dk] -> [B, d1*...*dk] keeping the static width (Dense layers need it)."""
     width = 1
@@ -65,8 +85,33 @@ BATCH_NORM_MOMENTUM = 0.9  # Keras' momentum = 1 - PyTorch's 0.1
 BATCH_NORM_EPSILON = 1e-5
 
 
+class Dice(tf_keras.layers.Layer):
+    """DIN's data-adaptive activation (Zhou et al., KDD 2018, eq. 9):
+    ``p = sigmoid(BN(x))``, ``f(x) = p * x + (1 - p) * alpha * x`` with ``alpha`` learned per unit
+    (initialised to 0) and batch norm without scale or shift. ``eps`` 1e-9 and the running
+    statistics' 1% per step follow FuxiCTR's reference implementation."""
+
+    def __init__(self, name: Optional[str] = None):
+        super().__init__(name=name)
+        self.batch_norm = tf_keras.layers.BatchNormalization(center=False, scale=False, epsilon=1e-9, momentum=0.99)
+
+    def build(self, input_shape):
+        self.alpha = self.add_weight(name="alpha", shape=(int(input_shape[-1]),), initializer="zeros")
+        super().build(input_shape)
+
+    def call(self, x, training=False):
+        p = tf.sigmoid(self.batch_norm(x, training=training))
+        return p * x + (1.0 - p) * self.alpha * x
+
+
+def activation_layer(name: str) -> tf_keras.layers.Layer:
+    """A Keras activation by name, or ``"dice"`` for DIN's Dice."""
+    return Dice() if name == "dice" else tf_keras.layers.Activation(name)
+
+
 class MLP(tf_keras.layers.Layer):
-    """Dense blocks: Dense -> (BatchNorm) -> activation -> (Dropout), then an optional output."""
+    """Dense blocks: Dense -> (BatchNorm) -> activation -> (Dropout), then an optional output.
+    ``activation``: a Keras activation name or ``"dice"``."""
 
     def __init__(
         self,
@@ -83,7 +128,7 @@ class MLP(tf_keras.layers.Layer):
             block = [tf_keras.layers.Dense(width, use_bias=not batch_norm)]
             if batch_norm:
                 block.append(tf_keras.layers.BatchNormalization(momentum=BATCH_NORM_MOMENTUM, epsilon=BATCH_NORM_EPSILON))
-            block.append(tf_keras.layers.Activation(activation))
+            block.append(activation_layer(activation))
             if dropout:
                 block.append(tf_keras.layers.Dropout(dropout))
             self.blocks.append(block)
@@ -113,18 +158,28 @@ class TargetAttention(tf_keras.layers.Layer):
 
     query [B, D], keys [B, T, D], values [B, T, D'] (defaults to keys), mask [B, T].
     ``normalization="softmax"`` uses a masked softmax; ``None`` keeps DIN's raw (unnormalised)
-    weights, zeroed at pad slots. Returns (pooled [B, D'], weights [B, T]).
+    weights, zeroed at pad slots. ``pre_norm`` layer-normalises the query and the keys before the
+    MLP (as MODELS.md's pre-LN for W_Q / W_K: at the embeddings' init scale the scores are
+    otherwise all alike and a softmax stays uniform); the values are pooled as they are.
+    Returns (pooled [B, D'], weights [B, T]).
     """
 
-    def __init__(self, units: Sequence[int] = (64, 32), activation: str = "sigmoid", normalization: Optional[str] = "softmax", name: Optional[str] = None):
+    def __init__(self, units: Sequence[int] = (64, 32), activation: str = "sigmoid", normalization: Optional[str] = "softmax",
+                 pre_norm: bool = False, name: Optional[str] = None):
         super().__init__(name=name)
         if normalization not in ("softmax", None):
             raise ValueError(f"normalization must be 'softmax' or None, got {normalization!r}")
         self.normalization = normalization
+        self.norms = (
+            tf_keras.layers.LayerNormalization(epsilon=PRE_LN_EPSILON, name="pre_ln_query"),
+            tf_keras.layers.LayerNormalization(epsilon=PRE_LN_EPSILON, name="pre_ln_keys"),
+        ) if pre_norm else None
         self.score = MLP(units, activation=activation, output_units=1)
 
     def call(self, query, keys, mask, values=None, training=False):
         values = keys if values is None else values
+        if self.norms is not None:
+            query, keys = self.norms[0](query), self.norms[1](keys)
         steps = tf.shape(keys)[1]
         q = tf.tile(query[:, tf.newaxis, :], [1, steps, 1])
         scores = tf.squeeze(self.score(tf.concat([q, keys, q - keys, q * keys], axis=-1), training=training), -1)
@@ -139,14 +194,17 @@ class MultiHeadAttention(tf_keras.layers.Layer):
     """Scaled dot-product multi-head attention with an explicit key mask.
 
     query [B, Tq, D], key/value [B, Tk, D], key_mask [B, Tk]. Scaled by sqrt(head dimension).
-    ``key_scale`` [B, Tk, H] (optional) multiplies each head's logits on the key side before the
-    masked softmax (CAMN eq. 5). Returns (output [B, Tq, D_out], weights [B, H, Tq, Tk]).
+    The inputs to W_Q and W_K are layer-normalised first (pre-LN, MODELS.md "Attention numerics"):
+    embeddings at their init scale would otherwise give logits near 0 and a uniform softmax for
+    the whole run. Values are not normalised. Returns (output [B, Tq, D_out], weights [B, H, Tq, Tk]).
     """
 
     def __init__(self, num_heads: int, head_dim: int, output_dim: Optional[int] = None, name: Optional[str] = None):
         super().__init__(name=name)
         self.num_heads, self.head_dim = num_heads, head_dim
         width = num_heads * head_dim
+        self.norm_q = tf_keras.layers.LayerNormalization(epsilon=PRE_LN_EPSILON, name="pre_ln_q")
+        self.norm_k = tf_keras.layers.LayerNormalization(epsilon=PRE_LN_EPSILON, name="pre_ln_k")
         self.w_q = tf_keras.layers.Dense(width, use_bias=False, name="W_Q")
         self.w_k = tf_keras.layers.Dense(width, use_bias=False, name="W_K")
         self.w_v = tf_keras.layers.Dense(width, use_bias=False, name="W_V")
@@ -156,12 +214,11 @@ class MultiHeadAttention(tf_keras.layers.Layer):
         batch, steps = tf.shape(x)[0], tf.shape(x)[1]
         return tf.transpose(tf.reshape(x, [batch, steps, self.num_heads, self.head_dim]), [0, 2, 1, 3])
 
-    def call(self, query, key, value, key_mask, key_scale=None):
+    def call(self, query, key, value, key_mask):
         scale = tf.math.rsqrt(tf.cast(self.head_dim, query.dtype))  # on q: [B, Tq, D], not the logits
-        q, k, v = self._split(self.w_q(query) * scale), self._split(self.w_k(key)), self._split(self.w_v(value))
+        q = self._split(self.w_q(self.norm_q(query)) * scale)
+        k, v = self._split(self.w_k(self.norm_k(key))), self._split(self.w_v(value))
         logits = tf.einsum("bhqd,bhkd->bhqk", q, k)
-        if key_scale is not None:
-            logits = logits * tf.cast(tf.transpose(key_scale, [0, 2, 1]), logits.dtype)[:, :, tf.newaxis, :]
         weights = masked_softmax(logits, key_mask[:, tf.newaxis, tf.newaxis, :])
         out = tf.einsum("bhqk,bhkd->bhqd", weights, v)
         batch, steps = tf.shape(out)[0], tf.shape(out)[2]

@@ -31,11 +31,18 @@ def vocabulary_sizes(tft_output, spec: FeatureSpec) -> Dict[str, int]:
     return {f: tft_output.vocabulary_size_by_name(spec.vocabulary_name(f)) for f in spec.scalar_fields}
 
 
-def make_dataset(fn_args, files, tft_output, batch_size: int, shuffle: bool, seed: int) -> tf.data.Dataset:
-    """(features, label) batches of transformed examples, one pass (Keras re-iterates per epoch)."""
+def shuffle_buffer_size(training: dict, batch_size: int) -> int:
+    """Examples in the training split's shuffle buffer (``shuffle_buffer_examples``, else
+    ``shuffle_buffer_batches`` batches)."""
+    return training.get("shuffle_buffer_examples") or training["shuffle_buffer_batches"] * batch_size
+
+
+def make_dataset(fn_args, files, tft_output, batch_size: int, shuffle_buffer: Optional[int], seed: int) -> tf.data.Dataset:
+    """(features, label) batches of transformed examples, one pass (Keras re-iterates per epoch,
+    so a shuffled split is reshuffled every epoch); ``shuffle_buffer`` None: file order."""
     options = tfxio.TensorFlowDatasetOptions(
-        batch_size=batch_size, label_key=LABEL, num_epochs=1, shuffle=shuffle, shuffle_seed=seed,
-        shuffle_buffer_size=10000,
+        batch_size=batch_size, label_key=LABEL, num_epochs=1, shuffle=shuffle_buffer is not None, shuffle_seed=seed,
+        shuffle_buffer_size=shuffle_buffer or 1, reshuffle_each_iteration=True,
     )
     dataset = fn_args.data_accessor.tf_dataset_factory(files, options, tft_output.transformed_metadata.schema)
     return dataset.prefetch(tf.data.AUTOTUNE)
@@ -62,9 +69,16 @@ def schedule_callbacks(training: dict) -> list:
     )]
     if training.get("reduce_lr_on_plateau"):
         callbacks.append(tf_keras.callbacks.ReduceLROnPlateau(
-            monitor="val_auc", mode="max", factor=training["reduce_lr_on_plateau"], patience=0, min_delta=0.0, verbose=1
+            monitor="val_auc", mode="max", factor=training["reduce_lr_on_plateau"], patience=0, min_delta=0.0,
+            min_lr=training.get("min_learning_rate", 0.0), verbose=1,
         ))
     return callbacks
+
+
+def make_optimizer(training: dict) -> tf_keras.optimizers.Optimizer:
+    """Adam at ``learning_rate``, gradients clipped to ``gradient_clip_norm`` (global norm, after
+    the replicas' gradients are aggregated), when set."""
+    return tf_keras.optimizers.Adam(training["learning_rate"], global_clipnorm=training.get("gradient_clip_norm"))
 
 
 class ThroughputLogger(tf_keras.callbacks.Callback):
@@ -112,11 +126,11 @@ def train(fn_args, strategy: Optional[tf.distribute.Strategy] = None):
     vocab = vocabulary_sizes(tft_output, spec)
     strategy = strategy or distribution_strategy()
     batch = training["batch_size"] * strategy.num_replicas_in_sync
-    train_ds = make_dataset(fn_args, fn_args.train_files, tft_output, batch, True, training["seed"])
-    eval_ds = make_dataset(fn_args, fn_args.eval_files, tft_output, batch, False, training["seed"])
+    train_ds = make_dataset(fn_args, fn_args.train_files, tft_output, batch, shuffle_buffer_size(training, batch), training["seed"])
+    eval_ds = make_dataset(fn_args, fn_args.eval_files, tft_output, batch, None, training["seed"])
     with strategy.scope():
         model = registry.build(config.get("architecture", name), spec, vocab, config.get("model_params") or {}, name=name)
-        model.compile(optimizer=tf_keras.optimizers.Adam(training["learning_rate"]))
+        model.compile(optimizer=make_optimizer(training))
     throughput = ThroughputLogger(batch)
     callbacks = schedule_callbacks(training) + [tf_keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir), throughput]
     started = time.perf_counter()

@@ -70,10 +70,10 @@ def cmd_validate_config(args) -> int:
 def cmd_generate_data(args) -> int:
     from transforms import synthetic
 
-    summary = synthetic.generate(
-        args.output, num_users=args.users, num_items=args.items, events_per_user=args.events_per_user,
+    summary = synthetic.generate(args.output, **synthetic.preset_arguments(
+        args.preset, num_users=args.users, num_items=args.items, events_per_user=args.events_per_user,
         seed=args.seed, days=args.days,
-    )
+    ))
     print(json.dumps(summary, indent=2))
     print(f"wrote events.csv, items.csv, users.csv and {synthetic.REQUEST_FILE} (a `ctr-pipeline predict` request) to {args.output}")
     return 0
@@ -102,11 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate-data", help="write seeded synthetic interaction logs (generic CSV format)")
     gen.add_argument("--output", required=True, help="directory for events.csv, items.csv, users.csv, request.json")
-    gen.add_argument("--users", type=int, default=400)
-    gen.add_argument("--items", type=int, default=500)
-    gen.add_argument("--events-per-user", type=int, default=50)
-    gen.add_argument("--days", type=int, default=60)
-    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--preset", default="demo", choices=["demo", "known-answer"],
+                     help="demo: 400 users x 50 events; known-answer: 5,000 users x 80 events with strong "
+                          "sequence effects (transforms/synthetic.py PRESETS); the options below override its sizes")
+    gen.add_argument("--users", type=int, default=None)
+    gen.add_argument("--items", type=int, default=None)
+    gen.add_argument("--events-per-user", type=int, default=None)
+    gen.add_argument("--days", type=int, default=None)
+    gen.add_argument("--seed", type=int, default=None)
     gen.set_defaults(func=cmd_generate_data)
 
     serve = sub.add_parser("serve", help="serve pushed models over TF Serving's gRPC API (development stand-in)")

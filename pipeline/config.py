@@ -95,10 +95,21 @@ class TrainingConfig(_Strict):
     epochs: int = pydantic.Field(5, ge=1)
     steps_per_epoch: Optional[int] = pydantic.Field(None, ge=1)  # default: one pass over train
     learning_rate: float = pydantic.Field(1e-3, gt=0)
-    early_stopping_patience: int = pydantic.Field(1, ge=0)
-    # multiply the learning rate by this factor after each epoch whose validation AUC does not
-    # improve (FuxiCTR's schedule, which the official TF4CTR code trains with); None keeps it fixed
-    reduce_lr_on_plateau: Optional[float] = pydantic.Field(None, gt=0, lt=1)
+    # v2 defaults (MODELS.md "Training defaults", FuxiCTR's fit): after each epoch without a
+    # validation-AUC gain the learning rate is multiplied by ``reduce_lr_on_plateau`` (None keeps
+    # it fixed, the v1 trainer) down to ``min_learning_rate``; training stops after
+    # ``early_stopping_patience`` such epochs in a row (a cut does not reset the count) and the
+    # best epoch's weights are kept
+    early_stopping_patience: int = pydantic.Field(2, ge=0)
+    reduce_lr_on_plateau: Optional[float] = pydantic.Field(0.1, gt=0, lt=1)
+    min_learning_rate: float = pydantic.Field(1e-6, ge=0)
+    # gradients clipped to this global norm (FuxiCTR: 10); None: no clipping (v1)
+    gradient_clip_norm: Optional[float] = pydantic.Field(10.0, gt=0)
+    # the training split is reshuffled every epoch through a buffer of this many batches
+    # (MODELS.md: at least 10% of the split or 100 batches); ``shuffle_buffer_examples`` sets the
+    # buffer in examples instead (v1: 10000)
+    shuffle_buffer_batches: int = pydantic.Field(100, ge=1)
+    shuffle_buffer_examples: Optional[int] = pydantic.Field(None, ge=1)
     seed: int = 0
     mixed_precision: bool = False
 

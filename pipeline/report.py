@@ -1,7 +1,9 @@
 """The result of the latest pipeline run, read back from ML Metadata (SQLite).
 
 Per model: test AUC / gAUC / logloss (TFMA), blessed or not, where it was pushed, training
-examples/s; per stage: wall time; and the oracle AUC of the test split when the logs carry the
+examples/s, and the model's diagnostics on the validation split (an attention's mean normalised
+entropy, DUMN's slot cosine: ``diag_<name>`` in the Trainer's logs) after its first epoch and at
+its best epoch, the one the exported weights come from; per stage: wall time; and the oracle AUC of the test split when the logs carry the
 true click probability (synthetic logs). Printed as a table and saved as ``report.json``.
 """
 from __future__ import annotations
@@ -103,6 +105,22 @@ def oracle_auc(examples_uri: str, split: str = "test") -> Optional[float]:
     return auc(labels, probs) if labels else None
 
 
+DIAGNOSTIC_PREFIX = "val_diag_"
+
+
+def validation_diagnostics(stats: dict) -> Dict[str, Dict[str, float]]:
+    """name -> {"first": after epoch 1, "best": at the best validation-AUC epoch} from the
+    Trainer's per-epoch logs (``training_stats.json``)."""
+    epochs = stats.get("epochs") or []
+    if not epochs:
+        return {}
+    best = max(epochs, key=lambda logs: logs.get("val_auc", float("-inf")))
+    return {
+        key[len(DIAGNOSTIC_PREFIX):]: {"first": epochs[0][key], "best": best[key]}
+        for key in epochs[0] if key.startswith(DIAGNOSTIC_PREFIX) and key in best
+    }
+
+
 def _prop(artifact, name):
     value = artifact.custom_properties.get(name)
     if value is None:
@@ -140,6 +158,7 @@ def collect(config, models: List[str]) -> dict:
             "blessed": bool(blessed) if blessed is not None else None,
             "pushed": (_prop(pushed, "pushed_destination") if pushed is not None and _prop(pushed, "pushed") == 1 else None),
             "train_examples_per_second": stats.get("train_examples_per_second"),
+            "diagnostics": validation_diagnostics(stats),
             "model_uri": trainer["model"].uri if "model" in trainer else None,
         })
     oracle = oracle_auc(example_gen["examples"].uri, config.evaluation.split) if "examples" in example_gen else None
@@ -166,6 +185,12 @@ def format_report(report: dict) -> str:
         lines.append(
             f"{row['model']:<8} {_fmt(row['auc']):>7} {_fmt(row['gauc']):>7} {_fmt(row['logloss']):>8} {blessed:>8} {speed:>10}  {row['pushed'] or '-'}"
         )
+    diagnosed = [row for row in report["models"] if row.get("diagnostics")]
+    if diagnosed:
+        lines.append("diagnostics on the validation split, after epoch 1 -> at the best epoch (entropy: 1.0 = uniform attention)")
+        for row in diagnosed:
+            shown = ", ".join(f"{name} {_fmt(v['first'], 3)} -> {_fmt(v['best'], 3)}" for name, v in sorted(row["diagnostics"].items()))
+            lines.append(f"  {row['model']}: {shown}")
     if report["oracle_auc"] is not None:
         lines.append(f"{'oracle':<8} {_fmt(report['oracle_auc']):>7}   (AUC of the true click probability: the ceiling)")
     counts = report.get("counts") or {}

@@ -128,6 +128,46 @@ def logged_loss_terms(model, features, labels) -> Dict[str, float]:
     return {k[len("loss_"):]: v[-1] for k, v in history.history.items() if k.startswith("loss_")}
 
 
+def repeat_recency_batch(batch: int, seed: int, spec: FeatureSpec = SPEC, vocab_sizes=VOCAB_SIZES, min_length: int = 4):
+    """A known-answer case: (features, labels). Every target item is one of the (distinct) items
+    of its click history, and the label is 1 exactly when that position's time gap is in the
+    lower half of the gap buckets (a recent repeat). Mean pooling mixes the gaps of every position
+    and cannot tell (AUC ~0.5); an attention that finds the target's position reads its gap."""
+    features, _ = random_batch(spec, vocab_sizes, batch=batch, seed=seed, min_length=min_length)
+    rng = np.random.default_rng(seed + 1000)
+    items = features[spec.history("click", "item_id")].numpy().copy()
+    gaps = features[spec.history_gap("click")].numpy()
+    targets, labels = np.empty(batch, np.int64), np.empty(batch, np.int64)
+    for row in range(batch):
+        real = np.flatnonzero(items[row])
+        items[row, real] = rng.choice(np.arange(1, vocab_sizes["item_id"] + 1), size=len(real), replace=False)
+        position = rng.choice(real)
+        targets[row] = items[row, position]
+        labels[row] = int(gaps[row, position] <= spec.gap_buckets // 2)
+    features[spec.history("click", "item_id")] = tf.constant(items, tf.int64)
+    features["item_id"] = tf.constant(targets, tf.int64)
+    return features, tf.constant(labels, tf.int64)
+
+
+def train_on(model, features, labels, epochs: int, learning_rate: float = 3e-3, batch_size: int = 128):
+    """Trains ``model`` on the batch for ``epochs`` shuffled passes; returns the fit history."""
+    model.compile(optimizer=tf_keras.optimizers.Adam(learning_rate))
+    data = tf.data.Dataset.from_tensor_slices((features, labels)).shuffle(4096, seed=0).batch(batch_size)
+    return model.fit(data, epochs=epochs, verbose=0)
+
+
+def held_out_auc(model, features, labels) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(labels.numpy(), model(features, training=False)["probability"].numpy()))
+
+
+def diagnostics(model, features, labels) -> Dict[str, float]:
+    """The model's declared diagnostics on a batch (as the validation split would log them)."""
+    output, _ = model.loss_terms(features, labels, training=False)
+    return {name: float(value) for name, value in output.diagnostics.items()}
+
+
 def assert_builds_in_a_graph_with_unknown_batch(model, features):
     """The first call happens in a graph with unknown batch size, as in the Trainer."""
     signature = {k: tf.TensorSpec([None] + list(v.shape[1:]), v.dtype) for k, v in features.items()}

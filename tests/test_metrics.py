@@ -67,3 +67,20 @@ def test_the_report_takes_the_candidates_metrics_not_the_baselines():
     kv.key.name = "auc"
     kv.value.double_value.value = 0.7
     assert candidate_metrics([only]) == {"auc": 0.7}
+
+
+def test_the_report_shows_each_models_validation_diagnostics_first_and_at_its_best_epoch():
+    from pipeline.report import format_report, validation_diagnostics
+
+    stats = {"epochs": [
+        {"val_auc": 0.70, "val_diag_attention_entropy": 0.99, "diag_attention_entropy": 0.98},
+        {"val_auc": 0.74, "val_diag_attention_entropy": 0.61},
+        {"val_auc": 0.73, "val_diag_attention_entropy": 0.55},
+    ]}
+    diagnostics = validation_diagnostics(stats)
+    assert diagnostics == {"attention_entropy": {"first": 0.99, "best": 0.61}}
+    assert validation_diagnostics({}) == {}
+    row = {"model": "camn", "auc": 0.7, "gauc": 0.6, "logloss": 0.5, "blessed": True, "pushed": None,
+           "train_examples_per_second": 100.0, "diagnostics": diagnostics}
+    text = format_report({"run_id": "r", "split": "test", "models": [row], "oracle_auc": None, "stages": {}})
+    assert "camn: attention_entropy 0.990 -> 0.610" in text

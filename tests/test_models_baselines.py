@@ -68,3 +68,57 @@ def test_a_loss_term_cannot_be_skipped_or_smuggled(cls):
     with pytest.raises(ValueError, match="loss terms declared"):
         model.compute_loss((features, labels), training=True)
 
+
+
+class _ForgetsItsDiagnostic(DNN):
+    def diagnostic_names(self):
+        return ("attention_entropy",)
+
+
+def test_a_declared_diagnostic_cannot_be_skipped():
+    features, labels = h.random_batch()
+    model = _ForgetsItsDiagnostic(h.SPEC, h.VOCAB_SIZES, DNN.Params())
+    with pytest.raises(ValueError, match="diagnostics declared"):
+        model.compute_loss((features, labels), training=True)
+
+
+def test_embeddings_start_at_the_reference_librarys_scale_unless_asked_otherwise():
+    """v2 default: normal(0, 1e-4) (FuxiCTR); ``embedding_init_std: null`` is Keras' uniform(-0.05, 0.05)."""
+    features, _ = h.random_batch()
+    default, v1 = h.build("dnn"), h.build("dnn", {"embedding_init_std": None})
+    default(features), v1(features)
+    small = default.embeddings.tables["item_id"].embeddings.numpy()
+    uniform = v1.embeddings.tables["item_id"].embeddings.numpy()
+    assert 0.5e-4 < small.std() < 2e-4
+    assert 0.02 < uniform.std() < 0.04 and abs(uniform).max() <= 0.05
+
+
+# ---- the reference forms (FuxiCTR's inputs) --------------------------------------------------------
+REFERENCE = {"sequence_fields": ["item_id", "category"], "sequence_gap": False}
+
+
+@pytest.mark.parametrize("name,params", [
+    ("dnn", {"sequences": ["click"], **REFERENCE}),
+    ("din", {"attention_units": [8], "attention_activation": "dice", **REFERENCE}),
+])
+def test_reference_forms_read_only_their_sequence_fields_and_no_gaps(name, params):
+    h.run_standard_checks(name, params)
+    features, _ = h.random_batch(min_length=2)
+    model = h.build(name, {**params, "embedding_init_std": 0.05})  # outputs measurably apart
+    base = model(features)["probability"]
+    unread = dict(features)
+    for field in ("hist_click_brand", "hist_click_gap"):  # brand is not a sequence field; gaps are off
+        unread[field] = tf.where(features[field] > 0, 1 + features[field] % 3, 0)
+    tf.debugging.assert_near(model(unread)["probability"], base)
+    read = dict(features)
+    read["hist_click_category"] = tf.where(features["hist_click_category"] > 0, 1 + features["hist_click_category"] % 5, 0)
+    assert float(tf.reduce_max(tf.abs(model(read)["probability"] - base))) > 0
+    # the target's brand is still a field of the prediction MLP
+    brand = dict(features, brand=1 + features["brand"] % 8)
+    assert float(tf.reduce_max(tf.abs(model(brand)["probability"] - base))) > 0
+
+
+@pytest.mark.parametrize("name", ["dnn", "din"])
+def test_an_unknown_sequence_field_is_rejected(name):
+    with pytest.raises(ValueError, match=r"sequence_fields \['genre'\] are not item fields"):
+        h.build(name, {"sequence_fields": ["item_id", "genre"]})

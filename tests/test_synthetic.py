@@ -1,4 +1,6 @@
-"""The synthetic log generator: determinism, calibration, difficulty and history dependence."""
+"""The synthetic log generator: determinism, calibration, difficulty and history dependence; the
+known-answer preset and its two oracles (the true click probability, and the no-sequence oracle
+``click_prob_static``)."""
 import filecmp
 import os
 
@@ -38,6 +40,7 @@ def test_summary_matches_the_files(dataset):
     assert (summary["users"], summary["items"]) == (500, 600)
     assert summary["click_rate"] == pytest.approx(events.clicked.mean())
     assert summary["oracle_auc"] == pytest.approx(auc(events.clicked.to_numpy(), events.click_prob.to_numpy()))
+    assert summary["no_sequence_oracle_auc"] == pytest.approx(auc(events.clicked, events[synthetic.STATIC_COLUMN]))
 
 
 def test_files_read_back_through_the_sources_readers(dataset):
@@ -123,3 +126,105 @@ def test_feedback_and_timeline_are_consistent(dataset):
 def test_invalid_arguments(tmp_path):
     with pytest.raises(ValueError, match="must all be >= 1"):
         synthetic.generate(str(tmp_path), num_users=0)
+    with pytest.raises(ValueError, match="must all be >= 1"):
+        synthetic.generate(str(tmp_path), static_samples=0)
+    with pytest.raises(ValueError, match="unknown preset"):
+        synthetic.preset_arguments("huge")
+
+
+# ---- the no-sequence oracle and the known-answer preset -------------------------------------------
+
+
+def test_default_logs_have_little_sequence_headroom(dataset):
+    """The default mechanisms (the demo's): the history adds only a few points of AUC."""
+    _, summary, _ = dataset
+    assert 0 < summary["oracle_auc"] - summary["no_sequence_oracle_auc"] < 0.05
+
+
+def test_no_sequence_oracle_is_calibrated(dataset):
+    """``click_prob_static`` is E[click | everything but the feedback history]: the labels follow it
+    too (within a band's sampling error plus a small allowance for its Monte Carlo error)."""
+    _, _, events = dataset
+    static, clicked = events[synthetic.STATIC_COLUMN].to_numpy(), events.clicked.to_numpy()
+    assert static.min() >= synthetic.MISCLICK - 1e-6 and static.max() <= 1
+    assert static.mean() == pytest.approx(clicked.mean(), abs=0.01)
+    for low, high in [(0, 0.2), (0.2, 0.4), (0.4, 0.6), (0.6, 0.8), (0.8, 1.0)]:
+        band = (static >= low) & (static < high)
+        standard_error = np.sqrt((static[band] * (1 - static[band])).sum()) / band.sum()
+        assert abs(clicked[band].mean() - static[band].mean()) < 4 * standard_error + 0.01
+
+
+def test_known_answer_preset_is_ml1m_sized_with_strong_sequence_mechanisms():
+    arguments = synthetic.preset_arguments("known-answer")
+    assert arguments["num_users"] >= 5000 and arguments["events_per_user"] >= 80
+    assert arguments["static_samples"] >= 256
+    strong, default = arguments["mechanisms"], synthetic.DEFAULT_MECHANISMS
+    assert strong.category > default.category and strong.brand > default.brand and strong.dislike > default.dislike
+    assert synthetic.preset_arguments("known-answer", num_users=30, seed=None)["num_users"] == 30  # None: the preset's
+    demo = synthetic.preset_arguments("demo")  # `ctr-pipeline generate-data`'s defaults, unchanged
+    assert (demo["num_users"], demo["num_items"], demo["events_per_user"], demo["days"], demo["seed"]) == (400, 500, 50, 60, 0)
+    assert demo["mechanisms"] == default
+
+
+@pytest.fixture(scope="module")
+def known_answer(tmp_path_factory):
+    """A small instance of the known-answer logs."""
+    path = str(tmp_path_factory.mktemp("known_answer"))
+    arguments = synthetic.preset_arguments("known-answer", num_users=200, num_items=600, seed=4)
+    arguments["static_samples"] = 128
+    summary = synthetic.generate(path, **arguments)
+    events = pd.read_csv(os.path.join(path, "events.csv"), dtype={"user_id": str, "item_id": str})
+    return path, summary, events
+
+
+def test_known_answer_full_oracle_far_above_the_no_sequence_oracle(known_answer):
+    _, summary, events = known_answer
+    full = auc(events.clicked, events.click_prob)
+    static = auc(events.clicked, events[synthetic.STATIC_COLUMN])
+    assert (full, static) == (pytest.approx(summary["oracle_auc"]), pytest.approx(summary["no_sequence_oracle_auc"]))
+    assert 0.8 <= full <= 0.9
+    assert full - static >= 0.08
+    assert 0.3 <= summary["click_rate"] <= 0.45
+
+
+def test_oracles_on_the_time_split_test_rows(known_answer):
+    """The pipeline's time split: rows by (timestamp, user_id, item_id), the last 10% are test."""
+    _, _, events = known_answer
+    result = synthetic.oracles_on_test_split(events)
+    ordered = events.sort_values(["timestamp", "user_id", "item_id"])
+    test = ordered.iloc[int(0.9 * len(events)):]
+    assert result["test_rows"] == len(test) == len(events) - int(0.9 * len(events))
+    assert result["oracle_auc"] == pytest.approx(auc(test.clicked, test.click_prob))
+    assert result["no_sequence_oracle_auc"] == pytest.approx(auc(test.clicked, test[synthetic.STATIC_COLUMN]))
+    assert result["oracle_auc"] - result["no_sequence_oracle_auc"] >= 0.05
+    assert "no_sequence_oracle_auc" not in synthetic.oracles_on_test_split(events.drop(columns=[synthetic.STATIC_COLUMN]))
+
+
+def test_known_answer_same_seed_same_files_other_seed_other_files(tmp_path):
+    arguments = synthetic.preset_arguments("known-answer", num_users=30, num_items=60, events_per_user=20)
+    arguments["static_samples"] = 16
+    for name, seed in (("a", 5), ("b", 5), ("c", 6)):
+        synthetic.generate(str(tmp_path / name), **{**arguments, "seed": seed})
+    for file in FILES:
+        assert filecmp.cmp(tmp_path / "a" / file, tmp_path / "b" / file, shallow=False)
+    assert not filecmp.cmp(tmp_path / "a" / "events.csv", tmp_path / "c" / "events.csv", shallow=False)
+    header = open(tmp_path / "a" / "events.csv", encoding="utf-8").readline().strip().split(",")
+    assert header[-2:] == ["click_prob", synthetic.STATIC_COLUMN]
+
+
+def test_recent_same_category_clicks_and_dislikes_drive_the_known_answer_clicks(known_answer):
+    """The mechanisms are visible in the labels: a same-category click seconds to minutes before
+    lifts the click rate far more than one a day before; a recent same-category dislike cuts it."""
+    path, _, events = known_answer
+    items = pd.read_csv(os.path.join(path, "items.csv"), dtype=str)
+    events = events.merge(items, on="item_id", how="left").sort_values(["user_id", "timestamp"], ignore_index=True)
+    by = [events.user_id, events.category]
+
+    def since_last(flag):
+        last = events.timestamp.where(flag == 1).groupby(by).shift(1).groupby(by).ffill()
+        return events.timestamp - last
+
+    click_gap, dislike_gap = since_last(events.clicked), since_last(events.disliked)
+    recent, old = events.clicked[click_gap <= 600].mean(), events.clicked[click_gap > 86400].mean()
+    assert recent > old + 0.25
+    assert events.clicked[dislike_gap <= 3600].mean() < events.clicked[dislike_gap.isna()].mean() - 0.1

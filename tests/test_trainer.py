@@ -1,4 +1,4 @@
-"""The training schedule: early stopping on validation AUC and the optional learning-rate cut on a plateau."""
+"""The training defaults: early stopping on validation AUC, the learning-rate cut on a plateau, clipping, shuffling."""
 import pytest
 import tf_keras
 
@@ -49,3 +49,34 @@ def test_without_the_option_the_learning_rate_stays_fixed():
     rates = _learning_rates({"early_stopping_patience": 1}, model, [0.70, 0.69])
     assert rates == pytest.approx([1e-3, 1e-3])
     assert model.stop_training
+
+
+def test_the_learning_rate_cuts_stop_at_the_floor():
+    model = _compiled_model(1e-3)
+    rates = _learning_rates({"early_stopping_patience": 5, "reduce_lr_on_plateau": 0.1, "min_learning_rate": 1e-5},
+                            model, [0.70, 0.69, 0.69, 0.69, 0.69])
+    assert rates == pytest.approx([1e-3, 1e-4, 1e-5, 1e-5, 1e-5])
+
+
+def test_v2_defaults_are_the_reference_librarys():
+    """MODELS.md "Training defaults" (v2): the config defaults a user gets without writing them."""
+    from pipeline.config import TrainingConfig
+
+    training = TrainingConfig()
+    assert training.reduce_lr_on_plateau == 0.1 and training.early_stopping_patience == 2
+    assert training.min_learning_rate == 1e-6 and training.gradient_clip_norm == 10.0
+    assert training.shuffle_buffer_batches == 100 and training.shuffle_buffer_examples is None
+
+
+def test_the_trainers_optimizer_clips_the_global_gradient_norm_when_asked():
+    from models.trainer import make_optimizer
+
+    assert make_optimizer({"learning_rate": 1e-3, "gradient_clip_norm": 10.0}).global_clipnorm == 10.0
+    assert make_optimizer({"learning_rate": 1e-3, "gradient_clip_norm": None}).global_clipnorm is None
+
+
+def test_the_shuffle_buffer_covers_a_hundred_batches_unless_given_in_examples():
+    from models.trainer import shuffle_buffer_size
+
+    assert shuffle_buffer_size({"shuffle_buffer_batches": 100, "shuffle_buffer_examples": None}, 4096) == 409_600
+    assert shuffle_buffer_size({"shuffle_buffer_batches": 100, "shuffle_buffer_examples": 10_000}, 4096) == 10_000

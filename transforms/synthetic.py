@@ -1,13 +1,15 @@
 """Seeded synthetic interaction logs whose click probability is known.
 
 ``generate`` writes three generic-format CSV files (read them with ``data_config(path)``):
-``events.csv`` (user_id, item_id, timestamp, clicked, liked, disliked, click_prob),
-``items.csv`` (item_id, category, brand, price_bucket) and ``users.csv`` (user_id, age_bucket,
-region, activity), plus ``request.json``, a ``ctr-pipeline predict`` request for the most active
-user (see ``example_request``). The same arguments always give byte-identical files.
+``events.csv`` (user_id, item_id, timestamp, clicked, liked, disliked, click_prob,
+click_prob_static), ``items.csv`` (item_id, category, brand, price_bucket) and ``users.csv``
+(user_id, age_bucket, region, activity), plus ``request.json``, a ``ctr-pipeline predict`` request
+for the most active user (see ``example_request``). The same arguments always give byte-identical
+files.
 
 The generative story, chosen so that a model reading behaviour sequences with their time gaps
-can beat one that sees only the user and the target item:
+can beat one that sees only the user and the target item (the weights and time scales are a
+``Mechanisms``; the values in brackets are the defaults, ``DEFAULT_MECHANISMS``):
 
 * Items belong to one of 20 categories (skewed sizes) and one of 8 brands of that category; a
   brand sets a typical price level (``price_bucket`` p0..p4); each item has a latent popularity.
@@ -19,16 +21,18 @@ can beat one that sees only the user and the target item:
   a random day of the ``days``-day period at an hour drawn from an evening-heavy daily profile;
   impressions in a session are 1 to about 60 seconds apart. A user's timestamps strictly
   increase (no same-second impressions, so no duplicate events).
-* Exposure: with probability 0.35, when the user has recent clicks, the item comes from a
-  category drawn in proportion to the user's short-term interest (a recommender following the
-  session); otherwise from all items in proportion to popularity.
-* Click: ``intent = sigmoid(b + long-term affinity(t) + short-term interest - dislike penalty +
-  popularity + hour effect)`` where
+* Exposure: with probability ``follow_prob`` (0.35), when the user has recent clicks, the item
+  comes from a category drawn in proportion to the user's short-term interest (a recommender
+  following the session); otherwise from all items in proportion to popularity.
+* Click: ``intent = sigmoid(bias (-0.9) + long_term (1.0) * long-term affinity(t) + short-term
+  interest - dislike penalty + 0.4 * popularity + hour effect)`` where
   - long-term affinity = drifted category preference + brand taste - price mismatch;
-  - short-term interest = log1p of the user's own earlier clicks in the item's category and
-    brand, each weighted exp(-gap / 1 hour), so time gaps matter (computed only from earlier,
+  - short-term interest = ``category`` (1.2) * log1p of the user's own earlier clicks in the
+    item's category and ``brand`` (0.6) * log1p of those in its brand, each click weighted
+    exp(-gap / ``short_decay_s``, 1 hour), so time gaps matter (computed only from earlier,
     observable events of that user);
-  - dislike penalty = the user's earlier dislikes in the category, weighted exp(-gap / 3 days);
+  - dislike penalty = ``dislike`` (1.5) * the user's earlier dislikes in the category, weighted
+    exp(-gap / ``dislike_decay_s``, 3 days);
   - hour effect = 0.3 * cos(2 pi (hour - 21) / 24) (evening impressions click more).
   Misclicks: ``click_prob = intent + (1 - intent) * 0.04``; this noisy probability is what is
   written, and ``clicked ~ Bernoulli(click_prob)``.
@@ -36,8 +40,35 @@ can beat one that sees only the user and the target item:
   sigmoid(-1 + 1.5 * affinity) and disliked with sigmoid(-2.5 - 1.5 * affinity); a misclick is
   liked with probability 0.02 and disliked with 0.5.
 
-With the defaults the click rate is about 0.4 and the oracle AUC (of ``click_prob`` against the
-label) about 0.8; ``generate`` reports both.
+Two oracles. ``click_prob`` is the true click probability (the ceiling of any model).
+``click_prob_static`` is the no-sequence oracle: the expected click probability given everything
+EXCEPT the user's feedback history (the user's latent tastes, the target item, the exact
+timestamp and the user's impression timeline), i.e. ``E[click_prob | user, item, t]`` with the
+history marginalised out. It is estimated by self-normalised importance sampling over
+``static_samples`` independent re-simulations of each user's history on the same timeline (own
+random streams, so the logs themselves do not change): each re-simulated history H_j gives the
+click probability p_j of the logged item under H_j, weighted by how likely H_j was to expose that
+item (the exposure follows the history, so being shown an item says something about the
+history, which a model without sequences can learn too): ``sum_j w_j p_j / sum_j w_j``. It
+conditions on more than any real non-sequence model can know (exact latent tastes and drift), so
+its AUC is a generous floor: a sequence model above it must be reading the sequences. Its Monte
+Carlo noise pulls its AUC slightly below the limit: on a 600-user known-answer instance the AUC
+rose 0.0014 from 256 to 512 samples and 0.0021 from 512 to 1024 (at 1024 its calibration bands
+matched the labels within sampling error); with the default mechanisms 64 samples are close to
+the limit. The column is ignored by the pipeline (``data_config`` maps only ``click_prob``; the
+readers pick their columns by name); ``oracles_on_test_split`` gives both AUCs on the rows the
+pipeline's time split holds out for test.
+
+Presets (``PRESETS``, ``ctr-pipeline generate-data --preset NAME``; explicit sizes override):
+
+* ``demo``: the CLI's defaults, 400 users x 500 items x 50 events, the default mechanisms, 64
+  samples: click rate about 0.42, oracle AUC about 0.81, no-sequence oracle about 0.79 (little
+  for sequences to win).
+* ``known-answer``: 5,000 users x 3,000 items x 80 events (about 400k events, the size of
+  ml1m-seq), ``KNOWN_ANSWER_MECHANISMS``: short-term interest ``category`` 3.0 and ``brand`` 2.0,
+  ``dislike`` 4.0, ``follow_prob`` 0.6, the long-term affinity damped to ``long_term`` 0.5, bias
+  -1.8; 512 samples. The click rate is about 0.36; the oracle AUC about 0.85 and the no-sequence
+  oracle about 0.11 below it (see ``generate``'s summary for the exact figures).
 """
 from __future__ import annotations
 
@@ -59,15 +90,51 @@ AGE_BUCKETS = ("18-24", "25-34", "35-44", "45-54", "55+")
 REGIONS = ("north", "south", "east", "west", "center", "islands")
 ACTIVITY = {"low": (0.3, 0.4), "medium": (0.4, 1.0), "high": (0.3, 1.6)}  # name: (share, events factor)
 SESSION_LENGTH = 8  # mean impressions per session
-FOLLOW_PROB = 0.35  # exposure follows the short-term interest
-SHORT_DECAY_S = 3600.0
-DISLIKE_DECAY_S = 3 * 86400.0
 MISCLICK = 0.04
-BIAS = -0.9
-WEIGHTS = {"category": 1.2, "brand": 0.6, "dislike": 1.5, "popularity": 0.4, "hour": 0.3, "price": 0.3}
 REQUEST_FILE = "request.json"
 REQUEST_EVENTS = 30
 REQUEST_CANDIDATES = 10
+STATIC_COLUMN = "click_prob_static"  # the no-sequence oracle (see the module docstring)
+STATIC_SAMPLES = 64  # re-simulated histories per user behind it (``generate``'s default)
+
+
+@dataclasses.dataclass(frozen=True)
+class Mechanisms:
+    """Weights and time scales of the click model (the module docstring's story)."""
+
+    bias: float = -0.9
+    long_term: float = 1.0  # scale of the long-term affinity in the click logit
+    category: float = 1.2  # short-term interest: recent clicks in the target's category ...
+    brand: float = 0.6  # ... and in its brand
+    dislike: float = 1.5  # recent dislikes in the target's category
+    popularity: float = 0.4
+    hour: float = 0.3
+    price: float = 0.3  # price mismatch, inside the long-term affinity
+    short_decay_s: float = 3600.0  # time scale of the short-term interest
+    dislike_decay_s: float = 3 * 86400.0  # ... and of the dislike penalty
+    follow_prob: float = 0.35  # exposure follows the short-term interest
+
+
+DEFAULT_MECHANISMS = Mechanisms()
+# the known-answer benchmark: the history-dependent terms strong and the long-term part damped, so
+# that a model reading the sequences (with their time gaps) has a wide margin over one that does not
+KNOWN_ANSWER_MECHANISMS = Mechanisms(
+    bias=-1.8, long_term=0.5, category=3.0, brand=2.0, dislike=4.0, follow_prob=0.6,
+)
+# ``generate``'s keyword arguments per preset (``ctr-pipeline generate-data --preset NAME``)
+PRESETS: Dict[str, dict] = {
+    "demo": {"num_users": 400, "num_items": 500, "events_per_user": 50, "days": 60, "seed": 0,
+             "mechanisms": DEFAULT_MECHANISMS, "static_samples": STATIC_SAMPLES},
+    "known-answer": {"num_users": 5000, "num_items": 3000, "events_per_user": 80, "days": 60, "seed": 0,
+                     "mechanisms": KNOWN_ANSWER_MECHANISMS, "static_samples": 512},
+}
+
+
+def preset_arguments(name: str = "demo", **overrides) -> dict:
+    """``generate``'s keyword arguments of a preset, with the ``overrides`` that are not None."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}: one of {', '.join(PRESETS)}")
+    return {**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,29 +222,73 @@ def _strictly_increasing(user: np.ndarray, timestamp: np.ndarray) -> np.ndarray:
     return np.maximum.accumulate(shifted) - user * span + rank + START
 
 
-class _DecayedCounts:
-    """Per (user, key) sums of events weighted exp(-age / decay), decayed lazily."""
+class _History:
+    """Simulated feedback histories, one per row (a user, or one replica of a user): per category
+    and per brand the row's clicks weighted exp(-age / short_decay_s), per category its dislikes
+    weighted exp(-age / dislike_decay_s).
 
-    def __init__(self, num_users: int, num_keys: int, decay: float):
-        self.value = np.zeros((num_users, num_keys))
-        self.time = np.zeros((num_users, num_keys))
-        self.decay = decay
+    Stored relative to a per-row reference time (an event at time t adds exp((t - ref) / decay)),
+    so one factor exp((ref - now) / decay) per row and time scale decays a whole row; a row is
+    rebased to the present when its reference falls ``REBASE`` short time scales behind."""
 
-    def rows(self, users: np.ndarray, now: np.ndarray) -> np.ndarray:
-        return self.value[users] * np.exp((self.time[users] - now[:, None]) / self.decay)
+    REBASE = 50.0
 
-    def at(self, users: np.ndarray, keys: np.ndarray, now: np.ndarray) -> np.ndarray:
-        return self.value[users, keys] * np.exp((self.time[users, keys] - now) / self.decay)
+    def __init__(self, num_rows: int, m: Mechanisms):
+        self.short_decay, self.dislike_decay = m.short_decay_s, m.dislike_decay_s
+        self.category = np.zeros((num_rows, CATEGORIES))
+        self.category_total = np.zeros(num_rows)
+        self.brand = np.zeros((num_rows, CATEGORIES * BRANDS_PER_CATEGORY))
+        self.dislikes = np.zeros((num_rows, CATEGORIES))
+        self.reference = np.zeros(num_rows)
 
-    def add(self, users: np.ndarray, keys: np.ndarray, now: np.ndarray, amount: np.ndarray) -> None:
-        self.value[users, keys] = self.at(users, keys, now) + amount
-        self.time[users, keys] = now
+    def at(self, rows: np.ndarray, now: np.ndarray) -> "_Moment":
+        age = self.reference[rows] - now
+        return _Moment(rows, now, np.exp(age / self.short_decay), np.exp(age / self.dislike_decay))
+
+    def interest_total(self, moment: "_Moment") -> np.ndarray:
+        return self.category_total[moment.rows] * moment.short
+
+    def counts(self, moment: "_Moment", category: np.ndarray, brand: np.ndarray):
+        """Decayed clicks in ``category``, in ``brand`` and dislikes in ``category``, per row."""
+        rows = moment.rows
+        return (self.category[rows, category] * moment.short, self.brand[rows, brand] * moment.short,
+                self.dislikes[rows, category] * moment.long)
+
+    def add(self, moment: "_Moment", category: np.ndarray, brand: np.ndarray, click: np.ndarray,
+            dislike: np.ndarray) -> None:
+        """Records each row's feedback at ``moment`` (its time not before the row's earlier events)."""
+        some = click | dislike
+        rows, now = moment.rows[some], moment.now[some]
+        stale = now - self.reference[rows] > self.REBASE * self.short_decay
+        if stale.any():
+            moved = self.at(rows[stale], now[stale])
+            for table, factor in ((self.category, moved.short), (self.brand, moved.short), (self.dislikes, moved.long)):
+                table[moved.rows] *= factor[:, None]
+            self.category_total[moved.rows] *= moved.short
+            self.reference[moved.rows] = moved.now
+        fresh = self.at(rows, now)
+        category, brand = category[some], brand[some]
+        clicks = click[some] / fresh.short
+        self.category[rows, category] += clicks
+        self.category_total[rows] += clicks
+        self.brand[rows, brand] += clicks
+        self.dislikes[rows, category] += dislike[some] / fresh.long
+
+
+@dataclasses.dataclass(frozen=True)
+class _Moment:
+    """Rows of a ``_History`` at one time each, with their decay factors."""
+
+    rows: np.ndarray
+    now: np.ndarray
+    short: np.ndarray
+    long: np.ndarray
 
 
 class _Exposure:
     """Draws impressed items: by popularity, or by popularity within a chosen category."""
 
-    def __init__(self, items: _Items):
+    def __init__(self, items: _Items, follow_prob: float):
         weight = np.exp(0.8 * items.popularity)
         self.order = np.lexsort((np.arange(len(weight)), items.category))
         sorted_category = items.category[self.order]
@@ -186,73 +297,150 @@ class _Exposure:
         category_start = np.concatenate([[0.0], category_end[:-1]])
         self.category_start, self.category_end = category_start, category_end
         self.cumulative = cumulative
+        self.follow_prob = follow_prob
 
-    def draw(self, rng: np.random.Generator, interest: np.ndarray) -> np.ndarray:
-        """``interest``: [n, CATEGORIES]; rows summing to > 0 may follow it."""
-        low = np.zeros(len(interest))
-        high = np.full(len(interest), self.cumulative[-1])
-        total = interest.sum(axis=1)
-        follow = (total > 0.05) & (rng.random(len(interest)) < FOLLOW_PROB)
+    def draw(self, rng: np.random.Generator, history: _History, moment: _Moment) -> np.ndarray:
+        """One item per row; a row with recent clicks may follow them."""
+        size = len(moment.rows)
+        low = np.zeros(size)
+        high = np.full(size, self.cumulative[-1])
+        follow = (history.interest_total(moment) > 0.05) & (rng.random(size) < self.follow_prob)
         if follow.any():
-            share = np.cumsum(interest[follow], axis=1) / total[follow, None]
+            cumulative = np.cumsum(history.category[moment.rows[follow]], axis=1)
+            share = cumulative / cumulative[:, -1:]
             category = (share < rng.random(follow.sum())[:, None]).sum(axis=1)
             category = np.minimum(category, CATEGORIES - 1)
             low[follow], high[follow] = self.category_start[category], self.category_end[category]
-        point = low + rng.random(len(interest)) * (high - low)
+        point = low + rng.random(size) * (high - low)
         position = np.minimum(np.searchsorted(self.cumulative, point, side="right"), len(self.order) - 1)
         return self.order[position]
+
+    def relative_likelihood(self, history: _History, moment: _Moment, category: np.ndarray) -> np.ndarray:
+        """P(draw = an item of ``category`` | history) / P(the same draw by popularity alone): the
+        item's own popularity share cancels, so this is per category."""
+        follow = np.where(history.interest_total(moment) > 0.05, self.follow_prob, 0.0)
+        rows = moment.rows
+        share = history.category[rows, category] / np.maximum(history.category_total[rows], 1e-300)
+        mass = self.category_end[category] - self.category_start[category]
+        return (1 - follow) + follow * share * self.cumulative[-1] / mass
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def _simulate(rng, items: _Items, users: _Users, counts: np.ndarray, timestamp: np.ndarray, days: int):
-    """Walks all users' impressions in step; returns flat item, clicked, liked, disliked, prob."""
+def _static_terms(items: _Items, users: _Users, m: Mechanisms, user, item, now, days):
+    """The history-free terms of the click logit (bias + long-term affinity, popularity, hour) and
+    the long-term affinity; kept apart so the logit sums its terms in the one fixed order."""
+    category, brand = items.category[item], items.brand[item]
+    drift = ((now - START) / (days * 86400.0)).clip(0, 1)
+    preference = (1 - drift) * users.start_pref[user, category] + drift * users.end_pref[user, category]
+    price_gap = np.abs(items.price[item] - users.price_pref[user])
+    affinity = preference + users.brand_taste[user, brand] - m.price * price_gap
+    hour = (now.astype(np.int64) // 3600) % 24
+    terms = (m.bias + m.long_term * affinity, m.popularity * items.popularity[item],
+             m.hour * np.cos(2 * np.pi * (hour - 21) / 24))
+    return terms, affinity
+
+
+def _intent(terms, history: _History, moment: _Moment, items: _Items, m: Mechanisms, item):
+    category_clicks, brand_clicks, dislikes = history.counts(moment, items.category[item], items.brand[item])
+    base, popularity, hour = terms
+    return _sigmoid(
+        base
+        + m.category * np.log1p(category_clicks)
+        + m.brand * np.log1p(brand_clicks)
+        - m.dislike * dislikes
+        + popularity
+        + hour
+    )
+
+
+def _walk(rng, items: _Items, users: _Users, counts: np.ndarray, timestamp: np.ndarray, days: int,
+          m: Mechanisms, owners: np.ndarray, replicas: int = 1, probe_terms=None):
+    """Walks the impressions of the users ``owners`` (sorted) in step, ``replicas`` independent
+    histories each (history row ``r * len(owners) + i`` lives on owner i's timeline).
+
+    Without ``probe_terms``: returns flat (over all impressions) item, clicked, liked, disliked,
+    prob. With ``probe_terms`` (``_static_terms`` of the logged item of every impression, flat):
+    returns, per impression, the click probability of that item under each replica's history,
+    weighted by how likely that history was to expose it (``_Exposure.relative_likelihood``),
+    summed over replicas, and the summed weights (for ``_static_oracle``)."""
     size = len(timestamp)
-    item = np.zeros(size, dtype=np.int64)
-    clicked, liked, disliked = (np.zeros(size, dtype=np.int8) for _ in range(3))
-    prob = np.zeros(size)
-    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    short_category = _DecayedCounts(len(counts), CATEGORIES, SHORT_DECAY_S)
-    short_brand = _DecayedCounts(len(counts), CATEGORIES * BRANDS_PER_CATEGORY, SHORT_DECAY_S)
-    dislikes = _DecayedCounts(len(counts), CATEGORIES, DISLIKE_DECAY_S)
-    exposure = _Exposure(items)
-    w = WEIGHTS
-    for step in range(counts.max()):
-        user = np.flatnonzero(counts > step)
-        at = first[user] + step
-        now = timestamp[at].astype(float)
-        chosen = exposure.draw(rng, short_category.rows(user, now))
-        category, brand = items.category[chosen], items.brand[chosen]
-        drift = ((now - START) / (days * 86400.0)).clip(0, 1)
-        preference = (1 - drift) * users.start_pref[user, category] + drift * users.end_pref[user, category]
-        price_gap = np.abs(items.price[chosen] - users.price_pref[user])
-        affinity = preference + users.brand_taste[user, brand] - w["price"] * price_gap
-        hour = (timestamp[at] // 3600) % 24
-        logit = (
-            BIAS
-            + affinity
-            + w["category"] * np.log1p(short_category.at(user, category, now))
-            + w["brand"] * np.log1p(short_brand.at(user, brand, now))
-            - w["dislike"] * dislikes.at(user, category, now)
-            + w["popularity"] * items.popularity[chosen]
-            + w["hour"] * np.cos(2 * np.pi * (hour - 21) / 24)
-        )
-        intent = _sigmoid(logit)
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])[owners]
+    own_counts = counts[owners]
+    history = _History(len(owners) * replicas, m)
+    exposure = _Exposure(items, m.follow_prob)
+    if probe_terms is None:
+        item = np.zeros(size, dtype=np.int64)
+        clicked, liked, disliked = (np.zeros(size, dtype=np.int8) for _ in range(3))
+        prob = np.zeros(size)
+    else:
+        probe_item, probe_base, probe_popularity, probe_hour = probe_terms
+        weighted, weights = np.zeros(size), np.zeros(size)
+    for step in range(own_counts.max(initial=0)):
+        active = np.flatnonzero(own_counts > step)
+        at = first[active] + step
+        if replicas == 1:
+            row, user, at_row = active, owners[active], at
+        else:
+            row = (np.arange(replicas)[:, None] * len(owners) + active).reshape(-1)
+            user, at_row = np.tile(owners[active], replicas), np.tile(at, replicas)
+        now = timestamp[at_row].astype(float)
+        moment = history.at(row, now)
+        chosen = exposure.draw(rng, history, moment)
+        if probe_terms is not None:
+            target = probe_item[at_row]
+            terms = (probe_base[at_row], probe_popularity[at_row], probe_hour[at_row])
+            intent = _intent(terms, history, moment, items, m, target)
+            weight = exposure.relative_likelihood(history, moment, items.category[target])
+            weighted[at] += (weight * (intent + (1 - intent) * MISCLICK)).reshape(replicas, -1).sum(axis=0)
+            weights[at] += weight.reshape(replicas, -1).sum(axis=0)
+        terms, affinity = _static_terms(items, users, m, user, chosen, now, days)
+        intent = _intent(terms, history, moment, items, m, chosen)
         click_prob = intent + (1 - intent) * MISCLICK
-        draw = rng.random(len(user))
+        draw = rng.random(len(row))
         click, intended = draw < click_prob, draw < intent
         like_prob = np.where(intended, _sigmoid(-1.0 + 1.5 * affinity), 0.02)
         dislike_prob = np.where(intended, _sigmoid(-2.5 - 1.5 * affinity), 0.5)
-        reaction = rng.random(len(user))
+        reaction = rng.random(len(row))
         like, dislike = click & (reaction < like_prob), click & (reaction > 1 - dislike_prob)
-        short_category.add(user, category, now, click)
-        short_brand.add(user, brand, now, click)
-        dislikes.add(user, category, now, dislike)
-        item[at], prob[at] = chosen, click_prob
-        clicked[at], liked[at], disliked[at] = click, like, dislike
-    return item, clicked, liked, disliked, prob
+        history.add(moment, items.category[chosen], items.brand[chosen], click, dislike)
+        if probe_terms is None:
+            item[at], prob[at] = chosen, click_prob
+            clicked[at], liked[at], disliked[at] = click, like, dislike
+    if probe_terms is None:
+        return item, clicked, liked, disliked, prob
+    return weighted, weights
+
+
+def _simulate(rng, items: _Items, users: _Users, counts: np.ndarray, timestamp: np.ndarray, days: int,
+              m: Mechanisms):
+    """The logs: all users' impressions; flat item, clicked, liked, disliked, prob."""
+    return _walk(rng, items, users, counts, timestamp, days, m, np.arange(len(counts)))
+
+
+SHADOW_ROWS = 65536  # histories walked at once by ``_static_oracle`` (1.6 kB each: bounds its memory)
+
+
+def _static_oracle(seed: int, items: _Items, users: _Users, counts, timestamp, days, m: Mechanisms,
+                   item: np.ndarray, samples: int) -> np.ndarray:
+    """E[click_prob | user, item, timestamp] with the feedback history marginalised out, by
+    self-normalised importance sampling over ``samples`` re-simulated histories per user (module
+    docstring); users are walked in fixed blocks, ``samples`` histories each, one seeded stream
+    per block (apart from the logs' own stream), so the result depends only on the arguments."""
+    user = np.repeat(np.arange(len(counts)), counts)
+    (base, popularity, hour), _ = _static_terms(items, users, m, user, item, timestamp.astype(float), days)
+    probe_terms = (item, base, popularity, hour)
+    weighted, weights = np.zeros(len(item)), np.zeros(len(item))
+    block = max(1, SHADOW_ROWS // samples)
+    for index, start in enumerate(range(0, len(counts), block)):
+        owners = np.arange(start, min(len(counts), start + block))
+        rng = np.random.default_rng([seed, 1, index])
+        w_p, w = _walk(rng, items, users, counts, timestamp, days, m, owners, samples, probe_terms)
+        weighted += w_p
+        weights += w
+    return weighted / weights
 
 
 def _tables(items: _Items, users: _Users) -> Tuple[pd.DataFrame, pd.DataFrame]:
@@ -307,16 +495,21 @@ def generate(
     events_per_user: int = 100,
     seed: int = 0,
     days: int = 60,
+    mechanisms: Mechanisms = DEFAULT_MECHANISMS,
+    static_samples: int = STATIC_SAMPLES,
 ) -> Dict[str, float]:
-    """Writes events.csv, items.csv, users.csv and request.json into ``output_dir``; returns a summary."""
-    if min(num_users, num_items, events_per_user, days) < 1:
-        raise ValueError("num_users, num_items, events_per_user and days must all be >= 1")
+    """Writes events.csv, items.csv, users.csv and request.json into ``output_dir``; returns a
+    summary: sizes, rates, ``oracle_auc`` (of ``click_prob``) and ``no_sequence_oracle_auc`` (of
+    ``click_prob_static``, estimated from ``static_samples`` re-simulated histories per user)."""
+    if min(num_users, num_items, events_per_user, days, static_samples) < 1:
+        raise ValueError("num_users, num_items, events_per_user, days and static_samples must all be >= 1")
     os.makedirs(output_dir, exist_ok=True)
     rng = np.random.default_rng(seed)
     items, users = _make_items(rng, num_items), _make_users(rng, num_users)
     counts, timestamp = _make_timeline(rng, users, events_per_user, days)
-    item, clicked, liked, disliked, prob = _simulate(rng, items, users, counts, timestamp, days)
-    prob = np.round(prob, 6)
+    item, clicked, liked, disliked, prob = _simulate(rng, items, users, counts, timestamp, days, mechanisms)
+    static = _static_oracle(seed, items, users, counts, timestamp, days, mechanisms, item, static_samples)
+    prob, static = np.round(prob, 6), np.round(static, 6)
     user = np.repeat(np.arange(num_users), counts)
     events = pd.DataFrame(
         {
@@ -327,6 +520,7 @@ def generate(
             "liked": liked,
             "disliked": disliked,
             "click_prob": prob,
+            STATIC_COLUMN: static,
         }
     ).iloc[np.lexsort((user, timestamp))]
     events.to_csv(os.path.join(output_dir, "events.csv"), index=False, float_format="%.6f")
@@ -344,7 +538,20 @@ def generate(
         "like_rate": float(liked.mean()),
         "dislike_rate": float(disliked.mean()),
         "oracle_auc": auc(clicked, prob),
+        "no_sequence_oracle_auc": auc(clicked, static),
     }
+
+
+def oracles_on_test_split(events: pd.DataFrame, train: float = 0.8, eval_: float = 0.1) -> Dict[str, float]:
+    """Both oracle AUCs on the rows a time split puts into test (the pipeline's rule: rows sorted
+    by (timestamp, user_id, item_id), test from rank floor((train + eval) * n)), from the events
+    table as ``generate`` wrote it (``events.csv``)."""
+    ordered = events.sort_values(["timestamp", "user_id", "item_id"], kind="stable")
+    test = ordered.iloc[int(np.floor((train + eval_) * len(ordered))):]
+    result = {"test_rows": int(len(test)), "oracle_auc": auc(test["clicked"], test["click_prob"])}
+    if STATIC_COLUMN in test:
+        result["no_sequence_oracle_auc"] = auc(test["clicked"], test[STATIC_COLUMN])
+    return result
 
 
 def data_config(path: str) -> dict:
