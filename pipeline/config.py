@@ -72,7 +72,7 @@ class SplitConfig(_Strict):
     train: float = pydantic.Field(0.8, gt=0, lt=1)
     eval: float = pydantic.Field(0.1, gt=0, lt=1)
     test: float = pydantic.Field(0.1, gt=0, lt=1)
-    seed: int = 0  # user split: salt of the user-id hash
+    seed: int = 0  # user split: salt of the user-id hash; every split: seed of the examples' written order
 
     @pydantic.model_validator(mode="after")
     def _sum_to_one(self) -> "SplitConfig":

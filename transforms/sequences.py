@@ -331,7 +331,10 @@ class BuildExamples(beam.PTransform):
                 lambda ke: (user_split(ke[0][1], fractions, split.seed), ke[1])
             )
         parts = assigned | "Partition" >> beam.Partition(lambda se, _: se[0], len(SPLITS))
-        outputs = {name: parts[i] | f"Examples{name}" >> beam.Map(lambda se: se[1]) for i, name in enumerate(SPLITS)}
+        outputs = {
+            name: parts[i] | f"Examples{name}" >> beam.Map(lambda se: se[1]) | f"Order{name}" >> SeededOrder(split.seed)
+            for i, name in enumerate(SPLITS)
+        }
         return self._with_quarantine_and_counts(pipeline, read, windows, outputs, item_rows + user_rows)
 
     def _with_quarantine_and_counts(self, pipeline, read, windows, outputs, table_rows):
@@ -381,6 +384,32 @@ def summarize_counts(tallies: Dict[str, int], table_rows_quarantined: int, outpu
         "quarantined_by_reason": quarantined,
         "balanced": rows_in == sum(examples.values()) + log_rows_quarantined,
     }
+
+
+def order_key(serialized: bytes, seed: int) -> int:
+    """A seeded pseudo-random 64-bit key of an example's bytes (the same on every worker)."""
+    return int.from_bytes(hashlib.blake2b(serialized, digest_size=8, key=str(seed).encode("utf-8")).digest(), "big")
+
+
+class SeededOrder(beam.PTransform):
+    """Serialized examples in a seeded random order (MODELS.md v2 "Shuffle": the window builder
+    emits a user's examples together, and batch-level mining needs them spread out). Each example
+    goes to one of ``shards`` groups by its ``order_key`` and leaves its group sorted by that key,
+    so the order is the same for a seed on every run and runner."""
+
+    def __init__(self, seed: int, shards: int = 64):
+        super().__init__()
+        self.seed, self.shards = seed, shards
+
+    def expand(self, examples):
+        seed, shards = self.seed, self.shards
+        return (
+            examples
+            | "Key" >> beam.Map(lambda example: (order_key(example, seed), example))
+            | "Shard" >> beam.Map(lambda keyed: (keyed[0] % shards, keyed))
+            | "Group" >> beam.GroupByKey()
+            | "Sorted" >> beam.FlatMap(lambda shard: [example for _, example in sorted(shard[1], key=lambda ke: ke[0])])
+        )
 
 
 def write_outputs(outputs, examples_uri: str, quarantine_dir: str, counts_path: str) -> None:
