@@ -159,6 +159,7 @@ def collect(config, models: List[str]) -> dict:
             "pushed": (_prop(pushed, "pushed_destination") if pushed is not None and _prop(pushed, "pushed") == 1 else None),
             "train_examples_per_second": stats.get("train_examples_per_second"),
             "diagnostics": validation_diagnostics(stats),
+            "validation_auc_by_epoch": [logs.get("val_auc") for logs in stats.get("epochs") or []],
             "model_uri": trainer["model"].uri if "model" in trainer else None,
         })
     oracle = oracle_auc(example_gen["examples"].uri, config.evaluation.split) if "examples" in example_gen else None

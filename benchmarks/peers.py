@@ -1,0 +1,120 @@
+"""Reference parity: this project's baselines in their reference form (``dnn_ref``, ``din_ref``)
+against FuxiCTR's DNN and DIN on ``ml1m-seq``, side by side on the same machine.
+
+    # FuxiCTR runs, with the harness of ../shared/peers/README.md (outside this repository):
+    peers-venv/bin/python ../shared/peers/run_fuxictr.py --model DNN --seed 2023   # and DIN, seeds 2023-2025
+    # this project's runs:
+    python benchmarks/quality.py --data-path <ml-1m-partial> --seeds 0,1,2 --models dnn_ref,din_ref
+    # the tables:
+    python benchmarks/peers.py --fuxictr-runs <peers-work/runs>
+
+Writes ``benchmarks/peers.md``: per implementation and seed the test AUC, gAUC, logloss, best
+epoch and the validation AUC of every epoch; the mean +- std over seeds; and the gap of the
+means against the bar (|ours - FuxiCTR| <= 0.003, MODELS.md "Shared input contract").
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import statistics
+from typing import Dict, List
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PAIRS = {"DNN": "dnn_ref", "DIN": "din_ref"}  # FuxiCTR model -> this project's reference form
+BAR = 0.003
+
+
+def fuxictr_rows(runs_dir: str) -> Dict[str, List[dict]]:
+    """FuxiCTR model -> one row per seed from the harness's ``result.json`` files."""
+    rows: Dict[str, List[dict]] = {}
+    for path in sorted(glob.glob(os.path.join(runs_dir, "*", "result.json"))):
+        with open(path, encoding="utf-8") as handle:
+            result = json.load(handle)
+        if result["model"] not in PAIRS:
+            continue
+        rows.setdefault(result["model"], []).append({
+            "seed": result["seed"], "auc": result["test_auc"], "gauc": result["test_gauc"],
+            "logloss": result["test_logloss"], "best_epoch": result["best_epoch"],
+            "validation_auc_by_epoch": [epoch["AUC"] for epoch in result["epoch_logs"]],
+            "train_examples_per_second": result["train_eps_mean"],
+        })
+    return rows
+
+
+def project_rows(quality_json: str) -> Dict[str, List[dict]]:
+    """Reference-form model -> one row per seed from ``benchmarks/quality.py``'s results."""
+    with open(quality_json, encoding="utf-8") as handle:
+        results = json.load(handle)
+    rows: Dict[str, List[dict]] = {}
+    for row in results:
+        if row["dataset"] != "ml1m-seq" or row["model"] not in PAIRS.values():
+            continue
+        by_epoch = row.get("validation_auc_by_epoch") or []
+        rows.setdefault(row["model"], []).append({
+            "seed": row["seed"], "auc": row["auc"], "gauc": row["gauc"], "logloss": row["logloss"],
+            "best_epoch": (by_epoch.index(max(by_epoch)) + 1) if by_epoch else None,
+            "validation_auc_by_epoch": by_epoch,
+            "train_examples_per_second": row.get("train_examples_per_second"),
+        })
+    return rows
+
+
+def _mean_std(values: List[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def format_markdown(fuxictr: Dict[str, List[dict]], ours: Dict[str, List[dict]], commands: List[str]) -> str:
+    lines = ["# Reference parity on ml1m-seq: dnn_ref / din_ref against FuxiCTR's DNN / DIN", "", "Rows from:", ""]
+    lines += [f"- `{c}`" for c in commands]
+    lines += ["", f"Bar: |mean test AUC ours - mean test AUC FuxiCTR| <= {BAR} (three seeds each).", "",
+              "| model | implementation | seeds | test AUC | gAUC | logloss | gap of the means | within the bar |",
+              "|---|---|---|---|---|---|---:|---|"]
+    for reference, project in PAIRS.items():
+        theirs, mine = fuxictr.get(reference, []), ours.get(project, [])
+        gap = (statistics.fmean(r["auc"] for r in mine) - statistics.fmean(r["auc"] for r in theirs)) if theirs and mine else None
+        for name, rows in ((f"FuxiCTR {reference}", theirs), (f"ctr-pipeline {project}", mine)):
+            verdict = "-" if gap is None or rows is theirs else ("yes" if abs(gap) <= BAR else "no")
+            lines.append(
+                f"| {reference} | {name} | {','.join(str(r['seed']) for r in rows) or '-'} | {_mean_std([r['auc'] for r in rows])} | "
+                f"{_mean_std([r['gauc'] for r in rows])} | {_mean_std([r['logloss'] for r in rows])} | "
+                f"{'' if gap is None or rows is theirs else f'{gap:+.4f}'} | {verdict} |"
+            )
+    lines += ["", "Per run: validation AUC after each epoch (the best in bold), test AUC:", "",
+              "| implementation | seed | validation AUC by epoch | best epoch | test AUC | train ex/s |", "|---|---|---|---|---|---:|"]
+    for reference, project in PAIRS.items():
+        for name, rows in ((f"FuxiCTR {reference}", fuxictr.get(reference, [])), (f"ctr-pipeline {project}", ours.get(project, []))):
+            for r in rows:
+                curve = r["validation_auc_by_epoch"]
+                shown = " ".join(f"**{v:.4f}**" if v == max(curve) else f"{v:.4f}" for v in curve) if curve else "-"
+                speed = f"{r['train_examples_per_second']:,.0f}" if r.get("train_examples_per_second") else "-"
+                lines.append(f"| {name} | {r['seed']} | {shown} | {r['best_epoch'] or '-'} | {r['auc']:.4f} | {speed} |")
+    lines += ["", "Training examples/s were measured while other jobs shared the 2-core machine: compare them only within one run."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fuxictr-runs", required=True, help="the harness's runs folder (peers-work/runs)")
+    parser.add_argument("--quality-json", default=os.path.join(ROOT, "benchmarks", "results", "quality.json"))
+    parser.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "peers.md"))
+    args = parser.parse_args()
+    fuxictr, ours = fuxictr_rows(args.fuxictr_runs), project_rows(args.quality_json)
+    commands = [
+        "peers-venv/bin/python ../shared/peers/run_fuxictr.py --model {DNN,DIN} --seed {2023,2024,2025}  (../shared/peers/README.md)",
+        "python benchmarks/quality.py --data-path <ml-1m-partial> --seeds 0,1,2 --models dnn_ref,din_ref",
+        "python benchmarks/peers.py --fuxictr-runs <peers-work/runs>",
+    ]
+    text = format_markdown(fuxictr, ours, commands)
+    with open(args.output, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
