@@ -42,8 +42,8 @@ def make_dataset(fn_args, files, tft_output, batch_size: int, shuffle_buffer: Op
     so a shuffled split is reshuffled every epoch); ``shuffle_buffer`` None: file order."""
     options = tfxio.TensorFlowDatasetOptions(
         batch_size=batch_size, label_key=LABEL, num_epochs=1, shuffle=shuffle_buffer is not None, shuffle_seed=seed,
-        shuffle_buffer_size=shuffle_buffer or 1, reshuffle_each_iteration=True,
-    )
+        shuffle_buffer_size=shuffle_buffer or 1,
+    )  # tfxio shuffles the file order and then the records through a buffer reshuffled every pass
     dataset = fn_args.data_accessor.tf_dataset_factory(files, options, tft_output.transformed_metadata.schema)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
