@@ -1,6 +1,6 @@
 """DUMN: Denoising User-aware Memory Network (Bian, Zhou, et al., RecSys 2021).
 
-Paper: /work/shared/papers/DUMN.txt, section 3; open points closed by MODELS.md "DUMN".
+Paper: /work/shared/papers/DUMN.txt, section 3; open points closed by MODELS.md "DUMN" (v2).
 
 Embedding layer (3.2): ``e_user`` is the concatenation of the M+1 user-field embeddings, ``e_item``
 that of the target item's N attribute embeddings (N*E). A history position is its N attribute
@@ -10,17 +10,22 @@ embeddings concatenated (N*E) plus the time-gap embedding added to each attribut
 Feature purification layer (3.3), per feedback sequence x in {c, u, l, d}, own parameters each:
 
 * eq. 1-2  ``O_x = Concat(head_1..head_H) W_F``, ``head_h = softmax(Q_h K_h^T / sqrt(d_h)) V_h``,
-  ``Q = e_x W_Q``, ``K = e_x W_K``, ``V = e_x W_V`` (``layers.MultiHeadAttention``; W_F is its W_O).
+  ``Q = LN(e_x) W_Q``, ``K = LN(e_x) W_K``, ``V = e_x W_V`` (``layers.MultiHeadAttention``, pre-LN;
+  W_F is its W_O).
 * eq. 3-4  ``alpha_j = softmax_j(ReLU(Concat(e_user, e_item, o_j) W_c))`` over real positions.
 * eq. 5    ``f_x = sum_j alpha_j o_j``.
 * eq. 6-7  ``f_oc = f_c - project(f_c, f_d)``, ``f_ou = f_u - project(f_u, f_l)`` with
   ``project(a, b) = (a.b / |b|^2) b``, and ``project(a, 0) = 0`` (a user with no dislikes keeps f_c).
 
-User memory network (3.4), one memory per feedback type, ``M_c, M_u, M_l, M_d`` [m, Z]:
+User memory network (3.4), one memory per feedback type, ``M_c, M_u, M_l, M_d`` [m, Z], each
+starting from an orthogonal matrix (distinct slots):
 
 * eq. 8    controller ``h = ReLU(Concat(f_o, e_user) W_h)`` (width 512), read key ``k = h W_k``
   (together the FFN of eq. 8); the write head reads the same controller (as in NTM).
-* eq. 9-10 ``w(j) = softmax_j(beta * cos(k, M(j)))`` (beta = ``key_strength``, 1 in the paper).
+* eq. 9-10 ``w(j) = softmax_j(beta * cos(k, M(j)))`` with NTM's key strength
+  ``beta = 1 + softplus(h W_beta + b_beta)`` (>= 1, one per example, starting at
+  ``key_strength_init``), for the read head and, with its own key and beta, the write head
+  (MODELS.md v2; the paper's eq. 9 is beta = 1).
 * eq. 11   ``r = sum_j w_r(j) M(j)`` (read from the memory as it was before this batch's write).
 * eq. 12   ``M <- (1 - E) * M + A``, ``E = w_w (x) erase``, ``A = w_w (x) add``, ``erase = sigmoid(h W_e)``,
   ``add = tanh(h W_a)``, batch-averaged (``memory_write``); applied only when ``training=True``.
@@ -34,8 +39,19 @@ Preference-aware interactive representation (3.5), per feedback type:
 
 Loss (3.6): ``L = L_ce + L_c + L_u + L_l + L_d`` (eq. 16, 20), each triplet term (eq. 17-19)
 ``max(d(q, s+) - d(q, s-) + margin, 0)`` with cosine distance ``d(a, b) = 1 - cos(a, b)`` and
-anchor ``q = sum_j w_w(j) M'(j)`` read from the updated memory M' (eq. 18). Logged as
+anchor ``q = sum_j w_w(j) M'(j)`` read from the updated memory M' (eq. 18). The samples are mined
+per example from that user's own histories (MODELS.md v2): for M_c the hardest (least similar)
+of the user's click items and the hardest (most similar) of the user's unclick items, an item in
+both of the user's pools skipped; likewise M_u (unclick vs click), M_l (like vs dislike), M_d
+(dislike vs like). The term is averaged over the examples that have one. Logged as
 ``triplet_click``, ``triplet_unclick``, ``triplet_like``, ``triplet_dislike``.
+
+Diagnostics (``diag_<name>``, MODELS.md "Attention numerics"): ``purification_entropy`` and
+``pooling_entropy``, the mean normalised entropies of eq. 1 (real query rows) and eq. 4, averaged
+over the feedback sequences; with the memory, ``slot_cosine`` (mean cosine between two distinct
+slots, averaged over the four memories; about 0 for the orthogonal start, 1 = collapsed) and
+``read_entropy`` (normalised entropy of w_r); with the triplet loss, ``triplet_coverage`` (the
+fraction of examples with a triplet term, averaged over the four memories).
 """
 from __future__ import annotations
 
@@ -48,7 +64,15 @@ import tf_keras
 
 from models.base import CTRModel, ModelOutput, ModelParams
 from models.inputs import GAP_TABLE
-from models.layers import LogitHead, MultiHeadAttention, flatten_fields, masked_softmax
+from models.layers import (
+    PRE_LN_EPSILON,
+    LogitHead,
+    MultiHeadAttention,
+    cosine_similarity,
+    flatten_fields,
+    masked_softmax,
+    normalized_entropy,
+)
 
 # Feedback types in the paper's order, with the pair used by purification and the triplet loss.
 FEEDBACK = ("click", "unclick", "like", "dislike")
@@ -67,7 +91,7 @@ class DUMNParams(ModelParams):
     memory_slots: int = pydantic.Field(64, ge=1)  # m (paper: 256)
     slot_dim: int = pydantic.Field(32, ge=1)  # Z (paper: 64)
     controller_units: int = pydantic.Field(512, ge=1)  # width of the FFN of eq. 8
-    key_strength: float = pydantic.Field(1.0, gt=0)  # beta in softmax(beta * cosine); eq. 9 has none (1)
+    key_strength_init: float = pydantic.Field(10.0, gt=1)  # beta = 1 + softplus(.) at init, read and write
     pair_dim: int = pydantic.Field(32, ge=1)  # common width of the gated halves of eq. 13
     context: bool = False  # also feed hour/weekday to the prediction MLP (the paper has no context)
     triplet_loss: bool = True  # eq. 17-20 (DUMN-TL when off); needs memory
@@ -92,10 +116,19 @@ def orthogonal_map(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
     return tf.cast(a32 - coefficient * b32, a.dtype)
 
 
-def content_addressing(key: tf.Tensor, memory: tf.Tensor, key_strength: float = 1.0) -> tf.Tensor:
-    """Eq. 9-10: ``w(j) = softmax_j(beta * cos(k, M(j)))``; key [B, Z], memory [m, Z] -> [B, m]."""
+def key_strength(logit: tf.Tensor) -> tf.Tensor:
+    """NTM's key strength ``beta = 1 + softplus(logit)`` (MODELS.md v2): >= 1, so addressing is
+    never flatter than the paper's eq. 9 (beta = 1), and as sharp as the controller makes it."""
+    return 1.0 + tf.nn.softplus(logit)
+
+
+def content_addressing(key: tf.Tensor, memory: tf.Tensor, beta: tf.Tensor) -> tf.Tensor:
+    """Eq. 9-10 with key strength: ``w(j) = softmax_j(beta * cos(k, M(j)))``.
+
+    key [B, Z], memory [m, Z], beta [B, 1] (or a scalar) -> weights [B, m].
+    """
     cosine = tf.matmul(tf.math.l2_normalize(key, axis=-1), tf.math.l2_normalize(memory, axis=-1), transpose_b=True)
-    return tf.nn.softmax(tf.cast(key_strength, cosine.dtype) * cosine, axis=-1)
+    return tf.nn.softmax(beta * cosine, axis=-1)
 
 
 def memory_read(weights: tf.Tensor, memory: tf.Tensor) -> tf.Tensor:
@@ -119,73 +152,78 @@ def memory_write(memory: tf.Tensor, weights: tf.Tensor, erase: tf.Tensor, add: t
     return (1.0 - E) * memory + A
 
 
+def own_pool(mask: tf.Tensor, item_id: tf.Tensor, other_mask: tf.Tensor, other_item_id: tf.Tensor) -> tf.Tensor:
+    """Mining scope of eq. 17 (MODELS.md v2): [B, T] bool, the real positions of each user's sequence
+    whose item that same user does not also have in the paired sequence.
+
+    mask, item_id [B, T]; other_mask, other_item_id [B, T'] (the paired feedback type). An item in
+    both of a user's pools says nothing about the user's preference and is skipped from both (each
+    pool calls this with the other as ``other``). Pools are per user: an item one user clicked and
+    another unclicked stays in both users' pools.
+    """
+    same = tf.equal(item_id[:, :, tf.newaxis], other_item_id[:, tf.newaxis, :]) & other_mask[:, tf.newaxis, :]
+    return mask & ~tf.reduce_any(same, axis=2)
+
+
 def triplet_loss(
     anchors: tf.Tensor,
-    anchor_mask: tf.Tensor,
     positives: tf.Tensor,
     positive_mask: tf.Tensor,
     negatives: tf.Tensor,
     negative_mask: tf.Tensor,
     margin: float,
-) -> tf.Tensor:
-    """Eq. 17, 19 with batch-hard mining (section 4.3.4): a float32 scalar.
+) -> Tuple[tf.Tensor, tf.Tensor]:
+    """Eq. 17, 19 with hardest-sample mining in each user's own pools: (loss, has_term [B] bool).
 
-    anchors [A, Z], positives [P, Z], negatives [Q, Z], masks bool. Per real anchor: the hardest
-    positive is the real positive of least cosine similarity, the hardest negative the real
-    negative of greatest similarity; ``max(d(q, s+) - d(q, s-) + margin, 0)`` with
-    ``d = 1 - cos``, averaged over real anchors. Pad rows are never chosen; 0 when there is no
-    real anchor, positive or negative.
+    anchors [B, Z]; positives [B, T, Z] and negatives [B, T', Z], example b's own pools, real where
+    the masks [B, T], [B, T'] are True (``own_pool``). Per example: the hardest positive is its real
+    positive of least cosine similarity to the anchor, the hardest negative its real negative of
+    greatest similarity; the term is ``max(d(q, s+) - d(q, s-) + margin, 0)`` with ``d = 1 - cos``.
+    An example with an empty positive or negative pool has no term; the loss is the float32 mean
+    over the examples that have one (0 if none). The choice of the hardest sample is piecewise
+    constant: min/max pass the gradient to the chosen samples' distances only.
     """
-    q = tf.math.l2_normalize(tf.cast(anchors, tf.float32), axis=-1)
-    positives, negatives = tf.cast(positives, tf.float32), tf.cast(negatives, tf.float32)
-    # Mining: choosing the hardest sample is piecewise constant, so the [A, P] similarity matrices
-    # need no gradient; only the chosen pairs' distances are differentiated (the same gradient as
-    # reduce_min/max over the masked matrix, at a fraction of the cost). A pad row scores
-    # ``pad_score`` through one extra column (q' = [q, 1], s' = [s/|s|, 0] or [0, pad_score]), so the
-    # matrix needs no masking pass; top_k(., 1) is argmax (first index on ties), about twice as fast.
-    anchor = tf.pad(tf.stop_gradient(q), [[0, 0], [0, 1]], constant_values=1.0)  # q' = [q, 1]
-
-    def hardest(samples, mask, pad_score, sign):  # [A, Z]: the row of greatest sign * cosine
-        real = mask[:, tf.newaxis]
-        unit = tf.where(real, tf.math.l2_normalize(tf.stop_gradient(samples), axis=-1), 0.0)
-        unit = tf.concat([unit, tf.where(real, 0.0, pad_score)], axis=-1)
-        similarity = tf.matmul(anchor, unit, transpose_b=True)
-        return tf.gather(samples, tf.math.top_k(sign * similarity, k=1).indices[:, 0])
-
-    hardest_pos = hardest(positives, positive_mask, _ABOVE_ANY_COSINE, -1.0)  # least similar real positive [A, Z]
-    hardest_neg = hardest(negatives, negative_mask, _BELOW_ANY_COSINE, 1.0)  # most similar real negative
-    d_pos = 1.0 - tf.reduce_sum(q * tf.math.l2_normalize(hardest_pos, axis=-1), axis=-1)  # eq. 19
-    d_neg = 1.0 - tf.reduce_sum(q * tf.math.l2_normalize(hardest_neg, axis=-1), axis=-1)
-    hinge = tf.nn.relu(d_pos - d_neg + margin)
-    real = tf.cast(anchor_mask & tf.reduce_any(positive_mask) & tf.reduce_any(negative_mask), tf.float32)
-    return tf.math.divide_no_nan(tf.reduce_sum(hinge * real), tf.reduce_sum(real))
+    q = tf.cast(anchors, tf.float32)[:, tf.newaxis, :]
+    positive_cos = cosine_similarity(q, tf.cast(positives, tf.float32))  # [B, T]
+    negative_cos = cosine_similarity(q, tf.cast(negatives, tf.float32))  # [B, T']
+    d_pos = 1.0 - tf.reduce_min(tf.where(positive_mask, positive_cos, _ABOVE_ANY_COSINE), axis=1)  # eq. 19
+    d_neg = 1.0 - tf.reduce_max(tf.where(negative_mask, negative_cos, _BELOW_ANY_COSINE), axis=1)
+    has_term = tf.reduce_any(positive_mask, axis=1) & tf.reduce_any(negative_mask, axis=1)
+    hinge = tf.where(has_term, tf.nn.relu(d_pos - d_neg + margin), 0.0)  # eq. 17
+    return tf.math.divide_no_nan(tf.reduce_sum(hinge), tf.reduce_sum(tf.cast(has_term, tf.float32))), has_term
 
 
-def distinct_items(vectors: tf.Tensor, ids: tf.Tensor, mask: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
-    """The distinct real items of a batch's sequences: ([U + 1, D] vectors, [U + 1] mask).
+def mean_slot_cosine(memory: tf.Tensor) -> tf.Tensor:
+    """Diagnostic: the mean cosine between two distinct slots of memory [m, Z] (0 for m = 1).
 
-    vectors [B, T, D] (a function of the item's ids), ids [B, T, N] (the item's field indices),
-    mask [B, T]. An item repeated across positions and users is one candidate for mining: the
-    hardest sample is the same, at U instead of B*T rows (ml1m: about 3.7k instead of 200k).
-    One pad row (mask False) keeps the result non-empty.
+    About 0 for orthogonal slots; 1 when every slot holds the same direction (a collapsed memory
+    reads the same r for every user).
     """
-    real = tf.where(mask)  # [P, 2]
-    _, index = tf.raw_ops.UniqueV2(x=tf.gather_nd(ids, real), axis=[0])
-    count = tf.reduce_max(tf.concat([index + 1, [0]], 0))
-    first = tf.math.unsorted_segment_min(tf.range(tf.size(index)), index, count)  # a position of each item
-    chosen = tf.gather(tf.gather_nd(vectors, real), first)
-    padded = tf.concat([chosen, tf.zeros_like(vectors[:1, 0])], 0)
-    return padded, tf.sequence_mask(count, count + 1)
+    unit = tf.math.l2_normalize(memory, axis=-1)
+    gram = tf.matmul(unit, unit, transpose_b=True)
+    off_diagonal = tf.linalg.set_diag(gram, tf.zeros_like(gram[0]))
+    slots = tf.cast(tf.shape(memory)[0], memory.dtype)
+    return tf.math.divide_no_nan(tf.reduce_sum(off_diagonal), slots * (slots - 1.0))
 
 
 class TripletSamples(NamedTuple):
-    """One memory's triplet candidates: the batch's distinct items of two feedback types,
-    [U, N*E] embeddings and [U] masks (``distinct_items``)."""
+    """One memory's triplet candidates, per example: its own pools of two feedback types,
+    [B, T, N*E] item embeddings and [B, T] masks (``own_pool``)."""
 
     positives: tf.Tensor
     positive_mask: tf.Tensor
     negatives: tf.Tensor
     negative_mask: tf.Tensor
+
+
+class MemoryAccess(NamedTuple):
+    """What one memory gives for a batch (eq. 9-11, 17-18)."""
+
+    r: tf.Tensor  # [B, Z] float32, eq. 11
+    read_weights: tf.Tensor  # w_r [B, m], eq. 9
+    memory: tf.Tensor  # M [m, Z] as read: the state before this batch's write
+    triplet: Optional[tf.Tensor] = None  # eq. 17, mean over the examples with a term; None without samples
+    has_triplet: Optional[tf.Tensor] = None  # [B] bool: the examples with a term
 
 
 # ---- layers --------------------------------------------------------------------------------------
@@ -199,16 +237,18 @@ class FeedbackEncoder(tf_keras.layers.Layer):
         # W_c of eq. 3 split by rows: Concat(e_user, e_item, o_j) W_c = [e_user, e_item] W_c^q + o_j W_c^o
         self.W_c_query = tf_keras.layers.Dense(1, use_bias=False, name="W_c_query")
         self.W_c_sequence = tf_keras.layers.Dense(1, use_bias=False, name="W_c_sequence")
+        # o_j enters the scores layer-normalised (MODELS.md "Attention numerics" applied to eq. 3)
+        self.norm_o = tf_keras.layers.LayerNormalization(epsilon=PRE_LN_EPSILON, name="pre_ln_o")
 
     def call(self, x, mask, query=None):
-        """Without ``query``: eq. 1-2, ``x`` is e_x and the result O_x [B, T, D] (the user's side
-        alone). With ``query`` [B, Q]: eq. 3-5, ``x`` is O_x and the result f [B, D]."""
+        """Without ``query``: eq. 1-2, ``x`` is e_x and the result (O_x [B, T, D], the attention
+        weights [B, H, T, T]) (the user's side alone). With ``query`` [B, Q]: eq. 3-5, ``x`` is O_x
+        and the result (f [B, D], alpha [B, T])."""
         if query is None:
-            O_x, _ = self.self_attention(x, x, x, key_mask=mask)  # eq. 1-2
-            return O_x
-        scores = tf.nn.relu(self.W_c_query(query)[:, tf.newaxis, :] + self.W_c_sequence(x))  # eq. 3
+            return self.self_attention(x, x, x, key_mask=mask)  # eq. 1-2
+        scores = tf.nn.relu(self.W_c_query(query)[:, tf.newaxis, :] + self.W_c_sequence(self.norm_o(x)))  # eq. 3
         alpha = masked_softmax(tf.squeeze(scores, -1), mask)  # eq. 4
-        return tf.einsum("bt,btd->bd", alpha, x)  # eq. 5
+        return tf.einsum("bt,btd->bd", alpha, x), alpha  # eq. 5
 
 
 class UserMemory(tf_keras.layers.Layer):
@@ -216,15 +256,27 @@ class UserMemory(tf_keras.layers.Layer):
 
     ``M`` [m, Z] is model state shared by all users: a non-trainable float32 variable, mirrored
     under MirroredStrategy (ON_WRITE, MEAN: every replica assigns its batch update and all see
-    their average). It is assigned only when ``training=True``.
+    their average), initialised orthogonal. It is assigned only when ``training=True``.
     """
 
-    def __init__(self, slots: int, slot_dim: int, controller_units: int, key_strength: float, margin: float, name: Optional[str] = None):
+    def __init__(
+        self,
+        slots: int,
+        slot_dim: int,
+        controller_units: int,
+        strength_init: float,
+        margin: float,
+        name: Optional[str] = None,
+    ):
         super().__init__(name=name)
-        self.slots, self.slot_dim, self.key_strength, self.margin = slots, slot_dim, key_strength, margin
+        self.slots, self.slot_dim, self.margin = slots, slot_dim, margin
         self.controller = tf_keras.layers.Dense(controller_units, activation="relu", name="controller")  # eq. 8
+        # the strength heads start at beta = strength_init: their bias is softplus^-1(strength_init - 1)
+        strength_bias = tf_keras.initializers.Constant(math.log(math.expm1(strength_init - 1.0)))
         self.read_key = tf_keras.layers.Dense(slot_dim, name="read_key")  # k of eq. 8
+        self.read_strength = tf_keras.layers.Dense(1, bias_initializer=strength_bias, name="read_strength")  # beta
         self.write_key = tf_keras.layers.Dense(slot_dim, name="write_key")  # key of w_w (eq. 12)
+        self.write_strength = tf_keras.layers.Dense(1, bias_initializer=strength_bias, name="write_strength")
         self.erase_head = tf_keras.layers.Dense(slot_dim, activation="sigmoid", name="erase_head")
         self.add_head = tf_keras.layers.Dense(slot_dim, activation="tanh", name="add_head")
         self.item_projection = tf_keras.layers.Dense(slot_dim, use_bias=False, name="item_projection")  # s -> Z
@@ -234,7 +286,8 @@ class UserMemory(tf_keras.layers.Layer):
             name="M",
             shape=[self.slots, self.slot_dim],
             dtype=tf.float32,
-            initializer=tf_keras.initializers.RandomNormal(stddev=1.0 / math.sqrt(self.slot_dim)),
+            # orthonormal slots (m <= Z), or orthonormal columns (m > Z: a tight frame)
+            initializer=tf_keras.initializers.Orthogonal(),
             trainable=False,
             synchronization=tf.VariableSynchronization.ON_WRITE,
             aggregation=tf.VariableAggregation.MEAN,
@@ -242,36 +295,37 @@ class UserMemory(tf_keras.layers.Layer):
         )
         super().build(input_shape)
 
-    def call(self, f_o, e_user, writes, samples: Optional[TripletSamples] = None, training=False):
-        """(r [B, Z] float32, triplet term or None).
+    def address(self, h, key_head, strength_head, M):
+        """Eq. 9-10 for one head: weights [B, m] from the key and key strength the controller gives."""
+        beta = key_strength(tf.cast(strength_head(h), tf.float32))  # [B, 1]
+        return content_addressing(tf.cast(key_head(h), tf.float32), M, beta)
 
-        ``writes`` [B] bool: users who write (eq. 12). ``samples``: the items for this memory's
-        triplet term (eq. 17), or None for no term.
-        """
+    def call(self, f_o, e_user, writes, samples: Optional[TripletSamples] = None, training=False) -> MemoryAccess:
+        """``writes`` [B] bool: users who write (eq. 12). ``samples``: the items for this memory's
+        triplet term (eq. 17), or None for no term."""
         M = tf.convert_to_tensor(self.M)  # read once: the state before this batch's write
         h = self.controller(tf.concat([f_o, e_user], axis=-1))  # eq. 8
-        w_r = content_addressing(tf.cast(self.read_key(h), tf.float32), M, self.key_strength)  # eq. 9-10
-        r = memory_read(w_r, M)  # eq. 11
+        w_r = self.address(h, self.read_key, self.read_strength, M)  # eq. 9-10
+        read = MemoryAccess(r=memory_read(w_r, M), read_weights=w_r, memory=M)  # eq. 11
         if not (training or samples is not None):
-            return r, None
-        w_w = content_addressing(tf.cast(self.write_key(h), tf.float32), M, self.key_strength)
+            return read
+        w_w = self.address(h, self.write_key, self.write_strength, M)
         erase, add = tf.cast(self.erase_head(h), tf.float32), tf.cast(self.add_head(h), tf.float32)
         M_updated = memory_write(M, w_w, erase, add, writes)  # eq. 12
         if training:
             self.M.assign(tf.stop_gradient(M_updated))  # replica context: the replicas' mean is stored
         if samples is None:
-            return r, None
+            return read
         q = memory_read(w_w, M_updated)  # eq. 18: anchor from the updated memory
-        loss = triplet_loss(
+        loss, has_term = triplet_loss(
             q,
-            writes,
             self.item_projection(samples.positives),
             samples.positive_mask,
             self.item_projection(samples.negatives),
             samples.negative_mask,
             self.margin,
         )
-        return r, loss
+        return read._replace(triplet=loss, has_triplet=has_term)
 
 
 class PreferenceGate(tf_keras.layers.Layer):
@@ -296,9 +350,10 @@ class EncodedSequence(NamedTuple):
     """One feedback sequence after eq. 1-2 (the user's side of the purification layer)."""
 
     O_x: tf.Tensor  # [B, T, D] self-attention output
+    attention: tf.Tensor  # [B, H, T, T] self-attention weights (diagnostics)
     items: tf.Tensor  # s: item embeddings without gap [B, T, N*E] (triplet samples)
     mask: tf.Tensor  # [B, T] bool
-    item_ids: tf.Tensor  # the items' field indices [B, T, N]
+    item_id: tf.Tensor  # [B, T] the items' ids (triplet pools)
 
 
 class ShortTerm(NamedTuple):
@@ -306,9 +361,8 @@ class ShortTerm(NamedTuple):
 
     e_user: tf.Tensor  # [B, (M+1)*E]
     e_item: tf.Tensor  # [B, N*E]
-    items: Dict[str, tf.Tensor]  # feedback -> s: item embeddings without gap [B, T, N*E] (triplet samples)
-    item_ids: Dict[str, tf.Tensor]  # feedback -> the items' field indices [B, T, N]
-    masks: Dict[str, tf.Tensor]  # feedback -> [B, T] bool
+    encoded: Dict[str, EncodedSequence]  # feedback -> eq. 1-2
+    alpha: Dict[str, tf.Tensor]  # feedback -> pooling weights [B, T] (eq. 4)
     f: Dict[str, tf.Tensor]  # feedback -> f_c, f_u, f_l, f_d (eq. 5)
     f_o: Dict[str, tf.Tensor]  # feedback -> f_oc, f_ou (eq. 7), f_l, f_d
 
@@ -316,7 +370,8 @@ class ShortTerm(NamedTuple):
 class DUMN(CTRModel):
     """DUMN. Deviations from the paper, and the open points MODELS.md closes:
 
-    * Self-attention logits are scaled by sqrt(head dimension), not sqrt(T) (MODELS.md). Q, K, V
+    * Self-attention logits are scaled by sqrt(head dimension), not sqrt(T) (MODELS.md), and the
+      inputs to W_Q and W_K are layer-normalised (pre-LN, MODELS.md "Attention numerics"). Q, K, V
       project the whole position vector before splitting into heads (the standard multi-head
       layer), rather than projecting each E/H slice of it (a block-diagonal special case).
     * Items have N attributes: a position is its N attribute embeddings concatenated (N*E, the
@@ -327,31 +382,56 @@ class DUMN(CTRModel):
       Note (kept as the paper and MODELS.md write it): being linear, the [e_user, e_item] rows of
       W_c add the same number to every position's score, so the target and the user change the
       weights alpha only through the ReLU clipping; the pooling is close to target-independent.
+      o_j enters the scores layer-normalised (its W_c rows see LN(o_j); eq. 5 pools o_j itself):
+      o_j is at the embeddings' init scale (normal(0, 1e-4)), so without it every position scored
+      alike and alpha stayed uniform (``pooling_entropy`` 1.0), as MODELS.md's pre-LN prevents for
+      the dot-product attentions.
     * The orthogonal projection of eq. 6 divides by |b|^2 and defines project(a, 0) = 0 (MODELS.md):
       a user without dislikes (likes) keeps f_c (f_u) unchanged.
     * Memories are model state shared by all users (MODELS.md), m=64 x Z=32 by default (paper
-      256 x 64), initialised N(0, 1/Z), non-trainable; they change only through the write head in
-      training and are frozen for evaluation and serving. The write (eq. 12) is averaged over the
-      batch (the paper writes per event); a user whose sequence of that type is empty does not
-      write (there is nothing of that type to remember) and is no anchor of that triplet term.
+      256 x 64), non-trainable; they change only through the write head in training and are
+      frozen for evaluation and serving. They start distinct (MODELS.md v2; the paper gives no
+      init): an orthogonal matrix, i.e. orthonormal slots when m <= Z; when m > Z (the default)
+      m slots cannot all be orthogonal in R^Z and the matrix has orthonormal columns instead (a
+      tight frame: the slots' mean pairwise cosine is about 0). The write (eq. 12) is averaged
+      over the batch (the paper writes per event); a user whose sequence of that type is empty
+      does not write (there is nothing of that type to remember).
     * The controller is one ReLU layer (controller_units, "FFN(512)") shared by the read head
       (eq. 8), the write key, erase = sigmoid(.) and add = tanh(.) heads, as in NTM; the paper
-      names only the read FFN. ``key_strength`` (beta, default 1 = the paper) sharpens eq. 9.
+      names only the read FFN.
+    * Key strength (MODELS.md v2, from NTM, which the paper builds on): the read and the write
+      head each get ``beta = 1 + softplus(h W_beta + b_beta)`` from the controller, one per
+      example, and address with ``softmax_j(beta * cos)``; the paper's eq. 9 has beta = 1, with
+      which a softmax over cosines in [-1, 1] spreads every write over all m slots almost evenly
+      and the shared memory collapses to one vector (v1: slot cosine 0.95 after 100 steps).
+      NTM gives no init: b_beta starts at softplus^-1(key_strength_init - 1), beta = 10 by
+      default. A key's cosines with the slots spread by about 1/sqrt(Z), so beta sets how few
+      slots the first writes reach, and it moves slowly (Adam moves b_beta ~1e-3 per step). On
+      the toy stream of the tests (two kinds of users, 400 steps of 64): with m=64, Z=32 a
+      starting beta of 1.7 (zero bias), 5, 10, 20 all bring the triplet terms to 0, with read
+      entropy 0.99, 0.84, 0.63, 0.07 and slot cosine 0.30, 0.48, 0.29, 0.04; with m=Z=8, beta
+      1.7 collapses the memory (slot cosine 1.0, triplet terms stay at the margin) and beta 20
+      stalls the triplet terms (near one-hot writes pass little gradient to the write key).
     * The read (eq. 11) uses the memory before this batch's write (NTM order: read, then write);
       the triplet anchor (eq. 18) uses the updated memory M' of this batch (MODELS.md), so the
-      triplet gradient reaches the write head through w_w, erase and add, and the item
-      projection through s. Under MirroredStrategy the anchor uses the replica's own M' and the
-      stored memory is the mean over replicas, which equals the global batch's update (the
+      triplet gradient reaches the write head through w_w (key and beta), erase and add, and the
+      item projection through s. Under MirroredStrategy the anchor uses the replica's own M' and
+      the stored memory is the mean over replicas, which equals the global batch's update (the
       average of eq. 12 divides by the batch size, so equal-sized replicas average exactly).
       The memory is read in float32 under mixed precision.
-    * Triplet samples (eq. 17) are batch-hard (section 4.3.4), not random: for M_x, the positive
-      is the least similar item among all real x items of the batch (every user's sequence), the
-      negative the most similar item of the paired type (click<->unclick, like<->dislike); items
-      are projected to Z by a per-memory linear map (the paper's samples have width E, its
-      anchors width Z and leaves the map implicit). The mining itself carries no gradient (the
-      choice is piecewise constant); the distances of the chosen pairs do. An item that occurs
-      many times in the batch is one candidate (``distinct_items``): the same hardest samples,
-      without a [B, B*T] similarity matrix per memory.
+    * Triplet samples (eq. 17) are the hardest, not random (section 4.3.4 finds hardest better),
+      and are mined per example from that user's own histories (MODELS.md v2; section 4.3.4 says
+      "in each batch", which v1 read as the distinct items of the whole batch: an item clicked by
+      one user and unclicked by another then sat in both pools and the loss could not fall below
+      the margin). For M_x the positive is the least similar of the user's real x items, the
+      negative the most similar of the user's items of the paired type (click<->unclick,
+      like<->dislike); an item in both of the user's pools is skipped from both; an example with
+      an empty pool has no term, and each term is the mean over the examples that have one. The
+      pools are the user's sequences (the T most recent events of each type, the history an
+      example carries), where the paper samples from all of the user's interactions. Items are
+      projected to Z by a per-memory linear map (the paper's samples have width E, its anchors
+      width Z, and leaves the map implicit). The mining itself carries no gradient (the choice is
+      piecewise constant); the distances of the chosen pairs do.
     * Eq. 13: g, g' (and W1, W2) are linear maps to ``pair_dim`` (MODELS.md). The prediction MLP
       (256, 128) sees [e_user, e_item, f_oc, f_ou, f_l, f_d, r_c..r_d, R_cross] (MODELS.md: the text
       of 3.5, where eq. 15 lists only e_user, e_item and R_cross); hour/weekday only if ``context``.
@@ -380,7 +460,7 @@ class DUMN(CTRModel):
                     params.memory_slots,
                     params.slot_dim,
                     params.controller_units,
-                    params.key_strength,
+                    params.key_strength_init,
                     params.triplet_margin,
                     name=f"memory_{fb}",
                 )
@@ -400,6 +480,14 @@ class DUMN(CTRModel):
             "triplet_dislike": p.triplet_dislike_weight,
         }
 
+    def diagnostic_names(self) -> Tuple[str, ...]:
+        names = ("purification_entropy", "pooling_entropy")
+        if self.params.memory:
+            names += ("slot_cosine", "read_entropy")
+            if self.params.triplet_loss:
+                names += ("triplet_coverage",)
+        return names
+
     # ---- 3.2-3.3 -------------------------------------------------------------------------------
     def short_term(self, features) -> ShortTerm:
         emb = self.embeddings
@@ -416,50 +504,86 @@ class DUMN(CTRModel):
             gap = emb.lookup(GAP_TABLE, features[self.spec.history_gap(fb)])
             gap = gap * tf.cast(mask, gap.dtype)[:, :, tf.newaxis]
             e_x = emb.item_vectors(attributes + gap[:, :, tf.newaxis, :])  # e_c, e_u, e_l, e_d
-            item_ids = tf.stack([features[self.spec.history(fb, field)] for field in self.spec.item_fields], axis=-1)
-            encoded[fb] = EncodedSequence(self.encoders[fb](e_x, mask), emb.item_vectors(attributes), mask, item_ids)
+            O_x, attention = self.encoders[fb](e_x, mask)  # eq. 1-2
+            item_id = features[self.spec.history(fb, "item_id")]
+            encoded[fb] = EncodedSequence(O_x, attention, emb.item_vectors(attributes), mask, item_id)
         return encoded
 
     def purified(self, e_user, e_item, encoded: Mapping[str, EncodedSequence]) -> ShortTerm:
         """Eq. 3-7: target-aware pooling of each encoded sequence, then the orthogonal mapping."""
         query = tf.concat([e_user, e_item], axis=-1)
-        f = {fb: self.encoders[fb](seq.O_x, seq.mask, query) for fb, seq in encoded.items()}  # eq. 3-5
+        pooled = {fb: self.encoders[fb](seq.O_x, seq.mask, query) for fb, seq in encoded.items()}  # eq. 3-5
+        f = {fb: f_x for fb, (f_x, _) in pooled.items()}
         f_o = dict(f)
         if self.params.purification:
             for implicit, explicit in PURIFIED_BY.items():
                 f_o[implicit] = orthogonal_map(f[implicit], f[explicit])  # eq. 6-7
-        return ShortTerm(
-            e_user, e_item,
-            items={fb: seq.items for fb, seq in encoded.items()},
-            item_ids={fb: seq.item_ids for fb, seq in encoded.items()},
-            masks={fb: seq.mask for fb, seq in encoded.items()},
-            f=f, f_o=f_o,
-        )
+        alpha = {fb: alpha_x for fb, (_, alpha_x) in pooled.items()}
+        return ShortTerm(e_user, e_item, dict(encoded), alpha, f, f_o)
+
+    def attention_diagnostics(self, short: ShortTerm) -> Dict[str, tf.Tensor]:
+        """Mean normalised entropy of eq. 1-2's self-attention (real query rows) and of eq. 4's
+        pooling, each the mean over the feedback sequences in which some user of the batch has two
+        or more items (the others have no attention to speak of)."""
+        purification, pooling, present = [], [], []
+        for fb, seq in short.encoded.items():
+            real_rows = seq.mask[:, tf.newaxis, :, tf.newaxis] & seq.mask[:, tf.newaxis, tf.newaxis, :]
+            purification.append(normalized_entropy(seq.attention, real_rows))
+            pooling.append(normalized_entropy(short.alpha[fb], seq.mask))
+            present.append(tf.reduce_any(tf.reduce_sum(tf.cast(seq.mask, tf.int32), axis=1) >= 2))
+        present = tf.cast(tf.stack(present), tf.float32)
+
+        def mean_over_present(values):
+            return tf.math.divide_no_nan(tf.reduce_sum(tf.stack(values) * present), tf.reduce_sum(present))
+
+        return {"purification_entropy": mean_over_present(purification), "pooling_entropy": mean_over_present(pooling)}
 
     # ---- 3.4 and 3.6 ---------------------------------------------------------------------------
     def long_term(self, short: ShortTerm, training: bool, losses: bool = True):
-        """r per memory (eq. 8-11), the write (eq. 12, training only) and the triplet terms (eq. 17-19)."""
-        r, aux = {}, {}
+        """(r, triplet terms, diagnostics): r per memory (eq. 8-11) and the write (eq. 12, training
+        only); with ``losses`` also the triplet terms (eq. 17-19) and the memory's diagnostics."""
+        r, terms, diagnostics = {}, {}, {}
         if not self.params.memory:
-            return r, aux
+            return r, terms, diagnostics
+        encoded = short.encoded
+        mining = self.params.triplet_loss and losses
+        accesses = {}
         for fb in FEEDBACK:
-            writes = tf.reduce_any(short.masks[fb], axis=1)  # users with at least one item of this type
+            writes = tf.reduce_any(encoded[fb].mask, axis=1)  # users with at least one item of this type
             samples = None
-            if self.params.triplet_loss and losses:
-                distinct = lambda x: distinct_items(short.items[x], short.item_ids[x], short.masks[x])  # noqa: E731
-                samples = TripletSamples(*distinct(fb), *distinct(TRIPLET_NEGATIVE[fb]))
-            read, loss = self.memories[fb](short.f_o[fb], short.e_user, writes, samples, training=training)
-            r[fb] = tf.cast(read, short.e_user.dtype)
-            if loss is not None:
-                aux[f"triplet_{fb}"] = loss
-        return r, aux
+            if mining:  # each user's own pools, an item in both of them skipped from both
+                positive, negative = encoded[fb], encoded[TRIPLET_NEGATIVE[fb]]
+                samples = TripletSamples(
+                    positive.items,
+                    own_pool(positive.mask, positive.item_id, negative.mask, negative.item_id),
+                    negative.items,
+                    own_pool(negative.mask, negative.item_id, positive.mask, positive.item_id),
+                )
+            accesses[fb] = self.memories[fb](short.f_o[fb], short.e_user, writes, samples, training=training)
+            r[fb] = tf.cast(accesses[fb].r, short.e_user.dtype)
+            if mining:
+                terms[f"triplet_{fb}"] = accesses[fb].triplet
+        if losses:
+            read_weights = tf.stack([a.read_weights for a in accesses.values()])  # [4, B, m]
+            diagnostics = {
+                "slot_cosine": tf.reduce_mean([mean_slot_cosine(a.memory) for a in accesses.values()]),
+                "read_entropy": normalized_entropy(read_weights, tf.ones_like(read_weights, tf.bool)),
+            }
+            if mining:
+                covered = tf.stack([a.has_triplet for a in accesses.values()])  # [4, B]
+                diagnostics["triplet_coverage"] = tf.reduce_mean(tf.cast(covered, tf.float32))
+        return r, terms, diagnostics
 
     # ---- 3.5 -----------------------------------------------------------------------------------
     def forward(self, features, training=False, losses=True):
         short = self.short_term(features)
-        r, aux = self.long_term(short, training, losses)
+        r, terms, memory_diagnostics = self.long_term(short, training, losses)
         context = flatten_fields(self.embeddings.context(features)) if self.params.context else None
-        return ModelOutput(logit=self._logit(short, r, context, training), aux_losses=aux)
+        logit = self._logit(short, r, context, training)
+        if not losses:
+            return ModelOutput(logit=logit)
+        diagnostics = {**self.attention_diagnostics(short), **memory_diagnostics}
+        return ModelOutput(logit=logit, aux_losses=terms, diagnostics=diagnostics)
 
     def _logit(self, short: ShortTerm, r, context, training):
         U = [self.gates[fb](short.f_o[fb], r.get(fb)) for fb in FEEDBACK]  # eq. 13
@@ -476,8 +600,10 @@ class DUMN(CTRModel):
         e_item = emb.item_vectors(emb.target(item_features))
         count = tf.shape(e_item)[0]
         repeat = lambda x: tf.repeat(x, count, axis=0)  # noqa: E731
+        # every field repeated, so the tuple stays consistent; what only the losses and diagnostics
+        # read (attention, items, item_id) has no consumer here and is pruned from the serving graph
         encoded = {fb: EncodedSequence(*map(repeat, seq)) for fb, seq in self.encoded_sequences(user_features).items()}
         short = self.purified(repeat(flatten_fields(emb.user(user_features))), e_item, encoded)
-        r, _ = self.long_term(short, training=False, losses=False)
+        r, _, _ = self.long_term(short, training=False, losses=False)
         context = repeat(flatten_fields(emb.context(user_features))) if self.params.context else None
         return tf.sigmoid(self._logit(short, r, context, training=False))

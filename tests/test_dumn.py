@@ -1,4 +1,5 @@
-"""DUMN: shared checks, each equation on a hand-computed case, the memory's state rules, gradients."""
+"""DUMN: shared checks, each equation on a hand-computed case, per-user triplet mining, the memory's
+state rules and diagnostics, gradients, and a toy stream on which the memory must learn."""
 import math
 import os
 import subprocess
@@ -11,18 +12,23 @@ import tf_keras
 
 from models.dumn import (
     FEEDBACK,
+    TRIPLET_NEGATIVE,
     content_addressing,
-    distinct_items,
+    key_strength,
+    mean_slot_cosine,
     memory_read,
     memory_write,
     orthogonal_map,
+    own_pool,
     triplet_loss,
 )
+from models.layers import normalized_entropy
 from tests import model_harness as h
-from transforms.features import FeatureSpec
+from transforms.features import CONTEXT_SIZES, FeatureSpec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRIPLET_TERMS = {f"triplet_{fb}" for fb in FEEDBACK}
+DIAGNOSTICS = {"purification_entropy", "pooling_entropy", "slot_cosine", "read_entropy", "triplet_coverage"}
 
 
 def memories(model):
@@ -47,7 +53,7 @@ def emptied(features, feedback, rows=None):
         {"purification": False},
         {"memory": False},
         {"triplet_loss": False},
-        {"num_heads": 1, "key_strength": 5.0, "context": True, "memory_slots": 8, "slot_dim": 4},
+        {"num_heads": 1, "key_strength_init": 3.0, "context": True, "memory_slots": 8, "slot_dim": 4},
     ],
 )
 def test_standard_checks(params):
@@ -116,21 +122,60 @@ def test_without_purification_f_o_is_f():
         np.testing.assert_array_equal(short.f_o[fb].numpy(), short.f[fb].numpy())
 
 
-# ---- eq. 9-12, 18: memory addressing, read, write ----------------------------------------------
+# ---- eq. 9-12, 18: memory addressing, key strength, read, write --------------------------------
 def test_content_addressing_and_read_hand_case():
     memory = tf.constant([[1.0, 0.0], [0.0, 2.0]])
     key = tf.constant([[3.0, 0.0], [1.0, 1.0]])
     # key 1: cosines (1, 0) -> softmax (e/(e+1), 1/(e+1)); key 2: cosines (1/sqrt2, 1/sqrt2) -> (1/2, 1/2)
     e = math.e
     w = np.array([[e / (e + 1), 1 / (e + 1)], [0.5, 0.5]])
-    np.testing.assert_allclose(content_addressing(key, memory).numpy(), w, rtol=1e-6)
-    # key strength beta = 2: softmax of (2, 0) -> (e^2/(e^2+1), 1/(e^2+1))
-    np.testing.assert_allclose(
-        content_addressing(key, memory, 2.0).numpy()[0], [e**2 / (e**2 + 1), 1 / (e**2 + 1)], rtol=1e-6
-    )
+    np.testing.assert_allclose(content_addressing(key, memory, 1.0).numpy(), w, rtol=1e-6)
+    # one beta per example: beta = 2 for key 1 -> softmax of (2, 0); key 2 stays (1/2, 1/2) for any beta
+    per_example = content_addressing(key, memory, tf.constant([[2.0], [7.0]])).numpy()
+    np.testing.assert_allclose(per_example, [[e**2 / (e**2 + 1), 1 / (e**2 + 1)], [0.5, 0.5]], rtol=1e-6)
     # eq. 11: r = sum_j w(j) M(j)
     r = np.array([[e / (e + 1), 2 / (e + 1)], [0.5, 1.0]])
     np.testing.assert_allclose(memory_read(tf.constant(w, tf.float32), memory).numpy(), r, rtol=1e-6)
+
+
+def test_key_strength_is_at_least_one_and_sharpens_addressing():
+    logits = tf.constant([[-100.0], [-3.0], [0.0], [4.0]])
+    beta = key_strength(logits).numpy()
+    assert np.all(beta >= 1.0)
+    np.testing.assert_allclose(beta[:, 0], 1.0 + np.log1p(np.exp(logits.numpy()[:, 0])), rtol=1e-6)
+    # the same key and memory (cosines 0.8, 0.6, 0, -1): the larger beta, the lower the entropy
+    memory = tf.constant([[0.8, 0.6], [0.6, 0.8], [0.0, 1.0], [-1.0, 0.0]])
+    key = tf.constant([[1.0, 0.0]])
+    entropies = [
+        float(normalized_entropy(content_addressing(key, memory, beta), tf.ones([1, 4], tf.bool)))
+        for beta in (1.0, 2.0, 5.0, 20.0)
+    ]
+    assert all(a > b for a, b in zip(entropies, entropies[1:])), entropies
+    assert entropies[0] > 0.85 and entropies[-1] < 0.3, entropies
+
+
+def test_the_model_addresses_with_key_strengths_from_the_controller():
+    """Read and write heads each get beta = 1 + softplus(h W_beta) per example, starting at
+    ``key_strength_init``; the read weights are the softmax of beta * cosine."""
+    features, _ = h.random_batch(min_length=1)
+    model = h.build("dumn", {"key_strength_init": 4.0})
+    model(features, training=False)
+    short = model.short_term(features)
+    memory = model.memories["click"]
+    h_click = memory.controller(tf.concat([short.f_o["click"], short.e_user], axis=-1))
+    for head in (memory.read_strength, memory.write_strength):
+        beta = key_strength(head(h_click)).numpy()
+        assert beta.shape == (32, 1) and np.all(beta >= 1.0)
+        np.testing.assert_allclose(beta, 4.0, rtol=0.05)  # the embeddings start near 0, so h does too
+    M = memory.M.numpy()
+    key = memory.read_key(h_click).numpy()
+    beta = key_strength(memory.read_strength(h_click)).numpy()
+    cosine = (key / np.linalg.norm(key, axis=-1, keepdims=True)) @ (M / np.linalg.norm(M, axis=-1, keepdims=True)).T
+    logits = beta * cosine
+    expected = np.exp(logits - logits.max(-1, keepdims=True))
+    expected /= expected.sum(-1, keepdims=True)
+    access = memory(short.f_o["click"], short.e_user, tf.ones([32], tf.bool))
+    np.testing.assert_allclose(access.read_weights.numpy(), expected, rtol=1e-4, atol=1e-6)
 
 
 def test_memory_write_hand_case():
@@ -148,70 +193,148 @@ def test_memory_write_hand_case():
     np.testing.assert_allclose(both, [[0.85, -0.2], [0.5, 1.0]], atol=1e-6)
 
 
-# ---- eq. 17, 19: batch-hard triplet loss with cosine distance ----------------------------------
+def test_mean_slot_cosine_hand_case():
+    s = math.sqrt(0.5)
+    # pairs: (1,0)-(0,2): 0; (1,0)-(3,3): s; (0,2)-(3,3): s -> mean 2s/3; a zero slot counts as cosine 0
+    spread, with_a_zero = tf.constant([[1.0, 0.0], [0.0, 2.0], [3.0, 3.0]]), tf.constant([[1.0, 1.0], [2.0, 2.0], [0.0, 0.0]])
+    np.testing.assert_allclose(float(mean_slot_cosine(spread)), 2 * s / 3, rtol=1e-6)
+    np.testing.assert_allclose(float(mean_slot_cosine(with_a_zero)), 1 / 3, rtol=1e-6)
+    assert float(mean_slot_cosine(tf.constant([[1.0, 2.0]]))) == 0.0  # one slot: no pair
+
+
+@pytest.mark.parametrize("slots, slot_dim", [(8, 8), (6, 16), (64, 32)])
+def test_memory_slots_start_orthogonal(slots, slot_dim):
+    features, _ = h.random_batch()
+    model = h.build("dumn", {"memory_slots": slots, "slot_dim": slot_dim})
+    model(features, training=False)
+    for fb in FEEDBACK:
+        M = model.memories[fb].M.numpy()
+        if slots <= slot_dim:  # orthonormal slots
+            np.testing.assert_allclose(M @ M.T, np.eye(slots), atol=1e-5)
+            assert abs(float(mean_slot_cosine(M))) < 1e-5
+        else:  # more slots than dimensions: orthonormal columns (a tight frame)
+            np.testing.assert_allclose(M.T @ M, np.eye(slot_dim), atol=1e-5)
+            assert abs(float(mean_slot_cosine(M))) < 0.05
+
+
+# ---- eq. 17, 19: per-user hardest-sample triplet loss with cosine distance ---------------------
 def test_triplet_loss_hand_case():
     s = math.sqrt(0.5)
     anchors = tf.constant([[1.0, 0.0], [0.0, -3.0], [5.0, 5.0]])
-    anchor_mask = tf.constant([True, True, False])  # the third user is no anchor
-    positives = tf.constant([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.0]])
-    positive_mask = tf.constant([True, True, True, False])  # pad: would be the farthest from anchor 1
-    negatives = tf.constant([[1.0, 1.0], [0.0, -1.0], [1.0, 0.0]])
-    negative_mask = tf.constant([True, True, False])  # pad: would be the closest to anchor 1
+    # each example's own pools ([3, T, 2]); the last positive and negative slots are pads, which
+    # would be the farthest positive / the closest negative of anchor 1
+    positives = tf.constant([[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.0]]] * 3)
+    positive_mask = tf.constant([[True, True, True, False]] * 2 + [[False] * 4])  # example 3: empty pool
+    negatives = tf.constant([[[1.0, 1.0], [0.0, -1.0], [1.0, 0.0]]] * 3)
+    negative_mask = tf.constant([[True, True, False]] * 3)
     # anchor 1 (1,0): positive cosines (1, 0, s): hardest (0,1), d+ = 1;
     #                 negative cosines (s, 0): hardest (1,1), d- = 1 - s;  hinge = 1 - (1 - s) + 0.5
     # anchor 2 (0,-1): positive cosines (0, -1, -s): hardest (0,1), d+ = 2;
     #                 negative cosines (-s, 1): hardest (0,-1), d- = 0;    hinge = 2 - 0 + 0.5
+    # anchor 3: no positive, no term; the mean is over the two examples with a term
     expected = ((1 - (1 - s) + 0.5) + (2 - 0 + 0.5)) / 2  # = 1.853553
-    got = triplet_loss(anchors, anchor_mask, positives, positive_mask, negatives, negative_mask, margin=0.5)
-    np.testing.assert_allclose(float(got), expected, rtol=1e-6)
-    assert got.dtype == tf.float32
+    loss, has_term = triplet_loss(anchors, positives, positive_mask, negatives, negative_mask, margin=0.5)
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-6)
+    assert loss.dtype == tf.float32
+    np.testing.assert_array_equal(has_term.numpy(), [True, True, False])
 
 
 def test_triplet_loss_hinge_and_empty_cases():
-    one = tf.constant([[1.0, 0.0]])
-    yes = tf.constant([True])
+    one, yes, no = tf.constant([[1.0, 0.0]]), tf.constant([[True]]), tf.constant([[False]])
     # d+ = 0, d- = 1: 0 - 1 + 0.5 < 0 -> 0; with margin 1.5 -> 0.5
-    args = (one, yes, tf.constant([[2.0, 0.0]]), yes, tf.constant([[0.0, 1.0]]), yes)
-    assert float(triplet_loss(*args, margin=0.5)) == 0.0
-    np.testing.assert_allclose(float(triplet_loss(*args, margin=1.5)), 0.5, rtol=1e-6)
-    # no real negative (all pads), or no real anchor: no term (0), not NaN
-    no = tf.constant([False])
-    assert float(triplet_loss(one, yes, one, yes, one, no, margin=0.5)) == 0.0
-    assert float(triplet_loss(one, no, one, yes, one, yes, margin=0.5)) == 0.0
+    args = (one, tf.constant([[[2.0, 0.0]]]), yes, tf.constant([[[0.0, 1.0]]]), yes)
+    assert float(triplet_loss(*args, margin=0.5)[0]) == 0.0
+    np.testing.assert_allclose(float(triplet_loss(*args, margin=1.5)[0]), 0.5, rtol=1e-6)
+    # no real negative (all pads): no term (0, not NaN), and the example has none
+    loss, has_term = triplet_loss(one, one[:, tf.newaxis], yes, one[:, tf.newaxis], no, margin=0.5)
+    assert float(loss) == 0.0 and not bool(has_term[0])
 
 
-def test_mining_over_distinct_items_equals_mining_over_every_position():
-    """Repeated items (the same ids at many positions) are mined once: same loss, same gradient."""
+def test_triplet_loss_gradient_reaches_only_the_chosen_samples():
+    anchors = tf.constant([[1.0, 0.0]])
+    positives = tf.Variable([[[1.0, 0.1], [0.2, 1.0], [-1.0, 0.0]]])  # the third is a pad
+    negatives = tf.Variable([[[0.5, 1.0], [1.0, 0.3]]])
+    with tf.GradientTape() as tape:
+        loss, _ = triplet_loss(anchors, positives, tf.constant([[True, True, False]]), negatives, tf.ones([1, 2], tf.bool), 1.0)
+    grad_pos, grad_neg = (tf.convert_to_tensor(g).numpy()[0] for g in tape.gradient(loss, [positives, negatives]))
+    assert np.abs(grad_pos[1]).sum() > 0 and np.all(grad_pos[[0, 2]] == 0)  # least similar positive only
+    assert np.abs(grad_neg[1]).sum() > 0 and np.all(grad_neg[0] == 0)  # most similar negative only
+
+
+def test_own_pool_is_per_user_and_skips_items_in_both_of_a_users_pools():
+    # user A clicked 5, 7, 9 and unclicked 7, 2; user B clicked 3, 4 and unclicked 5, 9, 6;
+    # user C clicked and unclicked only item 8
+    click = tf.constant([[0, 5, 7, 9], [0, 0, 3, 4], [0, 0, 0, 8]], tf.int64)
+    unclick = tf.constant([[0, 0, 7, 2], [5, 9, 6, 0], [0, 0, 0, 8]], tf.int64)
+    click_mask, unclick_mask = click != 0, unclick != 0
+    click_pool = own_pool(click_mask, click, unclick_mask, unclick).numpy()
+    unclick_pool = own_pool(unclick_mask, unclick, click_mask, click).numpy()
+    # A: 7 is in both of A's pools -> skipped from both; 5 and 9 stay (B's unclicks are B's, not A's)
+    np.testing.assert_array_equal(click_pool[0], [False, True, False, True])
+    np.testing.assert_array_equal(unclick_pool[0], [False, False, False, True])
+    # B: nothing in both of B's pools, although A clicked 5 and 9, which B unclicked
+    np.testing.assert_array_equal(click_pool[1], [False, False, True, True])
+    np.testing.assert_array_equal(unclick_pool[1], [True, True, True, False])
+    # C: its only item is in both pools: both pools are empty
+    assert not click_pool[2].any() and not unclick_pool[2].any()
+
+    # C adds no term: the loss over A, B, C is the loss over A and B
     rng = np.random.default_rng(0)
-    table = tf.Variable(rng.normal(size=(6, 3)).astype(np.float32))  # item id -> vector (pad row 0 unused)
-    ids = tf.constant(rng.integers(1, 6, size=(4, 7, 1)), tf.int64)  # 4 users x 7 positions, 5 distinct items
-    mask = tf.constant(rng.random((4, 7)) < 0.7)
-    mask = tf.tensor_scatter_nd_update(mask, [[2, i] for i in range(7)], [False] * 7)  # a user without items
-    anchors = tf.constant(rng.normal(size=(4, 3)).astype(np.float32))
-    anchor_mask = tf.constant([True, True, False, True])
+    items = tf.constant(rng.normal(size=(10, 3)).astype(np.float32))  # item id -> vector
+    anchors = tf.constant(rng.normal(size=(3, 3)).astype(np.float32))
 
-    def losses(distinct):
-        with tf.GradientTape() as tape:
-            vectors = tf.gather(table, ids[..., 0])  # [4, 7, 3]
-            if distinct:
-                pos, pos_mask = distinct_items(vectors, ids, mask)
-                neg, neg_mask = distinct_items(vectors[::-1], ids[::-1], mask[::-1])
-            else:
-                pos, pos_mask = tf.reshape(vectors, [-1, 3]), tf.reshape(mask, [-1])
-                neg, neg_mask = tf.reshape(vectors[::-1], [-1, 3]), tf.reshape(mask[::-1], [-1])
-            loss = triplet_loss(anchors, anchor_mask, pos, pos_mask, neg, neg_mask, margin=0.5)
-        return float(loss), tf.convert_to_tensor(tape.gradient(loss, table)).numpy()
+    def loss_of(rows):
+        return triplet_loss(
+            tf.gather(anchors, rows),
+            tf.gather(tf.gather(items, click), rows),
+            tf.gather(click_pool, rows),
+            tf.gather(tf.gather(items, unclick), rows),
+            tf.gather(unclick_pool, rows),
+            margin=0.5,
+        )
 
-    vectors, vector_mask = distinct_items(tf.gather(table, ids[..., 0]), ids, mask)
-    real_ids = set(ids.numpy()[mask.numpy()][:, 0].tolist())
-    assert int(tf.reduce_sum(tf.cast(vector_mask, tf.int32))) == len(real_ids) == vectors.shape[0] - 1
-    assert not bool(vector_mask[-1]), "the last row is the pad"
-    (all_loss, all_grad), (distinct_loss, distinct_grad) = losses(False), losses(True)
-    assert all_loss > 0
-    np.testing.assert_allclose(distinct_loss, all_loss, rtol=1e-6)
-    np.testing.assert_allclose(distinct_grad, all_grad, rtol=1e-5, atol=1e-6)
-    empty, empty_mask = distinct_items(tf.zeros([2, 3, 3]), tf.zeros([2, 3, 1], tf.int64), tf.zeros([2, 3], tf.bool))
-    assert empty.shape == (1, 3) and not bool(tf.reduce_any(empty_mask))
+    loss, has_term = loss_of([0, 1, 2])
+    np.testing.assert_array_equal(has_term.numpy(), [True, True, False])
+    np.testing.assert_allclose(float(loss), float(loss_of([0, 1])[0]), rtol=1e-6)
+    assert float(loss) > 0
+
+
+def reference_coverage(features, feedback, batch):
+    """Fraction of examples whose own pools for M_feedback are both non-empty (python sets)."""
+    negative = TRIPLET_NEGATIVE[feedback]
+    ids = {fb: features[h.SPEC.history(fb, "item_id")].numpy() for fb in (feedback, negative)}
+    covered = 0
+    for b in range(batch):
+        positives, negatives = set(ids[feedback][b]) - {0}, set(ids[negative][b]) - {0}
+        covered += bool(positives - negatives) and bool(negatives - positives)
+    return covered / batch
+
+
+def test_the_model_mines_each_users_own_pools():
+    """Every user's unclicks are the next user's clicks (batch-wide, every item is in both pools;
+    per user, none is); user 0 unclicked exactly what it clicked, user 1 has no unclicks."""
+    batch = 16
+    features, _ = h.random_batch(batch=batch, min_length=1)
+    features = {k: v.numpy().copy() for k, v in features.items()}
+    item_id = h.SPEC.history("click", "item_id")
+    half = h.VOCAB_SIZES["item_id"] // 2
+    rng = np.random.default_rng(3)
+    real = features[item_id] != 0
+    halves = half * (np.arange(batch) % 2)[:, None]  # even users click items 1..20, odd users 21..40
+    features[item_id] = np.where(real, rng.integers(1, half + 1, real.shape) + halves, 0)
+    names = zip(h.SPEC.transformed_sequence_names("click"), h.SPEC.transformed_sequence_names("unclick"))
+    for click_name, unclick_name in names:
+        features[unclick_name] = np.roll(features[click_name], -1, axis=0)  # row b: the clicks of row b + 1
+        features[unclick_name][0] = features[click_name][0]
+        features[unclick_name][1] = 0
+    features = {k: tf.constant(v, tf.int64) for k, v in features.items()}
+    assert reference_coverage(features, "click", batch) == (batch - 2) / batch
+
+    output = h.build("dumn").forward(features, training=False)
+    expected = np.mean([reference_coverage(features, fb, batch) for fb in FEEDBACK])
+    np.testing.assert_allclose(float(output.diagnostics["triplet_coverage"]), expected, rtol=1e-6)
+    for term in TRIPLET_TERMS:
+        assert np.isfinite(float(output.aux_losses[term]))
 
 
 # ---- the memory: model state, written only in training -----------------------------------------
@@ -261,17 +384,39 @@ def test_a_user_without_items_of_a_type_does_not_write_that_memory():
     assert float(output.aux_losses["triplet_like"]) == 0.0
     assert float(output.aux_losses["triplet_dislike"]) == 0.0
     assert float(output.aux_losses["triplet_click"]) > 0.0
+    assert float(output.diagnostics["triplet_coverage"]) <= 0.5  # M_l and M_d cover nobody
 
 
 def test_triplet_terms_are_the_same_in_evaluation_and_do_not_depend_on_padding():
     features, _ = h.random_batch()
     model = h.build("dumn")
-    first = model.forward(features, training=False).aux_losses
-    second = model.forward(h.scramble_padding(features), training=False).aux_losses
-    assert set(first) == TRIPLET_TERMS
+    first = model.forward(features, training=False)
+    second = model.forward(h.scramble_padding(features), training=False)
+    assert set(first.aux_losses) == TRIPLET_TERMS
     for term in TRIPLET_TERMS:
-        assert np.isfinite(float(first[term])) and float(first[term]) > 0
-        np.testing.assert_allclose(float(first[term]), float(second[term]), rtol=1e-6)
+        assert np.isfinite(float(first.aux_losses[term])) and float(first.aux_losses[term]) > 0
+        np.testing.assert_allclose(float(first.aux_losses[term]), float(second.aux_losses[term]), rtol=1e-6)
+    for name in DIAGNOSTICS:
+        np.testing.assert_allclose(float(first.diagnostics[name]), float(second.diagnostics[name]), rtol=1e-5, atol=1e-6)
+
+
+# ---- diagnostics ---------------------------------------------------------------------------------
+def test_attention_entropies_average_over_the_sequences_someone_has():
+    features, _ = h.random_batch(min_length=2)
+    features = emptied(features, "like")  # no attention to speak of in the like sequence
+    model = h.build("dumn")
+    short = model.short_term(features)
+    diagnostics = model.attention_diagnostics(short)
+    present = [fb for fb in FEEDBACK if fb != "like"]
+    self_attention, pooling = [], []
+    for fb in present:
+        mask = short.encoded[fb].mask
+        real_rows = mask[:, tf.newaxis, :, tf.newaxis] & mask[:, tf.newaxis, tf.newaxis, :]
+        self_attention.append(float(normalized_entropy(short.encoded[fb].attention, real_rows)))
+        pooling.append(float(normalized_entropy(short.alpha[fb], mask)))
+    np.testing.assert_allclose(float(diagnostics["purification_entropy"]), np.mean(self_attention), rtol=1e-6)
+    np.testing.assert_allclose(float(diagnostics["pooling_entropy"]), np.mean(pooling), rtol=1e-6)
+    assert 0.0 < float(diagnostics["purification_entropy"]) <= 1.0 + 1e-6
 
 
 # ---- gradients and logged terms -----------------------------------------------------------------
@@ -283,9 +428,9 @@ def test_triplet_term_trains_its_write_head_and_item_projection(feedback):
     others = [f"memory_{fb}/" for fb in FEEDBACK if fb != feedback]
     h.assert_gradient_reaches(
         grads,
-        [own + "write_key", own + "erase_head", own + "add_head", own + "controller", own + "item_projection",
-         "table_item_id", f"purification_{feedback}/self_attention"],
-        must_not_reach=[own + "read_key", "prediction_mlp", "pair_", *others],
+        [own + "write_key", own + "write_strength", own + "erase_head", own + "add_head", own + "controller",
+         own + "item_projection", "table_item_id", f"purification_{feedback}/self_attention"],
+        must_not_reach=[own + "read_key", own + "read_strength", "prediction_mlp", "pair_", *others],
     )
 
 
@@ -298,24 +443,35 @@ def test_ctr_loss_trains_the_read_head_but_not_the_write_head():
     norms = {v.name: (0.0 if g is None else float(tf.norm(tf.convert_to_tensor(g)))) for v, g in zip(model.trainable_variables, grads)}
     h.assert_gradient_reaches(
         norms,
-        ["memory_click/read_key", "memory_click/controller", "pair_click/g_prime", "prediction_mlp"],
-        must_not_reach=["write_key", "erase_head", "add_head", "item_projection"],
+        ["memory_click/read_key", "memory_click/read_strength", "memory_click/controller", "pair_click/g_prime",
+         "prediction_mlp"],
+        must_not_reach=["write_key", "write_strength", "erase_head", "add_head", "item_projection"],
     )
 
 
 @pytest.mark.parametrize(
-    "params, expected",
+    "params, terms, diagnostics",
     [
-        (None, {"ctr", "regularization"} | TRIPLET_TERMS),
-        ({"triplet_loss": False}, {"ctr", "regularization"}),
-        ({"memory": False}, {"ctr", "regularization"}),
+        (None, TRIPLET_TERMS, DIAGNOSTICS),
+        ({"triplet_loss": False}, set(), DIAGNOSTICS - {"triplet_coverage"}),
+        ({"memory": False}, set(), {"purification_entropy", "pooling_entropy"}),
     ],
 )
-def test_logged_loss_terms(params, expected):
+def test_logged_loss_terms_and_diagnostics(params, terms, diagnostics):
     features, labels = h.random_batch()
     model = h.build("dumn", params)
-    assert set(h.logged_loss_terms(model, features, labels)) == expected
-    assert set(model.forward(features, training=False).aux_losses) == expected - {"ctr", "regularization"}
+    assert set(model.diagnostic_names()) == diagnostics
+    output = model.forward(features, training=False)
+    assert set(output.aux_losses) == terms and set(output.diagnostics) == diagnostics
+    for name, value in output.diagnostics.items():
+        low = -1.0 if name == "slot_cosine" else 0.0
+        assert low <= float(value) <= 1.0 + 1e-6, (name, float(value))
+    serving = model.forward(features, training=False, losses=False)
+    assert serving.aux_losses == {} and serving.diagnostics == {}
+    model.compile(optimizer=tf_keras.optimizers.Adam(1e-3))
+    history = model.fit(tf.data.Dataset.from_tensors((features, labels)), epochs=1, verbose=0).history
+    assert {k[len("loss_"):] for k in history if k.startswith("loss_")} == {"ctr", "regularization"} | terms
+    assert {k[len("diag_"):] for k in history if k.startswith("diag_")} == diagnostics
 
 
 def test_loss_weights_follow_params():
@@ -332,6 +488,59 @@ def test_memory_off_means_no_memory_variables():
     model(features, training=False)
     assert not [v for v in model.variables if "memory_" in v.name]
     assert model.loss_weights() == {}
+
+
+# ---- a separable toy stream: the memory must learn, not collapse ---------------------------------
+def toy_stream(examples: int, seed: int):
+    """Users of two kinds: kind k clicks (and likes) items of half k of the catalogue and unclicks
+    (and dislikes) items of the other half; the label is whether the target is in the user's half.
+    Each item is clicked by some users and unclicked by others: only per-user pools separate them."""
+    rng = np.random.default_rng(seed)
+    spec, vocab, steps = h.SPEC, h.VOCAB_SIZES, h.SPEC.max_length
+    half = vocab["item_id"] // 2
+    category = np.arange(vocab["item_id"] + 1) % vocab["category"] + 1  # a fixed attribute per item
+    brand = np.arange(vocab["item_id"] + 1) % vocab["brand"] + 1
+    users = rng.integers(1, vocab["user_id"] + 1, examples)
+    kind = users % 2
+    target = rng.integers(1, vocab["item_id"] + 1, examples)
+    features = {"user_id": users, "gender": kind + 1, "age": rng.integers(1, vocab["age"] + 1, examples),
+                "item_id": target, "category": category[target], "brand": brand[target]}
+    features.update({field: rng.integers(0, size, examples) for field, size in CONTEXT_SIZES.items()})
+    for feedback, own_half in (("click", True), ("unclick", False), ("like", True), ("dislike", False)):
+        real = np.arange(steps)[None, :] >= steps - rng.integers(1, steps + 1, examples)[:, None]
+        first = 1 + half * np.where(own_half, kind, 1 - kind)[:, None]
+        ids = np.where(real, rng.integers(0, half, (examples, steps)) + first, 0)
+        features[spec.history(feedback, "item_id")] = ids
+        features[spec.history(feedback, "category")] = np.where(real, category[ids], 0)
+        features[spec.history(feedback, "brand")] = np.where(real, brand[ids], 0)
+        features[spec.history_gap(feedback)] = np.where(real, rng.integers(1, spec.gap_buckets + 1, (examples, steps)), 0)
+    labels = ((target - 1) // half == kind).astype(np.int64)
+    return {k: tf.constant(v, tf.int64) for k, v in features.items()}, tf.constant(labels)
+
+
+def test_on_a_separable_toy_stream_the_triplet_loss_falls_and_the_slots_stay_distinct():
+    margin = 0.5
+    # the default memory (64 x 32, beta starting at 10); smaller controller and MLP for speed
+    model = h.build("dumn", {"controller_units": 32, "mlp_units": (32,), "triplet_margin": margin})
+    validation, _ = toy_stream(256, seed=1)
+    before = model.forward(validation, training=False)
+    assert np.mean([float(before.aux_losses[t]) for t in TRIPLET_TERMS]) > margin
+    assert float(before.diagnostics["triplet_coverage"]) == 1.0  # no user has an item in both pools
+
+    features, labels = toy_stream(300 * 64, seed=0)
+    model.compile(optimizer=tf_keras.optimizers.Adam(1e-3))
+    model.fit(tf.data.Dataset.from_tensor_slices((features, labels)).batch(64), epochs=1, verbose=0)
+
+    after = model.forward(validation, training=False)
+    triplet = {t: float(after.aux_losses[t]) for t in TRIPLET_TERMS}
+    diagnostics = {name: float(value) for name, value in after.diagnostics.items()}
+    # measured: triplet terms 0.0, slot cosine 0.22, read entropy 0.69; v1 (beta = 1, pools over
+    # the whole batch) on this stream: triplet terms 0.51 (the margin), slot cosine 0.66
+    assert max(triplet.values()) < 0.5 * margin, (triplet, diagnostics)
+    assert diagnostics["slot_cosine"] < 0.5, diagnostics
+    assert diagnostics["read_entropy"] < 0.9, diagnostics
+    for fb in FEEDBACK:
+        assert float(mean_slot_cosine(model.memories[fb].M)) < 0.7, fb
 
 
 # ---- MirroredStrategy: every replica stores the same, global-batch update ----------------------
