@@ -20,17 +20,38 @@ items of the user with ``sim > eta``; hard negatives the top-q unclick items of 
 similar to the anchor; random negatives other users' unclick items of the batch, K in total;
 ``L_cl`` is InfoNCE with temperature tau (eq. 5) and ``L = L_ce + lambda_cl * L_cl`` (eq. 7).
 Prediction: MLP (256, 128) over [E_u, e_tar, f_c, f_v].
+
+Diagnostics (MODELS.md "Attention numerics", logged as ``diag_<name>`` / ``val_diag_<name>``):
+``<f>_profile_entropy``, the mean normalised entropy of eq. 2 over every (attribute, head, user-field
+row) with at least two real positions, and ``<f>_target_entropy``, that of eq. 4 over its M+1
+user-field rows (declared only when M+1 >= 2: a single row has no entropy), for f in click, unclick.
+The means run over every row, the user-field rows that no label depends on included, so a module
+that has singled out its positions in only some rows shows a value between that of those rows and 1.
+
+Speed (MODELS.md "Speed (exact, v2)"): the gate's MLP is evaluated once per distinct
+(attribute n, attribute id, gap bucket) of the batch and gathered back (``AttributeGate``); the
+softmax across the N attributes runs after the gather, per position, so the result is the
+per-position eq. 1 exactly (see ``AttributeGate`` for why this granularity).
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Literal, Optional, Sequence, Tuple
 
 import pydantic
 import tensorflow as tf
 import tf_keras
 
 from models.base import CTRModel, ModelOutput, ModelParams
-from models.layers import MLP, NEG_INF, LogitHead, MultiHeadAttention, cosine_similarity, flatten_fields
+from models.layers import (
+    MLP,
+    NEG_INF,
+    PRE_LN_EPSILON,
+    LogitHead,
+    MultiHeadAttention,
+    cosine_similarity,
+    flatten_fields,
+    normalized_entropy,
+)
 
 FEEDBACK = ("click", "unclick")  # the two sequences FADIDN models (C and V in the paper)
 LEAKY_SLOPE = 0.01  # LeakyReLU slope: PyTorch's default (the paper's implementation is in PyTorch)
@@ -43,15 +64,24 @@ class FADIDNParams(ModelParams):
     num_heads: int = pydantic.Field(2, ge=1)  # h of eq. 2-3 (must divide the embedding dimension)
     gate: bool = True  # eq. 1 attribute gate; off (FADIDN-G): keys are ungated, K = E_cp^n W_K
     gate_units: Tuple[int, ...] = (256,)  # hidden layers of the gate; its output layer has width E
+    # eq. 2: "dot" is the paper's profile attention; "mean" is an ablation (not in the paper) that
+    # replaces it by masked mean pooling over the positions, the same for every user-field row
+    # (then there are no keys, so there is no gate either: it needs gate=False)
+    attention: Literal["dot", "mean"] = "dot"
     ffn_units: Tuple[int, ...] = (256, 128)  # point-wise FFN of eq. 4 (width of f_c, f_v = last)
     context: bool = False  # also feed hour/weekday to the prediction MLP (MODELS.md leaves them out)
     contrastive: bool = True  # section 2.4 InfoNCE term (FADIDN-CL when off); logged as `contrastive`
+    # MODELS.md "Contrastive weight (v2)": lambda in {0.01, 0.05, 0.2}, tau in {0.1, 0.2, 0.5} and
+    # detach_items are to be chosen by validation AUC on ml1m-seq seed 0; until then MODELS.md's defaults
     lambda_cl: float = pydantic.Field(0.2, ge=0)  # lambda of eq. 7
+    tau: float = pydantic.Field(0.2, gt=0)  # InfoNCE temperature of eq. 5
+    # stop the gradient of L_cl at the item side of eq. 5 (positives and both kinds of negatives):
+    # L_cl then moves only the anchor path (f_c and its projection), not the item embeddings
+    detach_items: bool = False
     num_positives: int = pydantic.Field(4, ge=1)  # k: top-k click items ...
     eta: float = pydantic.Field(0.0, ge=-1, lt=1)  # ... whose cosine to the anchor is > eta
     num_hard_negatives: int = pydantic.Field(4, ge=0)  # q: top-q most similar unclick items
     num_negatives: int = pydantic.Field(64, ge=1)  # K: hard + random negatives in total
-    tau: float = pydantic.Field(0.2, gt=0)  # InfoNCE temperature
 
     @pydantic.model_validator(mode="after")
     def _negatives_include_the_hard_ones(self):
@@ -60,6 +90,12 @@ class FADIDNParams(ModelParams):
                 f"num_negatives (K={self.num_negatives}) counts the hard negatives "
                 f"(q={self.num_hard_negatives}), so it must be >= q"
             )
+        return self
+
+    @pydantic.model_validator(mode="after")
+    def _mean_pooling_has_no_keys_to_gate(self):
+        if self.attention == "mean" and self.gate:
+            raise ValueError("attention='mean' has no keys for the eq. 1 gate to weight: set gate=False with it")
         return self
 
 
@@ -148,11 +184,45 @@ def info_nce(
 
 
 # ---- layers ------------------------------------------------------------------------------------
+def gate_ids(ids: tf.Tensor, gap: tf.Tensor, mask: tf.Tensor, gap_vocabulary: int) -> tf.Tensor:
+    """The int64 key of each (position, attribute) that ``AttributeGate`` deduplicates on.
+
+    ids [B, T, N] (attribute n's index at each position), gap [B, T] (gap bucket, < ``gap_vocabulary``),
+    mask [B, T]. At a real position the key is ``(id * gap_vocabulary + gap) * N + n`` >= 0, equal for
+    two (position, attribute) pairs exactly when attribute, id and gap bucket are (so exactly when
+    their rows of E_cp are: ``E_c^n[id] + E_gap[gap]``); pads, whose E_cp row is 0 whatever their ids,
+    get ``-(n + 1)``, one key per attribute. Returns [B, T, N] int64 (exact while
+    id < 2^63 / (gap_vocabulary * N), i.e. for any realistic vocabulary).
+    """
+    num_attributes = ids.shape[-1]
+    attribute = tf.range(num_attributes, dtype=tf.int64)
+    ids, gap = tf.cast(ids, tf.int64), tf.cast(gap, tf.int64)
+    key = (ids * gap_vocabulary + gap[..., tf.newaxis]) * num_attributes + attribute
+    return tf.where(mask[..., tf.newaxis], key, -1 - attribute)
+
+
+def softmax_across_attributes(scores: tf.Tensor) -> tf.Tensor:
+    """Softmax over axis -2 (the N attributes) of [..., N, E], written out: ``tf.nn.softmax`` on a
+    non-last axis transposes to rows of length N and is ~5x slower on CPU for N = 3 (measured
+    fwd+bwd on [4096, 50, 3, 16]: 378 ms against 79 ms); the max is the usual stabiliser."""
+    exp = tf.exp(scores - tf.stop_gradient(tf.reduce_max(scores, axis=-2, keepdims=True)))
+    return exp / tf.reduce_sum(exp, axis=-2, keepdims=True)
+
+
 class AttributeGate(tf_keras.layers.Layer):
     """Eq. 1: ``w^n = softmax(LeakyReLU(W_l g_{l-1} + b_l))``, ``g_0 = E_cp^n``, per position.
 
     The same MLP scores every attribute (W_l carries no n in the paper); the softmax is taken
     across the N attributes (axis -2 of [..., N, E]), per position and embedding dimension.
+
+    Deduplicated, exactly: the MLP's output for (position t, attribute n) is a function of the row
+    ``E_cp^n[t] = E_c^n[id] + E_gap[gap]`` alone, so it is computed once per distinct
+    (n, id, gap) key of the batch (``gate_ids``) and gathered back; the softmax, which couples the
+    N attributes of one position, runs after the gather on the position's own N logits. This is the
+    finer of the two exact granularities: a key on the whole position (all N ids and the gap)
+    would run the MLP N times per distinct position, whereas per attribute the low-cardinality
+    attributes (genre, year: tens of ids x gap buckets) collapse to a few hundred rows and only
+    item_id keeps many; the gather and the softmax are cheap element-wise work either way.
     """
 
     def __init__(self, hidden_units: Sequence[int], output_dim: int, name: Optional[str] = None):
@@ -160,24 +230,40 @@ class AttributeGate(tf_keras.layers.Layer):
         self.hidden = [tf_keras.layers.Dense(units, name=f"W_{l + 1}") for l, units in enumerate(hidden_units)]
         self.output_layer = tf_keras.layers.Dense(output_dim, name=f"W_{len(hidden_units) + 1}")
 
-    def call(self, E_cp):
-        g = E_cp
+    def logits(self, g):
+        """``LeakyReLU(W_L g_{L-1} + b_L)`` of eq. 1 for rows g_0 [..., E]: the scores before the softmax."""
         for dense in self.hidden:
             g = tf.nn.leaky_relu(dense(g), alpha=LEAKY_SLOPE)
-        scores = tf.nn.leaky_relu(self.output_layer(g), alpha=LEAKY_SLOPE)
-        return tf.nn.softmax(scores, axis=-2)  # across the N attributes
+        return tf.nn.leaky_relu(self.output_layer(g), alpha=LEAKY_SLOPE)
+
+    def call(self, E_cp, ids):
+        """E_cp [B, T, N, E] and its keys ``ids`` [B, T, N] (``gate_ids``) -> w [B, T, N, E]."""
+        num_attributes, dim = E_cp.shape[2], E_cp.shape[3]
+        flat_ids = tf.reshape(ids, [-1])
+        distinct, index = tf.unique(flat_ids)  # index: the distinct key of every (position, attribute)
+        first = tf.math.unsorted_segment_min(tf.range(tf.size(flat_ids)), index, tf.size(distinct))
+        rows = tf.gather(tf.reshape(E_cp, [-1, dim]), first)  # one g_0 per distinct key
+        scores = tf.gather(self.logits(rows), index)
+        scores = tf.reshape(scores, tf.concat([tf.shape(E_cp)[:2], [num_attributes, dim]], axis=0))
+        return softmax_across_attributes(scores)
 
 
 class AttributeTargetAttention(tf_keras.layers.Layer):
     """Eq. 4's multi-head target attention: head n attends from ``e_tar^n`` over the rows of ``o^n``.
 
-    Each head n has its own ``W_Q*^n, W_K*^n, W_V*^n`` (E x E); logits scaled by sqrt(E).
-    e_tar [B, N, E], o [B, N, R, E] (R = M+1 user-field rows, none padded) -> [B, N, E].
+    Each head n has its own ``W_Q*^n, W_K*^n, W_V*^n`` (E x E); logits scaled by sqrt(E). The inputs
+    to W_Q* and W_K* are layer-normalised first (pre-LN, MODELS.md "Attention numerics", with the
+    shared ``PRE_LN_EPSILON`` of ``MultiHeadAttention``; one LayerNorm per side shared by the heads:
+    each head's own projection absorbs the gain, so per-head norms would add nothing).
+    e_tar [B, N, E], o [B, N, R, E] (R = M+1 user-field rows, none padded) ->
+    (heads [B, N, E], weights [B, N, R]).
     """
 
     def __init__(self, num_attributes: int, dim: int, name: Optional[str] = None):
         super().__init__(name=name)
         self.num_attributes, self.dim = num_attributes, dim
+        self.norm_q = tf_keras.layers.LayerNormalization(epsilon=PRE_LN_EPSILON, name="pre_ln_q")
+        self.norm_k = tf_keras.layers.LayerNormalization(epsilon=PRE_LN_EPSILON, name="pre_ln_k")
 
     def build(self, input_shape):  # in build, so the weights carry the layer's name scope
         shape = (self.num_attributes, self.dim, self.dim)
@@ -187,16 +273,21 @@ class AttributeTargetAttention(tf_keras.layers.Layer):
         super().build(input_shape)
 
     def call(self, e_tar, o):
-        q = tf.einsum("bne,ned->bnd", e_tar, self.W_Q_star)
-        k = tf.einsum("bnre,ned->bnrd", o, self.W_K_star)
+        q = tf.einsum("bne,ned->bnd", self.norm_q(e_tar), self.W_Q_star)
+        k = tf.einsum("bnre,ned->bnrd", self.norm_k(o), self.W_K_star)
         v = tf.einsum("bnre,ned->bnrd", o, self.W_V_star)
         logits = tf.einsum("bnd,bnrd->bnr", q, k) / tf.math.sqrt(tf.cast(self.dim, q.dtype))
-        return tf.einsum("bnr,bnrd->bnd", tf.nn.softmax(logits, axis=-1), v)
+        weights = tf.nn.softmax(logits, axis=-1)
+        return tf.einsum("bnr,bnrd->bnd", weights, v), weights
 
 
 class FineGrainedInterest(tf_keras.layers.Layer):
     """Section 2.3 for one feedback sequence: gate (eq. 1), profile attention (eq. 2-3), target
-    attention + W_s + FFN (eq. 4). Returns the denoised interest f ([B, ffn_units[-1]])."""
+    attention + W_s + FFN (eq. 4).
+
+    Returns (f [B, ffn_units[-1]], profile weights [B, N, H, M+1, T], target weights [B, N, M+1]);
+    with ``attention="mean"`` the profile weights are the uniform ones, [B, N, 1, 1, T].
+    """
 
     def __init__(
         self,
@@ -205,47 +296,62 @@ class FineGrainedInterest(tf_keras.layers.Layer):
         num_heads: int,
         gate_units: Optional[Sequence[int]],
         ffn_units: Sequence[int],
+        attention: str = "dot",
         name: Optional[str] = None,
     ):
         super().__init__(name=name)
+        self.attention = attention
         self.gate = AttributeGate(gate_units, dim, name="attribute_gate") if gate_units is not None else None
-        # W_Q, W_K, W_V of eq. 2 (shared by the attributes), d_k = E / h; W_F of eq. 3
-        self.profile_attention = MultiHeadAttention(num_heads, dim // num_heads, name="profile_attention")
-        self.W_F = tf_keras.layers.Dense(dim, use_bias=False, name="W_F")
+        if attention == "dot":
+            # W_Q, W_K, W_V of eq. 2 (shared by the attributes, pre-LN on the W_Q/W_K inputs), d_k = E / h
+            self.profile_attention = MultiHeadAttention(num_heads, dim // num_heads, name="profile_attention")
+        else:  # the mean-pooling ablation keeps eq. 2's values, V = E_cp^n W_V
+            self.W_V = tf_keras.layers.Dense(dim, use_bias=False, name="W_V")
+        self.W_F = tf_keras.layers.Dense(dim, use_bias=False, name="W_F")  # eq. 3
         self.target_attention = AttributeTargetAttention(num_attributes, dim, name="target_attention")
         self.W_s = tf_keras.layers.Dense(num_attributes * dim, use_bias=False, name="W_s")
         self.ffn = MLP(ffn_units, name="ffn")
 
-    def call(self, E_u, E_cp, mask, e_tar, training=False):
-        return self.target(self.profile(E_u, E_cp, mask), e_tar, training=training)
+    def call(self, E_u, E_cp, mask, e_tar, ids=None, training=False):
+        """``ids`` [B, T, N]: the ``gate_ids`` of E_cp (needed with the gate only)."""
+        o, profile_weights = self.profile(E_u, E_cp, mask, ids)
+        f, target_weights = self.target(o, e_tar, training=training)
+        return f, profile_weights, target_weights
 
-    def profile(self, E_u, E_cp, mask):
-        """Eq. 1-3, the user side: o^n [B, N, M+1, E] (no target item involved)."""
+    def profile(self, E_u, E_cp, mask, ids=None):
+        """Eq. 1-3, the user side: (o^n [B, N, M+1, E], attention weights); no target item involved."""
         batch, steps = tf.shape(E_cp)[0], tf.shape(E_cp)[1]
         num_attributes, dim = E_cp.shape[2], E_cp.shape[3]
         rows = E_u.shape[1]  # M+1 user fields
-        keys = E_cp
-        if self.gate is not None:  # eq. 1: K-side input E_cp^n (.) w^n
-            # the gate runs on real positions only: pads are masked out of eq. 2 anyway, so this is
-            # the same result for about (fill rate) of the work (the 256-wide gate dominates the cost)
-            positions = tf.where(mask)  # [P, 2]
-            w = self.gate(tf.gather_nd(E_cp, positions))  # [P, N, E]
-            keys = E_cp * tf.scatter_nd(positions, w, tf.shape(E_cp, out_type=tf.int64))
 
         # eq. 2-3 for every attribute at once: fold the N attributes into the batch
         def fold(x):  # [B, T, N, E] -> [B*N, T, E]
             return tf.reshape(tf.transpose(x, [0, 2, 1, 3]), [batch * num_attributes, steps, dim])
 
-        queries = tf.reshape(tf.tile(E_u[:, tf.newaxis], [1, num_attributes, 1, 1]), [-1, rows, dim])
         key_mask = tf.reshape(tf.tile(mask[:, tf.newaxis, :], [1, num_attributes, 1]), [-1, steps])
-        heads, _ = self.profile_attention(queries, fold(keys), fold(E_cp), key_mask)
-        return tf.reshape(self.W_F(heads), [batch, num_attributes, rows, dim])  # o^n
+        if self.attention == "mean":
+            real = tf.cast(key_mask, E_cp.dtype)
+            weights = tf.math.divide_no_nan(real, tf.reduce_sum(real, axis=1, keepdims=True))  # [B*N, T]
+            pooled = tf.einsum("bt,bte->be", weights, self.W_V(fold(E_cp)))
+            heads = tf.tile(pooled[:, tf.newaxis, :], [1, rows, 1])  # the same for every user-field row
+            weights = weights[:, tf.newaxis, tf.newaxis, :]
+        else:
+            keys = E_cp
+            if self.gate is not None:  # eq. 1: K-side input E_cp^n (.) w^n
+                if ids is None:
+                    raise ValueError("the eq. 1 gate needs the gate_ids of E_cp")
+                keys = E_cp * self.gate(E_cp, ids)
+            queries = tf.reshape(tf.tile(E_u[:, tf.newaxis], [1, num_attributes, 1, 1]), [-1, rows, dim])
+            heads, weights = self.profile_attention(queries, fold(keys), fold(E_cp), key_mask)
+        o = tf.reshape(self.W_F(heads), [batch, num_attributes, rows, dim])
+        weights = tf.reshape(weights, tf.concat([[batch, num_attributes], tf.shape(weights)[1:]], axis=0))
+        return o, weights
 
     def target(self, o, e_tar, training=False):
-        """Eq. 4: target attention over o^n, W_s and the FFN: f [B, ffn_units[-1]]."""
-        target_heads = self.target_attention(e_tar, o)  # [B, N, E]
+        """Eq. 4: target attention over o^n, W_s and the FFN: (f [B, ffn_units[-1]], weights [B, N, M+1])."""
+        target_heads, weights = self.target_attention(e_tar, o)  # [B, N, E]
         concat = tf.reshape(target_heads, [-1, target_heads.shape[1] * target_heads.shape[2]])
-        return self.ffn(self.W_s(concat), training=training)
+        return self.ffn(self.W_s(concat), training=training), weights
 
 
 class FADIDN(CTRModel):
@@ -259,8 +365,15 @@ class FADIDN(CTRModel):
     * Gate (eq. 1): one gate MLP per feedback type, shared by the attributes (W_l has no n); the
       softmax runs across the N attributes per position and dimension (MODELS.md; the paper does
       not name the axis). LeakyReLU slope 0.01 (PyTorch's default; the paper does not give it).
+      Computed once per distinct (attribute, id, gap bucket) of the batch: the same values as per
+      position (MODELS.md "Speed (exact, v2)"), not a change of the model.
+    * Pre-LN (MODELS.md "Attention numerics (v2)"): the inputs to W_Q, W_K of eq. 2 (E_u and the
+      gated E_cp^n) and to W_Q*, W_K* of eq. 4 (e_tar^n and o^n) are layer-normalised; values are
+      not. The paper has no normalisation there; without it, embeddings at their init scale
+      (normal(0, 1e-4)) give logits near 0 and a uniform softmax.
     * Profile attention: W_Q, W_K, W_V, W_F shared by the attributes, without bias; d_k = E / h.
-      h = 2 (the paper's settings and MODELS.md; its Table 4 peaks at 4).
+      h = 2 (the paper's settings and MODELS.md; its Table 4 peaks at 4). ``attention="mean"``
+      (an ablation, not in the paper) replaces eq. 2's softmax by masked mean pooling.
     * Target attention (eq. 4): "multi-head" read as one head per attribute n, each with its own
       E x E projections W_Q*^n, W_K*^n, W_V*^n (the paper does not say whether they are shared),
       scaled by sqrt(E). W_s maps N*E -> N*E. The "point-wise FFN" is Dense(256)-ReLU-Dense(128)-ReLU
@@ -277,8 +390,11 @@ class FADIDN(CTRModel):
       losses are deterministic. ``L_cl`` averages over all valid (anchor, positive) pairs of the
       batch (the paper's 1/N over pairs); a user without a valid positive contributes nothing and a
       batch without any gives 0. Pair selection (top-k/top-q) is by current similarity; gradients
-      flow through the selected similarities into both the anchor side and the item embeddings.
+      flow through the selected similarities into the anchor side and, unless ``detach_items``
+      (not in the paper; MODELS.md "Contrastive weight (v2)"), into the item embeddings.
     * The contrastive term is computed on f_c only (the paper and MODELS.md); f_v has none.
+    * lambda_cl, tau and detach_items keep MODELS.md's defaults (0.2, 0.2, False) until the choice
+      by validation AUC that MODELS.md "Contrastive weight (v2)" asks for is made and recorded here.
     """
 
     Params = FADIDNParams
@@ -298,6 +414,7 @@ class FADIDN(CTRModel):
                 params.num_heads,
                 params.gate_units if params.gate else None,
                 params.ffn_units,
+                attention=params.attention,
                 name=f"{feedback}_interest",
             )
             for feedback in FEEDBACK
@@ -309,19 +426,45 @@ class FADIDN(CTRModel):
     def loss_weights(self) -> Dict[str, float]:
         return {"contrastive": self.params.lambda_cl} if self.params.contrastive else {}
 
+    def diagnostic_names(self) -> Tuple[str, ...]:
+        names = []
+        for feedback in FEEDBACK:
+            names.append(f"{feedback}_profile_entropy")
+            if len(self.spec.user_fields) > 1:  # eq. 4 attends over the M+1 user-field rows
+                names.append(f"{feedback}_target_entropy")
+        return tuple(names)
+
     def forward(self, features, training=False, losses=True):
         emb = self.embeddings
         E_u, e_tar = emb.user(features), emb.target(features)  # [B, M+1, E], [B, N, E]
-        interests, masks = {}, {}
+        interests, masks, diagnostics = {}, {}, {}
+        declared = self.diagnostic_names() if losses else ()
         for feedback in FEEDBACK:
-            E_cp, masks[feedback] = emb.sequence(features, feedback)  # 2.2: E_c^n + E_gap
-            interests[feedback] = self.interest[feedback](E_u, E_cp, masks[feedback], e_tar, training=training)
-        f_c = interests["click"]
+            E_cp, mask = emb.sequence(features, feedback)  # 2.2: E_c^n + E_gap
+            interests[feedback], profile_weights, target_weights = self.interest[feedback](
+                E_u, E_cp, mask, e_tar, ids=self._gate_ids(features, feedback, mask), training=training
+            )
+            masks[feedback] = mask
+            if f"{feedback}_profile_entropy" in declared:
+                diagnostics[f"{feedback}_profile_entropy"] = normalized_entropy(
+                    profile_weights, mask[:, tf.newaxis, tf.newaxis, tf.newaxis, :]
+                )
+            if f"{feedback}_target_entropy" in declared:  # every one of the M+1 rows is a key
+                diagnostics[f"{feedback}_target_entropy"] = normalized_entropy(
+                    target_weights, tf.ones_like(target_weights, dtype=tf.bool)
+                )
         logit = self._logit(E_u, e_tar, interests, emb.context(features), training)
         aux_losses = {}
         if self.params.contrastive and losses:
-            aux_losses["contrastive"] = self._contrastive_loss(features, f_c, masks, training)
-        return ModelOutput(logit=logit, aux_losses=aux_losses)
+            aux_losses["contrastive"] = self.contrastive_loss(features, interests["click"], masks, training)
+        return ModelOutput(logit=logit, aux_losses=aux_losses, diagnostics=diagnostics)
+
+    def _gate_ids(self, features, feedback, mask) -> Optional[tf.Tensor]:
+        """The ``gate_ids`` of a feedback sequence; None without the gate."""
+        if not self.params.gate:
+            return None
+        ids = tf.stack([features[self.spec.history(feedback, f)] for f in self.spec.item_fields], axis=-1)
+        return gate_ids(ids, features[self.spec.history_gap(feedback)], mask, self.spec.gap_buckets + 1)
 
     def _logit(self, E_u, e_tar, interests, context, training):
         """The prediction MLP over [E_u, e_tar, f_c, f_v] (and the context when configured)."""
@@ -338,20 +481,22 @@ class FADIDN(CTRModel):
         E_u = emb.user(user_features)
         interests = {}
         for feedback in FEEDBACK:
-            o = self.interest[feedback].profile(E_u, *emb.sequence(user_features, feedback))
-            interests[feedback] = self.interest[feedback].target(tf.repeat(o, count, axis=0), e_tar)
+            E_cp, mask = emb.sequence(user_features, feedback)
+            o, _ = self.interest[feedback].profile(E_u, E_cp, mask, self._gate_ids(user_features, feedback, mask))
+            interests[feedback], _ = self.interest[feedback].target(tf.repeat(o, count, axis=0), e_tar)
         repeat = lambda x: tf.repeat(x, count, axis=0)  # noqa: E731
         return tf.sigmoid(self._logit(repeat(E_u), e_tar, interests, repeat(emb.context(user_features)), False))
 
-    def _contrastive_loss(self, features, f_c, masks, training) -> tf.Tensor:
-        """Section 2.4: pairs around the anchor f_c, then InfoNCE (eq. 5), in float32."""
+    def contrastive_loss(self, features, f_c, masks, training) -> tf.Tensor:
+        """Section 2.4: L_cl of eq. 5 around the anchor f_c [B, ffn_units[-1]] (pairs from the click and
+        unclick ``masks`` of ``features``), in float32."""
         p = self.params
         emb = self.embeddings
         anchor = tf.cast(self.anchor_projection(f_c), tf.float32)  # [B, N*E]
-        items = {
-            feedback: tf.cast(emb.item_vectors(emb.sequence(features, feedback, with_gap=False)[0]), tf.float32)
-            for feedback in FEEDBACK
-        }  # [B, T, N*E]: concatenated attribute embeddings, zero at pads
+        items = {}  # [B, T, N*E]: concatenated attribute embeddings, zero at pads
+        for feedback in FEEDBACK:
+            vectors = tf.cast(emb.item_vectors(emb.sequence(features, feedback, with_gap=False)[0]), tf.float32)
+            items[feedback] = tf.stop_gradient(vectors) if p.detach_items else vectors
         positive_sim, positive_valid, negative_sim, negative_valid = hard_sample_pairs(
             anchor, items["click"], masks["click"], items["unclick"], masks["unclick"],
             k=p.num_positives, q=p.num_hard_negatives, eta=p.eta,
@@ -378,8 +523,10 @@ __all__ = [
     "AttributeGate",
     "AttributeTargetAttention",
     "FineGrainedInterest",
+    "gate_ids",
     "hard_sample_pairs",
     "info_nce",
     "sample_random_negatives",
+    "softmax_across_attributes",
     "top_k_masked",
 ]
