@@ -174,7 +174,8 @@ class AttributeAttention(tf_keras.layers.Layer):
         """Layer norm of each position's X_r over its d dimensions, with head r's gain and bias."""
         x = tf.cast(x, tf.float32)
         mean, variance = tf.nn.moments(x, axes=[-1], keepdims=True)
-        return (x - mean) * tf.math.rsqrt(variance + PRE_LN_EPSILON) * self.ln_gain + self.ln_bias
+        gain, bias = tf.cast(self.ln_gain, tf.float32), tf.cast(self.ln_bias, tf.float32)
+        return (x - mean) * tf.math.rsqrt(variance + PRE_LN_EPSILON) * gain + bias
 
     def logits(self, x, P=None):
         """Eq. 4 inside the softmax: [B, k, l(query), l(key)], float32."""

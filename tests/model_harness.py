@@ -241,7 +241,9 @@ def assert_export_roundtrip(name: str, params=None, tmp_dir: str = None):
     tft_dir = transform_dir()
     tft_output = tft.TFTransformOutput(tft_dir)
     tf_keras.utils.set_random_seed(0)
-    model = registry.build(name, SPEC, vocabulary_sizes(tft_output, SPEC), params)
+    # embeddings spread wider than the 1e-4 init, so that the untrained model's scores differ by
+    # more than float noise (as a trained model's do) and a mismatch between paths shows
+    model = registry.build(name, SPEC, vocabulary_sizes(tft_output, SPEC), {"embedding_init_std": 0.05, **(params or {})})
     examples = raw_data.raw_examples(SPEC, users=4, seed=7)  # unseen users/items reach OOV buckets
     transformed = tft_fixture.transform(tft_dir, examples, SPEC)
     transformed.pop(LABEL)

@@ -24,12 +24,13 @@ from transforms.features import FeatureSpec
 
 MODEL = "dnn"
 VERSION = "7"
-# lines appended to events.csv, each quarantined with this reason
+# lines appended to events.csv (user_id,item_id,timestamp,clicked,liked,disliked,click_prob,
+# click_prob_static), each quarantined with this reason
 BAD_EVENT_LINES = {
     "u1,i2,1704070000,1,0": "wrong_column_count",
-    "u1,i2,yesterday,1,0,0,0.5": "unparsable_timestamp",
-    ",i2,1704070000,1,0,0,0.5": "missing_field",
-    "u1,i2,1704070000,7,0,0,0.5": "invalid_flag",
+    "u1,i2,yesterday,1,0,0,0.5,0.5": "unparsable_timestamp",
+    ",i2,1704070000,1,0,0,0.5,0.5": "missing_field",
+    "u1,i2,1704070000,7,0,0,0.5,0.5": "invalid_flag",
 }
 
 
@@ -84,7 +85,9 @@ def setup(tmp_path_factory):
     tft_dir = tft_fixture.analyze(spec, raw_data.raw_examples(spec, users=6, events_per_user=6, seed=0))
     tft_output = tft.TFTransformOutput(tft_dir)
     tf_keras.utils.set_random_seed(0)
-    model = registry.build(MODEL, spec, vocabulary_sizes(tft_output, spec))
+    # embeddings spread wider than the 1e-4 init, so that the untrained model's scores differ by
+    # more than float noise (as a trained model's do)
+    model = registry.build(MODEL, spec, vocabulary_sizes(tft_output, spec), {"embedding_init_std": 0.05})
     model_dir = export_serving_model(model, tft_output, spec, os.path.join(config.serving_root, MODEL, VERSION))
 
     # the examples the pipeline's sequence builder makes of this log, scored by the SavedModel directly
