@@ -30,7 +30,9 @@ from tests import model_harness as h
     ids=["default", "gm", "moe", "share", "vf", "cf", "moef", "sum", "no_tf_loss", "no_tf_loss_cf", "varied"],
 )
 def test_standard_checks(params):
-    h.run_standard_checks("tf4ctr", params)
+    # Keras' uniform init: the harness's single Adam step at lr 1e-2 is 100x the normal(0, 1e-4)
+    # default's scale, and with batch norm's running statistics that one step can overshoot
+    h.run_standard_checks("tf4ctr", {**(params or {}), "embedding_init_std": None})
 
 
 # ---- twin-focus loss (eq. 7), by hand --------------------------------------------------------------
