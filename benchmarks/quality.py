@@ -13,6 +13,9 @@ L2 0.01), which the other models' defaults leave out; ``tf4ctr_noreg`` is TF4CTR
 with exactly FuxiCTR's inputs and networks (benchmarks/peers.md compares them with FuxiCTR).
 ``<model>_v1`` is the model trained with the v1 trainer (fixed learning rate, patience 1, no
 clipping, a 10,000-example shuffle buffer, uniform embedding init) instead of the v2 defaults.
+``fadidn_l<lambda>_t<tau>[_detach]`` (decimal point dropped: ``fadidn_l005_t05``) is FADIDN with other contrastive settings (the grid of
+MODELS.md: lambda 0.01/0.05/0.2, tau 0.1/0.2/0.5, item side detached or not); quality.md ranks
+the ones run on ml1m-seq seed 0 by best validation AUC, the choice MODELS.md asks for.
 
 Each (dataset, seed, model) is one ``ctr-pipeline run --models <model>`` in a child process:
 the data steps are cached by TFX after the first run of a dataset, a new seed retrains. Per run:
@@ -105,6 +108,17 @@ SCHEDULES: Dict[str, dict] = {"v1": {"reduce_lr_on_plateau": None, "early_stoppi
                                      "gradient_clip_norm": None, "shuffle_buffer_examples": 10000}}
 SCHEDULE_OF_VARIANT: Dict[str, str] = {f"{m}_{s}": s for m in MODELS for s in SCHEDULES}
 SCHEDULE_VARIANTS: Dict[str, dict] = {f"{m}_v1": {"architecture": m, "embedding_init_std": None} for m in MODELS}
+# FADIDN's contrastive settings (MODELS.md "Contrastive weight (v2)"): lambda in {0.01, 0.05, 0.2},
+# tau in {0.1, 0.2, 0.5}, item side detached or not, chosen by validation AUC on ml1m-seq seed 0.
+# ``fadidn_l<lambda>_t<tau>[_detach]`` with the decimal point dropped (model names are [A-Za-z0-9_]:
+# fadidn_l005_t02 is lambda 0.05, tau 0.2); plain ``fadidn`` is lambda 0.2, tau 0.2, not detached
+CONTRASTIVE_GRID = {"lambda_cl": (0.01, 0.05, 0.2), "tau": (0.1, 0.2, 0.5), "detach_items": (False, True)}
+CONTRASTIVE_VARIANTS: Dict[str, dict] = {
+    f"fadidn_l{str(lam).replace('.', '')}_t{str(tau).replace('.', '')}{'_detach' if detach else ''}": {
+        "architecture": "fadidn", "lambda_cl": lam, "tau": tau, "detach_items": detach}
+    for lam, tau, detach in itertools.product(*CONTRASTIVE_GRID.values())
+    if (lam, tau, detach) != (0.2, 0.2, False)  # plain fadidn
+}
 INFERENCE_BATCH = 4096
 
 
@@ -112,7 +126,8 @@ def variant(name: str) -> dict:
     """The ``training.models`` entry of a model, an ablation, a regularisation, an input or a schedule variant."""
     if name in MODELS:
         return {}
-    variants = {**ABLATIONS, **REGULARIZATION_VARIANTS, **INPUT_VARIANTS, **REFERENCE_VARIANTS, **SCHEDULE_VARIANTS}
+    variants = {**ABLATIONS, **REGULARIZATION_VARIANTS, **INPUT_VARIANTS, **REFERENCE_VARIANTS, **SCHEDULE_VARIANTS,
+                **CONTRASTIVE_VARIANTS}
     if name not in variants:
         raise ValueError(f"unknown model {name!r}: one of {', '.join([*MODELS, *variants])}")
     return dict(variants[name])
@@ -255,8 +270,24 @@ def paired_variants(results: List[dict]) -> Dict[str, List[dict]]:
     return pairs
 
 
+def contrastive_selection(results: List[dict], seed: int = 0) -> List[dict]:
+    """FADIDN's contrastive settings tried on ml1m-seq ``seed``, best validation AUC first (the
+    choice MODELS.md asks for is the first row; the test AUC is shown, never used to choose)."""
+    defaults = {"lambda_cl": 0.2, "tau": 0.2, "detach_items": False}
+    rows = []
+    for row in results:
+        if row["dataset"] != "ml1m-seq" or row["seed"] != seed or not row.get("validation_auc_by_epoch"):
+            continue
+        if row["model"] == "fadidn" or row["model"] in CONTRASTIVE_VARIANTS:
+            settings = {**defaults, **CONTRASTIVE_VARIANTS.get(row["model"], {})}
+            settings.pop("architecture", None)
+            rows.append({"model": row["model"], **settings, "validation_auc": max(row["validation_auc_by_epoch"]),
+                         "auc": row["auc"]})
+    return sorted(rows, key=lambda r: -r["validation_auc"])
+
+
 def format_markdown(table: Dict[str, Dict[str, dict]], commands: List[str], meta: dict,
-                    pairs: Optional[Dict[str, List[dict]]] = None) -> str:
+                    pairs: Optional[Dict[str, List[dict]]] = None, selection: Optional[List[dict]] = None) -> str:
     def cell(stat, digits=4, scale=1.0):
         if stat is None:
             return "-"
@@ -291,6 +322,11 @@ def format_markdown(table: Dict[str, Dict[str, dict]], commands: List[str], meta
                 setting = ", ".join(f"{k}={v}" for k, v in p["settings"].items())
                 lines.append(f"| {p['variant']} | {p['model']}: {setting} | {','.join(map(str, p['seeds']))} | "
                              f"{p['auc']:.4f} | {p['model_auc']:.4f} | {p['delta']:+.4f} |")
+    if selection and len(selection) > 1:
+        lines += ["", "## FADIDN contrastive settings (ml1m-seq seed 0, best validation AUC first)", "",
+                  "| variant | lambda_cl | tau | detach_items | best validation AUC | test AUC |", "|---|---:|---:|---|---:|---:|"]
+        lines += [f"| {r['model']} | {r['lambda_cl']} | {r['tau']} | {r['detach_items']} | {r['validation_auc']:.4f} | "
+                  f"{r['auc']:.4f} |" for r in selection]
     return "\n".join(lines) + "\n"
 
 
@@ -322,7 +358,7 @@ def write_outputs(results: List[dict], output: str, command: str, meta: dict) ->
     table = summarize(results)
     commands = list(dict.fromkeys(r.get("command", command) for r in results))
     with open(os.path.join(output, "quality.md"), "w", encoding="utf-8") as handle:
-        handle.write(format_markdown(table, commands, meta, paired_variants(results)))
+        handle.write(format_markdown(table, commands, meta, paired_variants(results), contrastive_selection(results)))
     plot(table, os.path.join(output, "quality.png"))
 
 
