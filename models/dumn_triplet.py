@@ -9,9 +9,7 @@ from typing import NamedTuple, Tuple
 
 import tensorflow as tf
 
-from models.layers import cosine_similarity
-
-_ABOVE_ANY_COSINE, _BELOW_ANY_COSINE = 2.0, -2.0  # scores of pad items: never the hardest sample
+from models.layers import ABOVE_ANY_COSINE, BELOW_ANY_COSINE, cosine_similarity
 
 
 class TripletSamples(NamedTuple):
@@ -58,8 +56,8 @@ def triplet_loss(
     q = tf.cast(anchors, tf.float32)[:, tf.newaxis, :]
     positive_cos = cosine_similarity(q, tf.cast(positives, tf.float32))  # [B, T]
     negative_cos = cosine_similarity(q, tf.cast(negatives, tf.float32))  # [B, T']
-    d_pos = 1.0 - tf.reduce_min(tf.where(positive_mask, positive_cos, _ABOVE_ANY_COSINE), axis=1)  # eq. 19
-    d_neg = 1.0 - tf.reduce_max(tf.where(negative_mask, negative_cos, _BELOW_ANY_COSINE), axis=1)
+    d_pos = 1.0 - tf.reduce_min(tf.where(positive_mask, positive_cos, ABOVE_ANY_COSINE), axis=1)  # eq. 19
+    d_neg = 1.0 - tf.reduce_max(tf.where(negative_mask, negative_cos, BELOW_ANY_COSINE), axis=1)
     has_term = tf.reduce_any(positive_mask, axis=1) & tf.reduce_any(negative_mask, axis=1)
     hinge = tf.where(has_term, tf.nn.relu(d_pos - d_neg + margin), 0.0)  # eq. 17
     return tf.math.divide_no_nan(tf.reduce_sum(hinge), tf.reduce_sum(tf.cast(has_term, tf.float32))), has_term

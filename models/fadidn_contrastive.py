@@ -11,9 +11,7 @@ from typing import Tuple
 
 import tensorflow as tf
 
-from models.layers import NEG_INF, cosine_similarity
-
-_BELOW_ANY_COSINE = -2.0  # score given to pad slots before top-k: every real item (cosine >= -1) ranks first
+from models.layers import BELOW_ANY_COSINE, NEG_INF, cosine_similarity
 
 
 def top_k_masked(scores: tf.Tensor, mask: tf.Tensor, k: int) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -24,7 +22,7 @@ def top_k_masked(scores: tf.Tensor, mask: tf.Tensor, k: int) -> Tuple[tf.Tensor,
     """
     steps = scores.shape[1]
     k = min(k, steps) if steps is not None else tf.minimum(k, tf.shape(scores)[1])
-    ranked = tf.where(mask, scores, tf.cast(_BELOW_ANY_COSINE, scores.dtype))
+    ranked = tf.where(mask, scores, tf.cast(BELOW_ANY_COSINE, scores.dtype))  # pads rank after every real item
     values, indices = tf.math.top_k(ranked, k=k)
     return values, indices, tf.gather(mask, indices, batch_dims=1)
 

@@ -15,6 +15,8 @@ import tensorflow as tf
 import tf_keras
 
 NEG_INF = -1e9  # a "minus infinity" for float32 logits
+# scores outside a cosine's [-1, 1], given to pad slots so that no ranking of cosines ever picks one
+ABOVE_ANY_COSINE, BELOW_ANY_COSINE = 2.0, -2.0
 # epsilon of the pre-LN before every W_Q / W_K: far below the variance of embeddings at their init
 # scale (normal(0, 1e-4): variance 1e-8), which Keras' default of 1e-3 would swamp, leaving the
 # normalised inputs ~3e-3 and the attention uniform; computed in float32 (also under mixed precision)
