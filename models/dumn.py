@@ -1,6 +1,8 @@
 """DUMN: Denoising User-aware Memory Network (Bian, Zhou, et al., RecSys 2021).
 
 Paper: /work/shared/papers/DUMN.txt, section 3; open points closed by MODELS.md "DUMN" (v2).
+Eq. 1-7 live in ``models.dumn_purification``, eq. 8-12 and 18 in ``models.dumn_memory``, eq. 17-19
+in ``models.dumn_triplet``; this module assembles them (eq. 13-16) with the deviations below.
 
 Embedding layer (3.2): ``e_user`` is the concatenation of the M+1 user-field embeddings, ``e_item``
 that of the target item's N attribute embeddings (N*E). A history position is its N attribute

@@ -1,6 +1,8 @@
 """FADIDN: Fine-grained Attribute Decoupling and Interest Denoising Network (Li, Zhu, Zhu, 2025).
 
 Paper: /work/shared/papers/FADIDN.txt, section 2; open points closed by MODELS.md "FADIDN".
+The eq. 1 gate lives in ``models.fadidn_gate``, the section 2.4 pairs and InfoNCE in
+``models.fadidn_contrastive``; this module has eq. 2-4, the model and the deviations below.
 
 For each feedback type f in {click, unclick} (the paper's C and V):
 
