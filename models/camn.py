@@ -69,7 +69,14 @@ import tensorflow as tf
 import tf_keras
 
 from models.base import CTRModel, ModelOutput, ModelParams
-from models.layers import PRE_LN_EPSILON, LogitHead, TargetAttention, flatten_fields, masked_softmax, normalized_entropy
+from models.layers import (
+    LogitHead,
+    TargetAttention,
+    flatten_fields,
+    masked_softmax,
+    normalized_entropy,
+    pre_layer_norm,
+)
 
 FEEDBACK = "click"
 
@@ -150,7 +157,8 @@ class AttributeAttention(tf_keras.layers.Layer):
     (X^ [B, l, k, d], A [B, k, l, l] float32). The k heads are computed together with
     per-attribute weights ``W_Q, W_K, W_V`` [k, d, d] (``W_Q[r]`` is the paper's ``W_r^Q``).
     The input to ``W_Q`` and ``W_K`` is layer-normalised per attribute first (pre-LN, MODELS.md
-    "Attention numerics"; gain and bias per head); ``W_V`` sees ``X_r`` as it is.
+    "Attention numerics": ``pre_layer_norm`` in float32 with a gain and bias per head, the gain
+    cast to float32 under mixed precision too); ``W_V`` sees ``X_r`` as it is.
     ``uniform=True`` replaces the softmax of eq. 4 by equal weights over the real keys (ablation).
     """
 
@@ -170,16 +178,9 @@ class AttributeAttention(tf_keras.layers.Layer):
             self.ln_bias = self.add_weight(name="pre_ln_bias", shape=(self.num_attributes, self.dim), initializer="zeros")
         super().build(input_shape)
 
-    def pre_norm(self, x):
-        """Layer norm of each position's X_r over its d dimensions, with head r's gain and bias."""
-        x = tf.cast(x, tf.float32)
-        mean, variance = tf.nn.moments(x, axes=[-1], keepdims=True)
-        gain, bias = tf.cast(self.ln_gain, tf.float32), tf.cast(self.ln_bias, tf.float32)
-        return (x - mean) * tf.math.rsqrt(variance + PRE_LN_EPSILON) * gain + bias
-
     def logits(self, x, P=None):
         """Eq. 4 inside the softmax: [B, k, l(query), l(key)], float32."""
-        normed = tf.cast(self.pre_norm(x), x.dtype)
+        normed = pre_layer_norm(x, self.ln_gain, self.ln_bias)  # LN_r(X_r): head r's gain and bias
         Q = tf.einsum("blrd,rde->brle", normed, self.W_Q)  # LN(X_r) W_r^Q, heads first: [B, k, l, d]
         K = tf.einsum("blrd,rde->brle", normed, self.W_K)
         logits = tf.cast(tf.einsum("brte,brse->brts", Q, K), tf.float32) / math.sqrt(self.dim)

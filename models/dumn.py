@@ -1,6 +1,8 @@
 """DUMN: Denoising User-aware Memory Network (Bian, Zhou, et al., RecSys 2021).
 
 Paper: /work/shared/papers/DUMN.txt, section 3; open points closed by MODELS.md "DUMN" (v2).
+Eq. 1-7 live in ``models.dumn_purification``, eq. 8-12 and 18 in ``models.dumn_memory``, eq. 17-19
+in ``models.dumn_triplet``; this module assembles them (eq. 13-16) with the deviations below.
 
 Embedding layer (3.2): ``e_user`` is the concatenation of the M+1 user-field embeddings, ``e_item``
 that of the target item's N attribute embeddings (N*E). A history position is its N attribute
@@ -55,7 +57,6 @@ fraction of examples with a triplet term, averaged over the four memories).
 """
 from __future__ import annotations
 
-import math
 from typing import Dict, Mapping, NamedTuple, Optional, Tuple
 
 import pydantic
@@ -63,22 +64,16 @@ import tensorflow as tf
 import tf_keras
 
 from models.base import CTRModel, ModelOutput, ModelParams
+from models.dumn_memory import UserMemory, mean_slot_cosine
+from models.dumn_purification import FeedbackEncoder, orthogonal_map
+from models.dumn_triplet import TripletSamples, own_pool
 from models.inputs import GAP_TABLE
-from models.layers import (
-    PRE_LN_EPSILON,
-    LogitHead,
-    MultiHeadAttention,
-    cosine_similarity,
-    flatten_fields,
-    masked_softmax,
-    normalized_entropy,
-)
+from models.layers import LogitHead, flatten_fields, normalized_entropy
 
 # Feedback types in the paper's order, with the pair used by purification and the triplet loss.
 FEEDBACK = ("click", "unclick", "like", "dislike")
 PURIFIED_BY = {"click": "dislike", "unclick": "like"}  # eq. 6-7: <click, dislike>, <unclick, like>
 TRIPLET_NEGATIVE = {"click": "unclick", "unclick": "click", "like": "dislike", "dislike": "like"}  # 3.6
-_ABOVE_ANY_COSINE, _BELOW_ANY_COSINE = 2.0, -2.0  # scores of pad items: never the hardest sample
 
 
 class DUMNParams(ModelParams):
@@ -102,232 +97,7 @@ class DUMNParams(ModelParams):
     triplet_dislike_weight: float = pydantic.Field(1.0, ge=0)  # L_d
 
 
-# ---- equations as pure functions ---------------------------------------------------------------
-def orthogonal_map(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
-    """Eq. 6-7: ``a - project(a, b)``, ``project(a, b) = (a.b / |b|^2) b``, along the last axis.
-
-    A zero ``b`` (a user with no explicit feedback of that type) projects to 0, so ``a`` is
-    returned exactly, with finite gradients. Computed in float32, returned in ``a``'s dtype.
-    """
-    a32, b32 = tf.cast(a, tf.float32), tf.cast(b, tf.float32)
-    coefficient = tf.math.divide_no_nan(
-        tf.reduce_sum(a32 * b32, axis=-1, keepdims=True), tf.reduce_sum(b32 * b32, axis=-1, keepdims=True)
-    )
-    return tf.cast(a32 - coefficient * b32, a.dtype)
-
-
-def key_strength(logit: tf.Tensor) -> tf.Tensor:
-    """NTM's key strength ``beta = 1 + softplus(logit)`` (MODELS.md v2): >= 1, so addressing is
-    never flatter than the paper's eq. 9 (beta = 1), and as sharp as the controller makes it."""
-    return 1.0 + tf.nn.softplus(logit)
-
-
-def content_addressing(key: tf.Tensor, memory: tf.Tensor, beta: tf.Tensor) -> tf.Tensor:
-    """Eq. 9-10 with key strength: ``w(j) = softmax_j(beta * cos(k, M(j)))``.
-
-    key [B, Z], memory [m, Z], beta [B, 1] (or a scalar) -> weights [B, m].
-    """
-    cosine = tf.matmul(tf.math.l2_normalize(key, axis=-1), tf.math.l2_normalize(memory, axis=-1), transpose_b=True)
-    return tf.nn.softmax(beta * cosine, axis=-1)
-
-
-def memory_read(weights: tf.Tensor, memory: tf.Tensor) -> tf.Tensor:
-    """Eq. 11 / 18: ``sum_j w(j) M(j)``; weights [B, m], memory [m, Z] -> [B, Z]."""
-    return tf.matmul(weights, memory)
-
-
-def memory_write(memory: tf.Tensor, weights: tf.Tensor, erase: tf.Tensor, add: tf.Tensor, writes: tf.Tensor) -> tf.Tensor:
-    """Eq. 12, batch-averaged: ``M' = (1 - E) * M + A`` with
-    ``E = 1/B sum_b [writes_b] w_b (x) erase_b`` and ``A = 1/B sum_b [writes_b] w_b (x) add_b``.
-
-    memory [m, Z], weights [B, m], erase/add [B, Z], writes [B] bool (a user who does not write
-    contributes a zero erase and a zero add). The average is over the whole batch B, so the mean
-    of equal-sized replicas' updates is exactly the global batch's update (MirroredStrategy).
-    """
-    writes = tf.cast(writes, weights.dtype)[:, tf.newaxis]
-    batch = tf.cast(tf.shape(weights)[0], weights.dtype)
-    weighted = weights * writes / batch
-    E = tf.matmul(weighted, erase, transpose_a=True)  # [m, Z]
-    A = tf.matmul(weighted, add, transpose_a=True)
-    return (1.0 - E) * memory + A
-
-
-def own_pool(mask: tf.Tensor, item_id: tf.Tensor, other_mask: tf.Tensor, other_item_id: tf.Tensor) -> tf.Tensor:
-    """Mining scope of eq. 17 (MODELS.md v2): [B, T] bool, the real positions of each user's sequence
-    whose item that same user does not also have in the paired sequence.
-
-    mask, item_id [B, T]; other_mask, other_item_id [B, T'] (the paired feedback type). An item in
-    both of a user's pools says nothing about the user's preference and is skipped from both (each
-    pool calls this with the other as ``other``). Pools are per user: an item one user clicked and
-    another unclicked stays in both users' pools.
-    """
-    same = tf.equal(item_id[:, :, tf.newaxis], other_item_id[:, tf.newaxis, :]) & other_mask[:, tf.newaxis, :]
-    return mask & ~tf.reduce_any(same, axis=2)
-
-
-def triplet_loss(
-    anchors: tf.Tensor,
-    positives: tf.Tensor,
-    positive_mask: tf.Tensor,
-    negatives: tf.Tensor,
-    negative_mask: tf.Tensor,
-    margin: float,
-) -> Tuple[tf.Tensor, tf.Tensor]:
-    """Eq. 17, 19 with hardest-sample mining in each user's own pools: (loss, has_term [B] bool).
-
-    anchors [B, Z]; positives [B, T, Z] and negatives [B, T', Z], example b's own pools, real where
-    the masks [B, T], [B, T'] are True (``own_pool``). Per example: the hardest positive is its real
-    positive of least cosine similarity to the anchor, the hardest negative its real negative of
-    greatest similarity; the term is ``max(d(q, s+) - d(q, s-) + margin, 0)`` with ``d = 1 - cos``.
-    An example with an empty positive or negative pool has no term; the loss is the float32 mean
-    over the examples that have one (0 if none). The choice of the hardest sample is piecewise
-    constant: min/max pass the gradient to the chosen samples' distances only.
-    """
-    q = tf.cast(anchors, tf.float32)[:, tf.newaxis, :]
-    positive_cos = cosine_similarity(q, tf.cast(positives, tf.float32))  # [B, T]
-    negative_cos = cosine_similarity(q, tf.cast(negatives, tf.float32))  # [B, T']
-    d_pos = 1.0 - tf.reduce_min(tf.where(positive_mask, positive_cos, _ABOVE_ANY_COSINE), axis=1)  # eq. 19
-    d_neg = 1.0 - tf.reduce_max(tf.where(negative_mask, negative_cos, _BELOW_ANY_COSINE), axis=1)
-    has_term = tf.reduce_any(positive_mask, axis=1) & tf.reduce_any(negative_mask, axis=1)
-    hinge = tf.where(has_term, tf.nn.relu(d_pos - d_neg + margin), 0.0)  # eq. 17
-    return tf.math.divide_no_nan(tf.reduce_sum(hinge), tf.reduce_sum(tf.cast(has_term, tf.float32))), has_term
-
-
-def mean_slot_cosine(memory: tf.Tensor) -> tf.Tensor:
-    """Diagnostic: the mean cosine between two distinct slots of memory [m, Z] (0 for m = 1).
-
-    About 0 for orthogonal slots; 1 when every slot holds the same direction (a collapsed memory
-    reads the same r for every user).
-    """
-    unit = tf.math.l2_normalize(memory, axis=-1)
-    gram = tf.matmul(unit, unit, transpose_b=True)
-    off_diagonal = tf.linalg.set_diag(gram, tf.zeros_like(gram[0]))
-    slots = tf.cast(tf.shape(memory)[0], memory.dtype)
-    return tf.math.divide_no_nan(tf.reduce_sum(off_diagonal), slots * (slots - 1.0))
-
-
-class TripletSamples(NamedTuple):
-    """One memory's triplet candidates, per example: its own pools of two feedback types,
-    [B, T, N*E] item embeddings and [B, T] masks (``own_pool``)."""
-
-    positives: tf.Tensor
-    positive_mask: tf.Tensor
-    negatives: tf.Tensor
-    negative_mask: tf.Tensor
-
-
-class MemoryAccess(NamedTuple):
-    """What one memory gives for a batch (eq. 9-11, 17-18)."""
-
-    r: tf.Tensor  # [B, Z] float32, eq. 11
-    read_weights: tf.Tensor  # w_r [B, m], eq. 9
-    memory: tf.Tensor  # M [m, Z] as read: the state before this batch's write
-    triplet: Optional[tf.Tensor] = None  # eq. 17, mean over the examples with a term; None without samples
-    has_triplet: Optional[tf.Tensor] = None  # [B] bool: the examples with a term
-
-
 # ---- layers --------------------------------------------------------------------------------------
-class FeedbackEncoder(tf_keras.layers.Layer):
-    """Eq. 1-5 for one feedback sequence in two calls: self-attention (eq. 1-2, the user's side
-    alone), then target-aware attention pooling -> f (eq. 3-5)."""
-
-    def __init__(self, num_heads: int, head_dim: int, width: int, name: Optional[str] = None):
-        super().__init__(name=name)
-        self.self_attention = MultiHeadAttention(num_heads, head_dim, output_dim=width, name="self_attention")
-        # W_c of eq. 3 split by rows: Concat(e_user, e_item, o_j) W_c = [e_user, e_item] W_c^q + o_j W_c^o
-        self.W_c_query = tf_keras.layers.Dense(1, use_bias=False, name="W_c_query")
-        self.W_c_sequence = tf_keras.layers.Dense(1, use_bias=False, name="W_c_sequence")
-        # o_j enters the scores layer-normalised (MODELS.md "Attention numerics" applied to eq. 3)
-        self.norm_o = tf_keras.layers.LayerNormalization(epsilon=PRE_LN_EPSILON, name="pre_ln_o")
-
-    def call(self, x, mask, query=None):
-        """Without ``query``: eq. 1-2, ``x`` is e_x and the result (O_x [B, T, D], the attention
-        weights [B, H, T, T]) (the user's side alone). With ``query`` [B, Q]: eq. 3-5, ``x`` is O_x
-        and the result (f [B, D], alpha [B, T])."""
-        if query is None:
-            return self.self_attention(x, x, x, key_mask=mask)  # eq. 1-2
-        scores = tf.nn.relu(self.W_c_query(query)[:, tf.newaxis, :] + self.W_c_sequence(self.norm_o(x)))  # eq. 3
-        alpha = masked_softmax(tf.squeeze(scores, -1), mask)  # eq. 4
-        return tf.einsum("bt,btd->bd", alpha, x), alpha  # eq. 5
-
-
-class UserMemory(tf_keras.layers.Layer):
-    """One memory of the user memory network (eq. 8-12, 18) with its controller, heads and triplet term.
-
-    ``M`` [m, Z] is model state shared by all users: a non-trainable float32 variable, mirrored
-    under MirroredStrategy (ON_WRITE, MEAN: every replica assigns its batch update and all see
-    their average), initialised orthogonal. It is assigned only when ``training=True``.
-    """
-
-    def __init__(
-        self,
-        slots: int,
-        slot_dim: int,
-        controller_units: int,
-        strength_init: float,
-        margin: float,
-        name: Optional[str] = None,
-    ):
-        super().__init__(name=name)
-        self.slots, self.slot_dim, self.margin = slots, slot_dim, margin
-        self.controller = tf_keras.layers.Dense(controller_units, activation="relu", name="controller")  # eq. 8
-        # the strength heads start at beta = strength_init: their bias is softplus^-1(strength_init - 1)
-        strength_bias = tf_keras.initializers.Constant(math.log(math.expm1(strength_init - 1.0)))
-        self.read_key = tf_keras.layers.Dense(slot_dim, name="read_key")  # k of eq. 8
-        self.read_strength = tf_keras.layers.Dense(1, bias_initializer=strength_bias, name="read_strength")  # beta
-        self.write_key = tf_keras.layers.Dense(slot_dim, name="write_key")  # key of w_w (eq. 12)
-        self.write_strength = tf_keras.layers.Dense(1, bias_initializer=strength_bias, name="write_strength")
-        self.erase_head = tf_keras.layers.Dense(slot_dim, activation="sigmoid", name="erase_head")
-        self.add_head = tf_keras.layers.Dense(slot_dim, activation="tanh", name="add_head")
-        self.item_projection = tf_keras.layers.Dense(slot_dim, use_bias=False, name="item_projection")  # s -> Z
-
-    def build(self, input_shape):
-        self.M = self.add_weight(
-            name="M",
-            shape=[self.slots, self.slot_dim],
-            dtype=tf.float32,
-            # orthonormal slots (m <= Z), or orthonormal columns (m > Z: a tight frame)
-            initializer=tf_keras.initializers.Orthogonal(),
-            trainable=False,
-            synchronization=tf.VariableSynchronization.ON_WRITE,
-            aggregation=tf.VariableAggregation.MEAN,
-            experimental_autocast=False,  # memory math is float32 under mixed precision too
-        )
-        super().build(input_shape)
-
-    def address(self, h, key_head, strength_head, M):
-        """Eq. 9-10 for one head: weights [B, m] from the key and key strength the controller gives."""
-        beta = key_strength(tf.cast(strength_head(h), tf.float32))  # [B, 1]
-        return content_addressing(tf.cast(key_head(h), tf.float32), M, beta)
-
-    def call(self, f_o, e_user, writes, samples: Optional[TripletSamples] = None, training=False) -> MemoryAccess:
-        """``writes`` [B] bool: users who write (eq. 12). ``samples``: the items for this memory's
-        triplet term (eq. 17), or None for no term."""
-        M = tf.convert_to_tensor(self.M)  # read once: the state before this batch's write
-        h = self.controller(tf.concat([f_o, e_user], axis=-1))  # eq. 8
-        w_r = self.address(h, self.read_key, self.read_strength, M)  # eq. 9-10
-        read = MemoryAccess(r=memory_read(w_r, M), read_weights=w_r, memory=M)  # eq. 11
-        if not (training or samples is not None):
-            return read
-        w_w = self.address(h, self.write_key, self.write_strength, M)
-        erase, add = tf.cast(self.erase_head(h), tf.float32), tf.cast(self.add_head(h), tf.float32)
-        M_updated = memory_write(M, w_w, erase, add, writes)  # eq. 12
-        if training:
-            self.M.assign(tf.stop_gradient(M_updated))  # replica context: the replicas' mean is stored
-        if samples is None:
-            return read
-        q = memory_read(w_w, M_updated)  # eq. 18: anchor from the updated memory
-        loss, has_term = triplet_loss(
-            q,
-            self.item_projection(samples.positives),
-            samples.positive_mask,
-            self.item_projection(samples.negatives),
-            samples.negative_mask,
-            self.margin,
-        )
-        return read._replace(triplet=loss, has_triplet=has_term)
-
-
 class PreferenceGate(tf_keras.layers.Layer):
     """Eq. 13: ``U = Concat(g(f_o) * sigmoid(f_o W1), g'(r) * sigmoid(r W2))`` (the r half if memory)."""
 

@@ -1,6 +1,8 @@
 """FADIDN: Fine-grained Attribute Decoupling and Interest Denoising Network (Li, Zhu, Zhu, 2025).
 
 Paper: /work/shared/papers/FADIDN.txt, section 2; open points closed by MODELS.md "FADIDN".
+The eq. 1 gate lives in ``models.fadidn_gate``, the section 2.4 pairs and InfoNCE in
+``models.fadidn_contrastive``; this module has eq. 2-4, the model and the deviations below.
 
 For each feedback type f in {click, unclick} (the paper's C and V):
 
@@ -42,20 +44,19 @@ import tensorflow as tf
 import tf_keras
 
 from models.base import CTRModel, ModelOutput, ModelParams
+from models.fadidn_contrastive import hard_sample_pairs, info_nce, sample_random_negatives
+from models.fadidn_gate import AttributeGate, gate_ids
 from models.layers import (
     MLP,
-    NEG_INF,
-    PRE_LN_EPSILON,
     LogitHead,
     MultiHeadAttention,
+    PreLayerNorm,
     cosine_similarity,
     flatten_fields,
     normalized_entropy,
 )
 
 FEEDBACK = ("click", "unclick")  # the two sequences FADIDN models (C and V in the paper)
-LEAKY_SLOPE = 0.01  # LeakyReLU slope: PyTorch's default (the paper's implementation is in PyTorch)
-_BELOW_ANY_COSINE = -2.0  # score given to pad slots before top-k: every real item (cosine >= -1) ranks first
 
 
 class FADIDNParams(ModelParams):
@@ -99,161 +100,13 @@ class FADIDNParams(ModelParams):
         return self
 
 
-# ---- loss equations (pure functions, float32) --------------------------------------------------
-def top_k_masked(scores: tf.Tensor, mask: tf.Tensor, k: int) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """Top-k of ``scores`` [B, T] among real slots: (values [B, k'], indices, real [B, k']).
-
-    Pad slots rank below every real one (cosines are >= -1); a row with fewer than k real slots
-    returns pads at its end, flagged ``real = False``. k' = min(k, T).
-    """
-    steps = scores.shape[1]
-    k = min(k, steps) if steps is not None else tf.minimum(k, tf.shape(scores)[1])
-    ranked = tf.where(mask, scores, tf.cast(_BELOW_ANY_COSINE, scores.dtype))
-    values, indices = tf.math.top_k(ranked, k=k)
-    return values, indices, tf.gather(mask, indices, batch_dims=1)
-
-
-def hard_sample_pairs(
-    anchor: tf.Tensor,
-    clicks: tf.Tensor,
-    click_mask: tf.Tensor,
-    unclicks: tf.Tensor,
-    unclick_mask: tf.Tensor,
-    k: int,
-    q: int,
-    eta: float,
-) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
-    """Section 2.4 pair construction, all from the user's own sequences.
-
-    anchor [B, D]; clicks [B, T, D], unclicks [B, T', D] with masks. Positives L: the top-k click
-    items by ``sim(f_c, e_i)`` (cosine) with sim > eta. Hard negatives J: the top-q unclick items
-    by the same similarity. Returns (positive_sim [B, k], positive_valid, hard_sim [B, q], hard_valid).
-    """
-    click_sim = cosine_similarity(anchor[:, tf.newaxis, :], clicks)  # [B, T]
-    positive_sim, _, real = top_k_masked(click_sim, click_mask, k)
-    positive_valid = real & (positive_sim > tf.cast(eta, positive_sim.dtype))
-    if q == 0:
-        empty = tf.zeros_like(positive_sim[:, :0])
-        return positive_sim, positive_valid, empty, tf.cast(empty, tf.bool)
-    unclick_sim = cosine_similarity(anchor[:, tf.newaxis, :], unclicks)  # [B, T']
-    hard_sim, _, hard_valid = top_k_masked(unclick_sim, unclick_mask, q)
-    return positive_sim, positive_valid, hard_sim, hard_valid
-
-
-def sample_random_negatives(
-    unclicks: tf.Tensor, unclick_mask: tf.Tensor, user_ids: tf.Tensor, uniform: tf.Tensor
-) -> Tuple[tf.Tensor, tf.Tensor]:
-    """Random negatives: unclick items of OTHER users of the batch, drawn uniformly with replacement.
-
-    unclicks [B, T, D], unclick_mask [B, T], user_ids [B], uniform [B, R] in [0, 1) (the draws).
-    The pool is every real unclick event of the batch; a draw that lands on an event of the same
-    user_id is dropped (invalid), so each user gets up to R. Returns (items [B, R, D], valid [B, R]).
-    """
-    steps = tf.shape(unclicks, out_type=tf.int64)[1]
-    flat = tf.reshape(unclicks, [-1, tf.shape(unclicks)[-1]])
-    positions = tf.where(tf.reshape(unclick_mask, [-1]))[:, 0]  # flat indices of real events
-    count = tf.size(positions, out_type=tf.int64)
-    pick = tf.cast(tf.floor(uniform * tf.cast(count, uniform.dtype)), tf.int64)
-    pick = tf.minimum(pick, tf.maximum(count - 1, 0))
-    # a dummy slot keeps the gather legal when the batch has no unclick at all (then nothing is valid)
-    source = tf.gather(tf.concat([positions, tf.zeros([1], tf.int64)], 0), pick)  # [B, R]
-    owner = tf.gather(user_ids, source // steps)
-    valid = (count > 0) & tf.not_equal(owner, user_ids[:, tf.newaxis])
-    return tf.gather(flat, source), valid
-
-
-def info_nce(
-    positive_sim: tf.Tensor, positive_valid: tf.Tensor, negative_sim: tf.Tensor, negative_valid: tf.Tensor, tau: float
-) -> tf.Tensor:
-    """Eq. 5: ``L_cl = -1/N sum_i log(e^{s_i^+/tau} / (e^{s_i^+/tau} + sum_j e^{s_j^-/tau}))``.
-
-    positive_sim [B, P], negative_sim [B, K] (cosines) with validity masks. Every valid positive
-    pair (f_c, e_i) of a user is scored against that user's valid negatives; N is the number of
-    valid positive pairs in the batch, so a user with no valid positive contributes nothing.
-    Returns a float32 scalar (0 when the batch has no valid positive pair).
-    """
-    positive_logit = tf.cast(positive_sim, tf.float32) / tau
-    negative_logit = tf.where(negative_valid, tf.cast(negative_sim, tf.float32) / tau, NEG_INF)
-    negatives = tf.reduce_logsumexp(negative_logit, axis=-1, keepdims=True)  # log sum_j e^{s_j^-/tau}
-    denominator = tf.reduce_logsumexp(
-        tf.stack([positive_logit, tf.broadcast_to(negatives, tf.shape(positive_logit))], axis=-1), axis=-1
-    )
-    per_pair = denominator - positive_logit  # -log(e^{s+/tau} / (e^{s+/tau} + sum_j e^{s-/tau}))
-    valid = tf.cast(positive_valid, tf.float32)
-    return tf.math.divide_no_nan(tf.reduce_sum(per_pair * valid), tf.reduce_sum(valid))
-
-
 # ---- layers ------------------------------------------------------------------------------------
-def gate_ids(ids: tf.Tensor, gap: tf.Tensor, mask: tf.Tensor, gap_vocabulary: int) -> tf.Tensor:
-    """The int64 key of each (position, attribute) that ``AttributeGate`` deduplicates on.
-
-    ids [B, T, N] (attribute n's index at each position), gap [B, T] (gap bucket, < ``gap_vocabulary``),
-    mask [B, T]. At a real position the key is ``(id * gap_vocabulary + gap) * N + n`` >= 0, equal for
-    two (position, attribute) pairs exactly when attribute, id and gap bucket are (so exactly when
-    their rows of E_cp are: ``E_c^n[id] + E_gap[gap]``); pads, whose E_cp row is 0 whatever their ids,
-    get ``-(n + 1)``, one key per attribute. Returns [B, T, N] int64 (exact while
-    id < 2^63 / (gap_vocabulary * N), i.e. for any realistic vocabulary).
-    """
-    num_attributes = ids.shape[-1]
-    attribute = tf.range(num_attributes, dtype=tf.int64)
-    ids, gap = tf.cast(ids, tf.int64), tf.cast(gap, tf.int64)
-    key = (ids * gap_vocabulary + gap[..., tf.newaxis]) * num_attributes + attribute
-    return tf.where(mask[..., tf.newaxis], key, -1 - attribute)
-
-
-def softmax_across_attributes(scores: tf.Tensor) -> tf.Tensor:
-    """Softmax over axis -2 (the N attributes) of [..., N, E], written out: ``tf.nn.softmax`` on a
-    non-last axis transposes to rows of length N and is ~5x slower on CPU for N = 3 (measured
-    fwd+bwd on [4096, 50, 3, 16]: 378 ms against 79 ms); the max is the usual stabiliser."""
-    exp = tf.exp(scores - tf.stop_gradient(tf.reduce_max(scores, axis=-2, keepdims=True)))
-    return exp / tf.reduce_sum(exp, axis=-2, keepdims=True)
-
-
-class AttributeGate(tf_keras.layers.Layer):
-    """Eq. 1: ``w^n = softmax(LeakyReLU(W_l g_{l-1} + b_l))``, ``g_0 = E_cp^n``, per position.
-
-    The same MLP scores every attribute (W_l carries no n in the paper); the softmax is taken
-    across the N attributes (axis -2 of [..., N, E]), per position and embedding dimension.
-
-    Deduplicated, exactly: the MLP's output for (position t, attribute n) is a function of the row
-    ``E_cp^n[t] = E_c^n[id] + E_gap[gap]`` alone, so it is computed once per distinct
-    (n, id, gap) key of the batch (``gate_ids``) and gathered back; the softmax, which couples the
-    N attributes of one position, runs after the gather on the position's own N logits. This is the
-    finer of the two exact granularities: a key on the whole position (all N ids and the gap)
-    would run the MLP N times per distinct position, whereas per attribute the low-cardinality
-    attributes (genre, year: tens of ids x gap buckets) collapse to a few hundred rows and only
-    item_id keeps many; the gather and the softmax are cheap element-wise work either way.
-    """
-
-    def __init__(self, hidden_units: Sequence[int], output_dim: int, name: Optional[str] = None):
-        super().__init__(name=name)
-        self.hidden = [tf_keras.layers.Dense(units, name=f"W_{l + 1}") for l, units in enumerate(hidden_units)]
-        self.output_layer = tf_keras.layers.Dense(output_dim, name=f"W_{len(hidden_units) + 1}")
-
-    def logits(self, g):
-        """``LeakyReLU(W_L g_{L-1} + b_L)`` of eq. 1 for rows g_0 [..., E]: the scores before the softmax."""
-        for dense in self.hidden:
-            g = tf.nn.leaky_relu(dense(g), alpha=LEAKY_SLOPE)
-        return tf.nn.leaky_relu(self.output_layer(g), alpha=LEAKY_SLOPE)
-
-    def call(self, E_cp, ids):
-        """E_cp [B, T, N, E] and its keys ``ids`` [B, T, N] (``gate_ids``) -> w [B, T, N, E]."""
-        num_attributes, dim = E_cp.shape[2], E_cp.shape[3]
-        flat_ids = tf.reshape(ids, [-1])
-        distinct, index = tf.unique(flat_ids)  # index: the distinct key of every (position, attribute)
-        first = tf.math.unsorted_segment_min(tf.range(tf.size(flat_ids)), index, tf.size(distinct))
-        rows = tf.gather(tf.reshape(E_cp, [-1, dim]), first)  # one g_0 per distinct key
-        scores = tf.gather(self.logits(rows), index)
-        scores = tf.reshape(scores, tf.concat([tf.shape(E_cp)[:2], [num_attributes, dim]], axis=0))
-        return softmax_across_attributes(scores)
-
-
 class AttributeTargetAttention(tf_keras.layers.Layer):
     """Eq. 4's multi-head target attention: head n attends from ``e_tar^n`` over the rows of ``o^n``.
 
     Each head n has its own ``W_Q*^n, W_K*^n, W_V*^n`` (E x E); logits scaled by sqrt(E). The inputs
-    to W_Q* and W_K* are layer-normalised first (pre-LN, MODELS.md "Attention numerics", with the
-    shared ``PRE_LN_EPSILON`` of ``MultiHeadAttention``; one LayerNorm per side shared by the heads:
+    to W_Q* and W_K* are layer-normalised first (pre-LN, MODELS.md "Attention numerics", the shared
+    ``PreLayerNorm`` of ``MultiHeadAttention``; one LayerNorm per side shared by the heads:
     each head's own projection absorbs the gain, so per-head norms would add nothing).
     e_tar [B, N, E], o [B, N, R, E] (R = M+1 user-field rows, none padded) ->
     (heads [B, N, E], weights [B, N, R]).
@@ -262,8 +115,8 @@ class AttributeTargetAttention(tf_keras.layers.Layer):
     def __init__(self, num_attributes: int, dim: int, name: Optional[str] = None):
         super().__init__(name=name)
         self.num_attributes, self.dim = num_attributes, dim
-        self.norm_q = tf_keras.layers.LayerNormalization(epsilon=PRE_LN_EPSILON, name="pre_ln_q")
-        self.norm_k = tf_keras.layers.LayerNormalization(epsilon=PRE_LN_EPSILON, name="pre_ln_k")
+        self.norm_q = PreLayerNorm(name="pre_ln_q")
+        self.norm_k = PreLayerNorm(name="pre_ln_k")
 
     def build(self, input_shape):  # in build, so the weights carry the layer's name scope
         shape = (self.num_attributes, self.dim, self.dim)
@@ -517,16 +370,4 @@ class FADIDN(CTRModel):
         return info_nce(positive_sim, positive_valid, negative_sim, negative_valid, p.tau)
 
 
-__all__ = [
-    "FADIDN",
-    "FADIDNParams",
-    "AttributeGate",
-    "AttributeTargetAttention",
-    "FineGrainedInterest",
-    "gate_ids",
-    "hard_sample_pairs",
-    "info_nce",
-    "sample_random_negatives",
-    "softmax_across_attributes",
-    "top_k_masked",
-]
+__all__ = ["FADIDN", "FADIDNParams", "AttributeTargetAttention", "FineGrainedInterest"]

@@ -15,10 +15,45 @@ import tensorflow as tf
 import tf_keras
 
 NEG_INF = -1e9  # a "minus infinity" for float32 logits
+# scores outside a cosine's [-1, 1], given to pad slots so that no ranking of cosines ever picks one
+ABOVE_ANY_COSINE, BELOW_ANY_COSINE = 2.0, -2.0
 # epsilon of the pre-LN before every W_Q / W_K: far below the variance of embeddings at their init
 # scale (normal(0, 1e-4): variance 1e-8), which Keras' default of 1e-3 would swamp, leaving the
 # normalised inputs ~3e-3 and the attention uniform; computed in float32 (also under mixed precision)
 PRE_LN_EPSILON = 1e-12
+
+
+def pre_layer_norm(x: tf.Tensor, gain, bias) -> tf.Tensor:
+    """The pre-LN before every W_Q / W_K (MODELS.md "Attention numerics"): ``x`` normalised over its
+    last axis with ``PRE_LN_EPSILON``, times ``gain`` plus ``bias``, computed in float32 (the gain
+    and bias are cast to float32 too, also under mixed precision) and returned in ``x``'s dtype.
+
+    ``gain`` and ``bias`` broadcast against ``x``: [D] for one norm, [k, D] for a gain per head.
+    """
+    x32 = tf.cast(x, tf.float32)
+    mean, variance = tf.nn.moments(x32, axes=[-1], keepdims=True)
+    normed = tf.nn.batch_normalization(
+        x32, mean, variance, offset=tf.cast(bias, tf.float32), scale=tf.cast(gain, tf.float32),
+        variance_epsilon=PRE_LN_EPSILON,
+    )
+    return tf.cast(normed, x.dtype)
+
+
+class PreLayerNorm(tf_keras.layers.Layer):
+    """``pre_layer_norm`` with its own float32 gain and bias over the last axis, named ``gamma`` and
+    ``beta`` as in Keras' ``LayerNormalization`` (which computes the same: checkpoints keep their
+    variable names); inputs are taken in the layer's compute dtype, as Keras does."""
+
+    epsilon = PRE_LN_EPSILON
+
+    def build(self, input_shape):
+        dim = (int(input_shape[-1]),)
+        self.gamma = self.add_weight(name="gamma", shape=dim, initializer="ones", experimental_autocast=False)
+        self.beta = self.add_weight(name="beta", shape=dim, initializer="zeros", experimental_autocast=False)
+        super().build(input_shape)
+
+    def call(self, x):
+        return pre_layer_norm(tf.cast(x, self.compute_dtype), self.gamma, self.beta)
 
 
 def masked_softmax(logits: tf.Tensor, mask: tf.Tensor, axis: int = -1) -> tf.Tensor:
@@ -171,8 +206,8 @@ class TargetAttention(tf_keras.layers.Layer):
             raise ValueError(f"normalization must be 'softmax' or None, got {normalization!r}")
         self.normalization = normalization
         self.norms = (
-            tf_keras.layers.LayerNormalization(epsilon=PRE_LN_EPSILON, name="pre_ln_query"),
-            tf_keras.layers.LayerNormalization(epsilon=PRE_LN_EPSILON, name="pre_ln_keys"),
+            PreLayerNorm(name="pre_ln_query"),
+            PreLayerNorm(name="pre_ln_keys"),
         ) if pre_norm else None
         self.score = MLP(units, activation=activation, output_units=1)
 
@@ -203,8 +238,8 @@ class MultiHeadAttention(tf_keras.layers.Layer):
         super().__init__(name=name)
         self.num_heads, self.head_dim = num_heads, head_dim
         width = num_heads * head_dim
-        self.norm_q = tf_keras.layers.LayerNormalization(epsilon=PRE_LN_EPSILON, name="pre_ln_q")
-        self.norm_k = tf_keras.layers.LayerNormalization(epsilon=PRE_LN_EPSILON, name="pre_ln_k")
+        self.norm_q = PreLayerNorm(name="pre_ln_q")
+        self.norm_k = PreLayerNorm(name="pre_ln_k")
         self.w_q = tf_keras.layers.Dense(width, use_bias=False, name="W_Q")
         self.w_k = tf_keras.layers.Dense(width, use_bias=False, name="W_K")
         self.w_v = tf_keras.layers.Dense(width, use_bias=False, name="W_V")

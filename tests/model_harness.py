@@ -121,11 +121,21 @@ def assert_gradient_reaches(grad_norms: Dict[str, float], must_reach: Iterable[s
         assert not hits, f"gradient unexpectedly reaches {hits}"
 
 
-def logged_loss_terms(model, features, labels) -> Dict[str, float]:
-    """The per-term losses a ``fit`` epoch logs (``loss_<term>``)."""
+def logged_metrics(model, features, labels) -> Dict[str, float]:
+    """What a ``fit`` epoch of one step on the batch logs (``loss``, ``loss_<term>``, ``diag_<name>``, ...)."""
     model.compile(optimizer=tf_keras.optimizers.Adam(1e-3))
     history = model.fit(tf.data.Dataset.from_tensors((features, labels)), epochs=1, verbose=0)
-    return {k[len("loss_"):]: v[-1] for k, v in history.history.items() if k.startswith("loss_")}
+    return {k: v[-1] for k, v in history.history.items()}
+
+
+def logged_loss_terms(model, features, labels) -> Dict[str, float]:
+    """The per-term losses a ``fit`` epoch logs (``loss_<term>``)."""
+    return {k[len("loss_"):]: v for k, v in logged_metrics(model, features, labels).items() if k.startswith("loss_")}
+
+
+def reference_layer_norm(x: np.ndarray, gain: np.ndarray, bias: np.ndarray, epsilon: float) -> np.ndarray:
+    """The pre-LN in numpy: ``x`` normalised over its last axis, times ``gain`` plus ``bias``."""
+    return (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + epsilon) * gain + bias
 
 
 def repeat_recency_batch(batch: int, seed: int, spec: FeatureSpec = SPEC, vocab_sizes=VOCAB_SIZES, min_length: int = 4):

@@ -132,7 +132,7 @@ def _reference_attention(x, mask, P, layer):
     for b in range(batch):
         for r in range(k):
             xr = x[b, :, r]
-            normed = (xr - xr.mean(-1, keepdims=True)) / np.sqrt(xr.var(-1, keepdims=True) + 1e-12) * gain[r] + bias[r]
+            normed = h.reference_layer_norm(xr, gain[r], bias[r], epsilon=1e-12)
             logits = (normed @ WQ[r]) @ (normed @ WK[r]).T / np.sqrt(d)
             if P is not None:
                 logits = logits * P[b, :, r][np.newaxis, :]

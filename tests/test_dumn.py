@@ -10,18 +10,10 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from models.dumn import (
-    FEEDBACK,
-    TRIPLET_NEGATIVE,
-    content_addressing,
-    key_strength,
-    mean_slot_cosine,
-    memory_read,
-    memory_write,
-    orthogonal_map,
-    own_pool,
-    triplet_loss,
-)
+from models.dumn import FEEDBACK, TRIPLET_NEGATIVE
+from models.dumn_memory import content_addressing, key_strength, mean_slot_cosine, memory_read, memory_write
+from models.dumn_purification import orthogonal_map
+from models.dumn_triplet import own_pool, triplet_loss
 from models.layers import normalized_entropy
 from tests import model_harness as h
 from transforms.features import CONTEXT_SIZES, FeatureSpec
@@ -468,8 +460,7 @@ def test_logged_loss_terms_and_diagnostics(params, terms, diagnostics):
         assert low <= float(value) <= 1.0 + 1e-6, (name, float(value))
     serving = model.forward(features, training=False, losses=False)
     assert serving.aux_losses == {} and serving.diagnostics == {}
-    model.compile(optimizer=tf_keras.optimizers.Adam(1e-3))
-    history = model.fit(tf.data.Dataset.from_tensors((features, labels)), epochs=1, verbose=0).history
+    history = h.logged_metrics(model, features, labels)
     assert {k[len("loss_"):] for k in history if k.startswith("loss_")} == {"ctr", "regularization"} | terms
     assert {k[len("diag_"):] for k in history if k.startswith("diag_")} == diagnostics
 

@@ -6,15 +6,9 @@ import pydantic
 import pytest
 import tensorflow as tf
 
-from models.fadidn import (
-    AttributeGate,
-    FADIDNParams,
-    FineGrainedInterest,
-    gate_ids,
-    hard_sample_pairs,
-    info_nce,
-    sample_random_negatives,
-)
+from models.fadidn import FADIDNParams, FineGrainedInterest
+from models.fadidn_contrastive import hard_sample_pairs, info_nce, sample_random_negatives
+from models.fadidn_gate import AttributeGate, gate_ids
 from models.layers import normalized_entropy
 from transforms.features import FeatureSpec
 from tests import model_harness as h
@@ -220,9 +214,8 @@ def test_mean_attention_needs_the_gate_off():
 
 # ---- eq. 1-4 restated in numpy --------------------------------------------------------------------
 def _layer_norm(x, layer):
-    """Keras' LayerNormalization over the last axis with the layer's own gain, bias and epsilon."""
-    mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
-    return (x - mean) / np.sqrt(var + layer.epsilon) * layer.gamma.numpy() + layer.beta.numpy()
+    """The pre-LN over the last axis with the layer's own gain, bias and epsilon."""
+    return h.reference_layer_norm(x, layer.gamma.numpy(), layer.beta.numpy(), layer.epsilon)
 
 
 def _softmax(x, axis=-1):

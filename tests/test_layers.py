@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from models.layers import MLP, masked_softmax
+from tests.model_harness import reference_layer_norm
 
 
 def reference_masked_softmax(logits: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -86,8 +87,7 @@ def test_normalised_entropy_leaves_out_rows_with_fewer_than_two_keys():
 def _reference_mha(layer, query, key, value, key_mask):
     """Per head in numpy: softmax over valid keys of LN(q) W_Q (LN(k) W_K)^T / sqrt(head_dim), times V."""
     def layer_norm(x, norm):
-        gamma, beta = (w.numpy() for w in norm.weights)
-        return (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + norm.epsilon) * gamma + beta
+        return reference_layer_norm(x, norm.gamma.numpy(), norm.beta.numpy(), norm.epsilon)
 
     WQ, WK, WV = (w.kernel.numpy() for w in (layer.w_q, layer.w_k, layer.w_v))
     q, k, v = layer_norm(query, layer.norm_q) @ WQ, layer_norm(key, layer.norm_k) @ WK, value @ WV
@@ -146,3 +146,43 @@ def test_dice_is_p_x_plus_one_minus_p_alpha_x():
     mean, var = x.numpy().mean(0), x.numpy().var(0)
     p = 1 / (1 + np.exp(-(x.numpy() - mean) / np.sqrt(var + 1e-9)))
     np.testing.assert_allclose(got, p * x.numpy() + (1 - p) * np.array([0.5, -0.25]) * x.numpy(), rtol=1e-5)
+
+
+# ---- the pre-LN before W_Q / W_K -------------------------------------------------------------------
+@pytest.mark.parametrize("policy", ["float32", "mixed_float16"])
+def test_pre_layer_norm_is_keras_layer_normalization_to_the_bit(policy):
+    """``PreLayerNorm`` gives what Keras' LayerNormalization with the same epsilon, gain and bias
+    gives, bit for bit, also under mixed precision (float16 in and out, float32 gain and math)."""
+    import tf_keras
+
+    from models.layers import PRE_LN_EPSILON, PreLayerNorm
+
+    rng = np.random.default_rng(2)
+    x = (1e-4 * rng.normal(size=(4, 5, 6))).astype(np.float32)
+    tf_keras.mixed_precision.set_global_policy(policy)
+    try:
+        ours, keras = PreLayerNorm(), tf_keras.layers.LayerNormalization(epsilon=PRE_LN_EPSILON)
+        ours(x), keras(x)
+        gain, bias = rng.uniform(0.5, 1.5, size=6), rng.normal(size=6)
+        for layer in (ours, keras):
+            layer.gamma.assign(gain)
+            layer.beta.assign(bias)
+        assert [w.dtype for w in ours.weights] == [tf.float32, tf.float32]
+        got, expected = ours(x), keras(x)
+        assert got.dtype == expected.dtype == ours.compute_dtype
+        np.testing.assert_array_equal(got.numpy(), expected.numpy())
+    finally:
+        tf_keras.mixed_precision.set_global_policy("float32")
+
+
+def test_pre_layer_norm_with_a_gain_per_head_in_float32_from_float16():
+    from models.layers import PRE_LN_EPSILON, pre_layer_norm
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2, 5, 3, 4))  # [B, l, k heads, d]
+    gain, bias = rng.uniform(0.5, 1.5, size=(3, 4)), rng.normal(size=(3, 4))
+    got = pre_layer_norm(tf.constant(x, tf.float32), tf.constant(gain, tf.float32), tf.constant(bias, tf.float32))
+    np.testing.assert_allclose(got.numpy(), reference_layer_norm(x, gain, bias, PRE_LN_EPSILON), rtol=1e-5, atol=1e-5)
+    half = pre_layer_norm(tf.constant(x, tf.float16), tf.constant(gain, tf.float32), tf.constant(bias, tf.float32))
+    assert half.dtype == tf.float16
+    np.testing.assert_allclose(half.numpy(), reference_layer_norm(x.astype(np.float16), gain, bias, PRE_LN_EPSILON), atol=5e-3)

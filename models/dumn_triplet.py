@@ -1,0 +1,63 @@
+"""DUMN's triplet loss (section 3.6, eq. 17-19) with hardest-sample mining in each user's own pools.
+
+See ``models.dumn.DUMN`` for the deviations from the paper (per-user pools, hardest samples,
+examples without a term left out of the mean).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Tuple
+
+import tensorflow as tf
+
+from models.layers import ABOVE_ANY_COSINE, BELOW_ANY_COSINE, cosine_similarity
+
+
+class TripletSamples(NamedTuple):
+    """One memory's triplet candidates, per example: its own pools of two feedback types,
+    [B, T, N*E] item embeddings and [B, T] masks (``own_pool``)."""
+
+    positives: tf.Tensor
+    positive_mask: tf.Tensor
+    negatives: tf.Tensor
+    negative_mask: tf.Tensor
+
+
+def own_pool(mask: tf.Tensor, item_id: tf.Tensor, other_mask: tf.Tensor, other_item_id: tf.Tensor) -> tf.Tensor:
+    """Mining scope of eq. 17 (MODELS.md v2): [B, T] bool, the real positions of each user's sequence
+    whose item that same user does not also have in the paired sequence.
+
+    mask, item_id [B, T]; other_mask, other_item_id [B, T'] (the paired feedback type). An item in
+    both of a user's pools says nothing about the user's preference and is skipped from both (each
+    pool calls this with the other as ``other``). Pools are per user: an item one user clicked and
+    another unclicked stays in both users' pools.
+    """
+    same = tf.equal(item_id[:, :, tf.newaxis], other_item_id[:, tf.newaxis, :]) & other_mask[:, tf.newaxis, :]
+    return mask & ~tf.reduce_any(same, axis=2)
+
+
+def triplet_loss(
+    anchors: tf.Tensor,
+    positives: tf.Tensor,
+    positive_mask: tf.Tensor,
+    negatives: tf.Tensor,
+    negative_mask: tf.Tensor,
+    margin: float,
+) -> Tuple[tf.Tensor, tf.Tensor]:
+    """Eq. 17, 19 with hardest-sample mining in each user's own pools: (loss, has_term [B] bool).
+
+    anchors [B, Z]; positives [B, T, Z] and negatives [B, T', Z], example b's own pools, real where
+    the masks [B, T], [B, T'] are True (``own_pool``). Per example: the hardest positive is its real
+    positive of least cosine similarity to the anchor, the hardest negative its real negative of
+    greatest similarity; the term is ``max(d(q, s+) - d(q, s-) + margin, 0)`` with ``d = 1 - cos``.
+    An example with an empty positive or negative pool has no term; the loss is the float32 mean
+    over the examples that have one (0 if none). The choice of the hardest sample is piecewise
+    constant: min/max pass the gradient to the chosen samples' distances only.
+    """
+    q = tf.cast(anchors, tf.float32)[:, tf.newaxis, :]
+    positive_cos = cosine_similarity(q, tf.cast(positives, tf.float32))  # [B, T]
+    negative_cos = cosine_similarity(q, tf.cast(negatives, tf.float32))  # [B, T']
+    d_pos = 1.0 - tf.reduce_min(tf.where(positive_mask, positive_cos, ABOVE_ANY_COSINE), axis=1)  # eq. 19
+    d_neg = 1.0 - tf.reduce_max(tf.where(negative_mask, negative_cos, BELOW_ANY_COSINE), axis=1)
+    has_term = tf.reduce_any(positive_mask, axis=1) & tf.reduce_any(negative_mask, axis=1)
+    hinge = tf.where(has_term, tf.nn.relu(d_pos - d_neg + margin), 0.0)  # eq. 17
+    return tf.math.divide_no_nan(tf.reduce_sum(hinge), tf.reduce_sum(tf.cast(has_term, tf.float32))), has_term
