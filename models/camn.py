@@ -52,7 +52,11 @@ Deviations from the paper, and why:
    (normal(0, 1e-4)) gives logits near 0 and A_r stayed uniform for the whole run in v1 (its
    diversity loss equalled the uniform value E[1/min(n, 20)]). The values keep ``X_r``.
    The mean normalised entropy of A_r (real query rows) and of the interest extractor's weights
-   are logged as the diagnostics ``attention_entropy`` and ``interest_entropy``.
+   are logged as the diagnostics ``attention_entropy`` and ``interest_entropy``; ``input_spread``
+   and ``refined_spread`` (``layers.position_spread``: the share of X's and of X~'s energy that
+   varies across positions) show what the extractor has to choose between: with no residual
+   (point 6), a near-uniform A_r makes every row of X^ = A_r X_r W^V close to one average, and an
+   extractor over keys that are all alike stays near uniform whatever it learns.
 
 Ablations (section 3.5): ``router=False`` is CAMN-loss (no routing module; P = 1, no key scaling,
 ``W_h`` is not created); ``diversity_loss=False`` is CAMN-route (eq. 7 neither computed nor declared).
@@ -75,6 +79,7 @@ from models.layers import (
     flatten_fields,
     masked_softmax,
     normalized_entropy,
+    position_spread,
     pre_layer_norm,
 )
 
@@ -228,7 +233,7 @@ class CAMN(CTRModel):
         return {"diversity": self.params.alpha} if self.params.diversity_loss else {}
 
     def diagnostic_names(self) -> Tuple[str, ...]:
-        return ("attention_entropy", "interest_entropy")
+        return ("attention_entropy", "interest_entropy", "input_spread", "refined_spread")
 
     def click_sequence(self, features):
         """(X [B, l, k, d], mask [B, l]): the most recent ``sequence_length`` clicks, gap added."""
@@ -264,5 +269,8 @@ class CAMN(CTRModel):
         diagnostics = {
             "attention_entropy": normalized_entropy(A, real_rows),  # eq. 4, real query rows only
             "interest_entropy": normalized_entropy(tf.stack([w for _, w in pooled], axis=1), mask[:, tf.newaxis, :]),
+            # what the interest extractor's keys have to choose between: X (the input) and X~ (eq. 6)
+            "input_spread": position_spread(x, mask),
+            "refined_spread": position_spread(X_tilde, mask),
         }
         return ModelOutput(logit=logit, aux_losses=aux, diagnostics=diagnostics)

@@ -100,6 +100,24 @@ def normalized_entropy(weights: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
     return tf.math.divide_no_nan(tf.reduce_sum(normalised), tf.reduce_sum(rows))
 
 
+def position_spread(x: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+    """Share of a sequence's energy that varies across its real positions (0 = every position alike).
+
+    ``x`` [B, T, ...], ``mask`` [B, T]. Per example ``sum_j ||x_j - mean||^2 / sum_j ||x_j||^2`` over
+    the real positions j, averaged over the examples with at least two of them. Attention over keys
+    that are all alike has nothing to choose between, so its entropy stays near 1 whatever it learns.
+    """
+    batch, steps = tf.shape(x)[0], tf.shape(x)[1]
+    x = tf.reshape(tf.cast(x, tf.float32), [batch, steps, -1])
+    m = tf.cast(mask, tf.float32)[:, :, tf.newaxis]
+    count = tf.reduce_sum(m, axis=1)  # [B, 1]
+    mean = tf.math.divide_no_nan(tf.reduce_sum(x * m, axis=1), count)
+    varying = tf.reduce_sum(m * tf.square(x - mean[:, tf.newaxis, :]), axis=[1, 2])
+    total = tf.reduce_sum(m * tf.square(x), axis=[1, 2])
+    rows = tf.cast(count[:, 0] > 1.5, tf.float32)
+    return tf.math.divide_no_nan(tf.reduce_sum(tf.math.divide_no_nan(varying, total) * rows), tf.reduce_sum(rows))
+
+
 def flatten_fields(x: tf.Tensor) -> tf.Tensor:
     """[B, d1, ..., dk] -> [B, d1*...*dk] keeping the static width (Dense layers need it)."""
     width = 1

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from models import layers
 from models.layers import MLP, masked_softmax
 from tests.model_harness import reference_layer_norm
 
@@ -186,3 +187,14 @@ def test_pre_layer_norm_with_a_gain_per_head_in_float32_from_float16():
     half = pre_layer_norm(tf.constant(x, tf.float16), tf.constant(gain, tf.float32), tf.constant(bias, tf.float32))
     assert half.dtype == tf.float16
     np.testing.assert_allclose(half.numpy(), reference_layer_norm(x.astype(np.float16), gain, bias, PRE_LN_EPSILON), atol=5e-3)
+
+
+def test_position_spread_measures_how_much_positions_differ():
+    alike = tf.tile(tf.constant([[[1.0, 2.0]]]), [1, 3, 1])
+    mask = tf.constant([[True, True, True]])
+    assert float(layers.position_spread(alike, mask)) == pytest.approx(0.0, abs=1e-7)
+    opposite = tf.constant([[[1.0, 0.0], [-1.0, 0.0], [50.0, 50.0]]])  # the third position is padding
+    assert float(layers.position_spread(opposite, tf.constant([[True, True, False]]))) == pytest.approx(1.0)
+    # examples with fewer than two real positions are left out of the mean
+    mixed = tf.concat([opposite, alike], axis=0)
+    assert float(layers.position_spread(mixed, tf.constant([[True, True, False], [True, False, False]]))) == pytest.approx(1.0)
