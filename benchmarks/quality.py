@@ -111,13 +111,15 @@ SCHEDULE_VARIANTS: Dict[str, dict] = {f"{m}_v1": {"architecture": m, "embedding_
 # FADIDN's contrastive settings (MODELS.md "Contrastive weight (v2)"): lambda in {0.01, 0.05, 0.2},
 # tau in {0.1, 0.2, 0.5}, item side detached or not, chosen by validation AUC on ml1m-seq seed 0.
 # ``fadidn_l<lambda>_t<tau>[_detach]`` with the decimal point dropped (model names are [A-Za-z0-9_]:
-# fadidn_l005_t02 is lambda 0.05, tau 0.2); plain ``fadidn`` is lambda 0.2, tau 0.2, not detached
+# fadidn_l005_t02 is lambda 0.05, tau 0.2); plain ``fadidn`` is FADIDNParams' defaults, the choice
+# (lambda 0.01, tau 0.2, not detached; MODELS.md's starting point was lambda 0.2: fadidn_l02_t02)
 CONTRASTIVE_GRID = {"lambda_cl": (0.01, 0.05, 0.2), "tau": (0.1, 0.2, 0.5), "detach_items": (False, True)}
+FADIDN_CONTRASTIVE_DEFAULTS = {"lambda_cl": 0.01, "tau": 0.2, "detach_items": False}
 CONTRASTIVE_VARIANTS: Dict[str, dict] = {
     f"fadidn_l{str(lam).replace('.', '')}_t{str(tau).replace('.', '')}{'_detach' if detach else ''}": {
         "architecture": "fadidn", "lambda_cl": lam, "tau": tau, "detach_items": detach}
     for lam, tau, detach in itertools.product(*CONTRASTIVE_GRID.values())
-    if (lam, tau, detach) != (0.2, 0.2, False)  # plain fadidn
+    if (lam, tau, detach) != tuple(FADIDN_CONTRASTIVE_DEFAULTS.values())  # plain fadidn
 }
 INFERENCE_BATCH = 4096
 
@@ -273,13 +275,12 @@ def paired_variants(results: List[dict]) -> Dict[str, List[dict]]:
 def contrastive_selection(results: List[dict], seed: int = 0) -> List[dict]:
     """FADIDN's contrastive settings tried on ml1m-seq ``seed``, best validation AUC first (the
     choice MODELS.md asks for is the first row; the test AUC is shown, never used to choose)."""
-    defaults = {"lambda_cl": 0.2, "tau": 0.2, "detach_items": False}
     rows = []
     for row in results:
         if row["dataset"] != "ml1m-seq" or row["seed"] != seed or not row.get("validation_auc_by_epoch"):
             continue
         if row["model"] == "fadidn" or row["model"] in CONTRASTIVE_VARIANTS:
-            settings = {**defaults, **CONTRASTIVE_VARIANTS.get(row["model"], {})}
+            settings = {**FADIDN_CONTRASTIVE_DEFAULTS, **CONTRASTIVE_VARIANTS.get(row["model"], {})}
             settings.pop("architecture", None)
             rows.append({"model": row["model"], **settings, "validation_auc": max(row["validation_auc_by_epoch"]),
                          "auc": row["auc"]})
