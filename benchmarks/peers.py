@@ -5,10 +5,11 @@ against FuxiCTR's DNN and DIN on ``ml1m-seq``, side by side on the same machine.
     peers-venv/bin/python ../shared/peers/run_fuxictr.py --model DNN --seed 2023   # and DIN, seeds 2023-2025
     # this project's runs:
     python benchmarks/quality.py --data-path <ml-1m-partial> --seeds 0,1,2 --models dnn_ref,din_ref
-    # the tables:
-    python benchmarks/peers.py --fuxictr-runs <peers-work/runs>
+    # the tables (--fuxictr-runs first copies the runs' results into benchmarks/results/fuxictr.json):
+    python benchmarks/peers.py [--fuxictr-runs <peers-work/runs>]
 
-Writes ``benchmarks/peers.md``: per implementation and seed the test AUC, gAUC, logloss, best
+FuxiCTR's results are kept in ``benchmarks/results/fuxictr.json`` (one row per model and seed),
+so the tables survive the harness's scratch folder. Writes ``benchmarks/peers.md``: per implementation and seed the test AUC, gAUC, logloss, best
 epoch and the validation AUC of every epoch; the mean +- std over seeds; and the gap of the
 means against the bar (|ours - FuxiCTR| <= 0.003, MODELS.md "Shared input contract").
 """
@@ -19,7 +20,7 @@ import glob
 import json
 import os
 import statistics
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAIRS = {"DNN": "dnn_ref", "DIN": "din_ref"}  # FuxiCTR model -> this project's reference form
@@ -27,21 +28,36 @@ BAR = 0.003
 SEEDS = 3  # the bar is judged on three seeds of each
 
 
-def fuxictr_rows(runs_dir: str) -> Dict[str, List[dict]]:
-    """FuxiCTR model -> one row per seed from the harness's ``result.json`` files."""
-    rows: Dict[str, List[dict]] = {}
+def harness_results(runs_dir: str) -> List[dict]:
+    """One row per FuxiCTR run of a paired model, from the harness's ``result.json`` files."""
+    rows = []
     for path in sorted(glob.glob(os.path.join(runs_dir, "*", "result.json"))):
         with open(path, encoding="utf-8") as handle:
             result = json.load(handle)
         if result["model"] not in PAIRS:
             continue
-        rows.setdefault(result["model"], []).append({
-            "seed": result["seed"], "auc": result["test_auc"], "gauc": result["test_gauc"],
+        rows.append({
+            "model": result["model"], "seed": result["seed"], "auc": result["test_auc"], "gauc": result["test_gauc"],
             "logloss": result["test_logloss"], "best_epoch": result["best_epoch"],
             "validation_auc_by_epoch": [epoch["AUC"] for epoch in result["epoch_logs"]],
             "train_examples_per_second": result["train_eps_mean"],
+            "source": os.path.relpath(path, os.path.dirname(runs_dir)),
         })
     return rows
+
+
+def merge_results(stored: List[dict], new: List[dict]) -> List[dict]:
+    """``stored`` with ``new``'s rows added; a new row replaces a stored one of the same model and seed."""
+    merged = {(r["model"], r["seed"]): r for r in stored}
+    merged.update({(r["model"], r["seed"]): r for r in new})
+    return sorted(merged.values(), key=lambda r: (r["model"], r["seed"]))
+
+
+def by_model(rows: List[dict]) -> Dict[str, List[dict]]:
+    grouped: Dict[str, List[dict]] = {}
+    for row in rows:
+        grouped.setdefault(row["model"], []).append(row)
+    return grouped
 
 
 def project_rows(quality_json: str) -> Dict[str, List[dict]]:
@@ -62,7 +78,12 @@ def project_rows(quality_json: str) -> Dict[str, List[dict]]:
     return rows
 
 
-def _mean_std(values: List[float]) -> str:
+def _mean_std(values: List[Optional[float]]) -> str:
+    """Mean +- std of the known values; ``(n of m)`` when some rows lack the figure."""
+    known = [v for v in values if v is not None]
+    if len(known) < len(values) and known:
+        return f"{_mean_std(known)} ({len(known)} of {len(values)})"
+    values = known
     if not values:
         return "-"
     if len(values) == 1:
@@ -106,15 +127,25 @@ def format_markdown(fuxictr: Dict[str, List[dict]], ours: Dict[str, List[dict]],
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--fuxictr-runs", required=True, help="the harness's runs folder (peers-work/runs)")
+    parser.add_argument("--fuxictr-runs", default=None,
+                        help="the harness's runs folder (peers-work/runs): its results are added to --fuxictr-json")
+    parser.add_argument("--fuxictr-json", default=os.path.join(ROOT, "benchmarks", "results", "fuxictr.json"))
     parser.add_argument("--quality-json", default=os.path.join(ROOT, "benchmarks", "results", "quality.json"))
     parser.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "peers.md"))
     args = parser.parse_args()
-    fuxictr, ours = fuxictr_rows(args.fuxictr_runs), project_rows(args.quality_json)
+    stored = []
+    if os.path.exists(args.fuxictr_json):
+        with open(args.fuxictr_json, encoding="utf-8") as handle:
+            stored = json.load(handle)
+    if args.fuxictr_runs:
+        stored = merge_results(stored, harness_results(args.fuxictr_runs))
+        with open(args.fuxictr_json, "w", encoding="utf-8") as handle:
+            json.dump(stored, handle, indent=2)
+    fuxictr, ours = by_model(stored), project_rows(args.quality_json)
     commands = [
         "peers-venv/bin/python ../shared/peers/run_fuxictr.py --model {DNN,DIN} --seed {2023,2024,2025}  (../shared/peers/README.md)",
         "python benchmarks/quality.py --data-path <ml-1m-partial> --seeds 0,1,2 --models dnn_ref,din_ref",
-        "python benchmarks/peers.py --fuxictr-runs <peers-work/runs>",
+        "python benchmarks/peers.py [--fuxictr-runs <peers-work/runs>]",
     ]
     text = format_markdown(fuxictr, ours, commands)
     with open(args.output, "w", encoding="utf-8") as handle:
