@@ -11,7 +11,7 @@ import pytest
 from pipeline.auc import auc
 
 from pipeline.config import DataConfig
-from transforms import sources, synthetic
+from transforms import click_model, sources, synthetic
 
 FILES = ("events.csv", "items.csv", "users.csv", synthetic.REQUEST_FILE)
 
@@ -96,7 +96,7 @@ def test_click_rate_and_oracle_auc_in_target_range(dataset):
 
 def test_misclick_floor(dataset):
     _, _, events = dataset
-    assert events.click_prob.min() >= synthetic.MISCLICK - 1e-6
+    assert events.click_prob.min() >= click_model.MISCLICK - 1e-6
 
 
 def test_recent_click_in_same_category_raises_click_rate_and_gap_matters(dataset):
@@ -146,7 +146,7 @@ def test_no_sequence_oracle_is_calibrated(dataset):
     too (within a band's sampling error plus a small allowance for its Monte Carlo error)."""
     _, _, events = dataset
     static, clicked = events[synthetic.STATIC_COLUMN].to_numpy(), events.clicked.to_numpy()
-    assert static.min() >= synthetic.MISCLICK - 1e-6 and static.max() <= 1
+    assert static.min() >= click_model.MISCLICK - 1e-6 and static.max() <= 1
     assert static.mean() == pytest.approx(clicked.mean(), abs=0.01)
     for low, high in [(0, 0.2), (0.2, 0.4), (0.4, 0.6), (0.6, 0.8), (0.8, 1.0)]:
         band = (static >= low) & (static < high)
@@ -158,7 +158,7 @@ def test_known_answer_preset_is_ml1m_sized_with_strong_sequence_mechanisms():
     arguments = synthetic.preset_arguments("known-answer")
     assert arguments["num_users"] >= 5000 and arguments["events_per_user"] >= 80
     assert arguments["static_samples"] >= 256
-    strong, default = arguments["mechanisms"], synthetic.DEFAULT_MECHANISMS
+    strong, default = arguments["mechanisms"], click_model.DEFAULT_MECHANISMS
     assert strong.category > default.category and strong.brand > default.brand and strong.dislike > default.dislike
     assert synthetic.preset_arguments("known-answer", num_users=30, seed=None)["num_users"] == 30  # None: the preset's
     demo = synthetic.preset_arguments("demo")  # `ctr-pipeline generate-data`'s defaults, unchanged
