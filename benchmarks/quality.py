@@ -5,7 +5,8 @@ Evaluator), every model and ablation, several seeds.
     python benchmarks/quality.py --data-path /path/to/ml-1m-partial [--seeds 0,1,2]
         [--models dnn,din,fadidn,camn,dumn,tf4ctr] [--ablations] [--synthetic] [--no-ml1m]
 
-``--models`` also takes ablation variants by name (``--models tf4ctr_no_tf_loss``) and
+``--models`` also takes ablation variants by name (``--models tf4ctr_no_tf_loss``), a model in
+its paper's exact form where it departs from it (``camn_no_residual``) and
 regularisation variants: ``<model>_reg`` (``--models dnn_reg,dumn_reg``) is the model with the
 regularisation MODELS.md fixes for TF4CTR (the authors' ML-1M settings: dropout 0.1, embedding
 L2 0.01), which the other models' defaults leave out; ``tf4ctr_noreg`` is TF4CTR without it and
@@ -73,6 +74,11 @@ ABLATIONS: Dict[str, dict] = {
     "tf4ctr_dfm_sum": {"architecture": "tf4ctr", "dfm": "sum"},
     "tf4ctr_ssem_share": {"architecture": "tf4ctr", "ssem": "share"},
 }
+# where a model departs from its paper's equations, the paper's form (the docstring gives the why):
+# CAMN's eq. 5-6 without the residual connections the model adds (models/camn.py point 6)
+DEVIATION_VARIANTS: Dict[str, dict] = {
+    "camn_no_residual": {"architecture": "camn", "residual": False},
+}
 # regularisation: TF4CTR's in MODELS.md (the authors' ML-1M settings) on the other models
 # (<model>_reg), TF4CTR without it (tf4ctr_noreg) and with half its embedding L2
 # (tf4ctr_half_l2: the authors' code, FuxiCTR, adds 0.01/2 * sum(E^2); tf_keras' L2(0.01) adds 0.01 * sum(E^2))
@@ -128,7 +134,7 @@ def variant(name: str) -> dict:
     """The ``training.models`` entry of a model, an ablation, a regularisation, an input or a schedule variant."""
     if name in MODELS:
         return {}
-    variants = {**ABLATIONS, **REGULARIZATION_VARIANTS, **INPUT_VARIANTS, **REFERENCE_VARIANTS, **SCHEDULE_VARIANTS,
+    variants = {**ABLATIONS, **DEVIATION_VARIANTS, **REGULARIZATION_VARIANTS, **INPUT_VARIANTS, **REFERENCE_VARIANTS, **SCHEDULE_VARIANTS,
                 **CONTRASTIVE_VARIANTS}
     if name not in variants:
         raise ValueError(f"unknown model {name!r}: one of {', '.join([*MODELS, *variants])}")
@@ -377,7 +383,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--models", default=",".join(MODELS),
                         help="comma-separated models, ablation variants, <model>_reg, tf4ctr_noreg, tf4ctr_half_l2, "
-                             "dnn_click, dnn_click_unclick, din_ref, dnn_ref or <model>_v1 (default: the six models)")
+                             "dnn_click, dnn_click_unclick, din_ref, dnn_ref, camn_no_residual or <model>_v1 (default: the six models)")
     parser.add_argument("--ablations", action="store_true", help=f"also the ablation variants: {', '.join(ABLATIONS)}")
     parser.add_argument("--workdir", default=os.path.join(ROOT, "runs", "quality"))
     parser.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "results"))

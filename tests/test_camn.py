@@ -304,10 +304,12 @@ def test_uses_the_click_history_and_no_other_feedback():
 
 
 # ---- eq. 5-6, d, diagnostics, known answer ----------------------------------------------------------
-def test_eq5_values_and_eq6_ffn_on_a_hand_checked_case():
-    """X^_r = A_r X_r W_r^V (values without the pre-LN), X~_r = max(0, X^_r W_1 + b_1) W_2 + b_2."""
+@pytest.mark.parametrize("residual", [False, True])
+def test_eq5_values_and_eq6_ffn_on_a_hand_checked_case(residual):
+    """X^_r = A_r X_r W_r^V (values without the pre-LN), X~_r = max(0, X^_r W_1 + b_1) W_2 + b_2;
+    with the residuals H_r = X_r + X^_r and X~_r = H_r + max(0, H_r W_1 + b_1) W_2 + b_2."""
     features, _ = h.random_batch(min_length=2)
-    model = h.build("camn", {"router": False})
+    model = h.build("camn", {"router": False, "residual": residual})
     model(features)
     x, mask = model.click_sequence(features)
     X_tilde, A, _ = model.refine(x, mask)
@@ -317,8 +319,20 @@ def test_eq5_values_and_eq6_ffn_on_a_hand_checked_case():
     W2, b2 = (w.numpy() for w in model.W_2.weights)
     b, r = 3, 1
     X_hat = A[b, r] @ (x[b, :, r] @ WV[r])  # eq. 5
-    expected = np.maximum(0.0, X_hat @ W1 + b1) @ W2 + b2  # eq. 6
+    ffn = lambda z: np.maximum(0.0, z @ W1 + b1) @ W2 + b2  # noqa: E731  eq. 6
+    H = x[b, :, r] + X_hat
+    expected = H + ffn(H) if residual else ffn(X_hat)
     np.testing.assert_allclose(X_tilde.numpy()[b, :, r], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_the_residual_keeps_positions_apart_under_uniform_attention():
+    """With eq. 4 uniform every row of X^ is the same average: without the residual X~'s positions
+    are alike (refined_spread 0), with it they keep X's differences for the interest extractor."""
+    features, labels = h.random_batch(min_length=3)
+    spread = {residual: h.diagnostics(h.build("camn", {"attention": "mean", "residual": residual}), features, labels)
+              for residual in (False, True)}
+    assert spread[False]["refined_spread"] == pytest.approx(0.0, abs=1e-6)
+    assert spread[True]["refined_spread"] > 0.1, spread
 
 
 def test_d_is_the_papers_18_unless_set():
@@ -338,17 +352,31 @@ def test_mean_attention_reports_entropy_one_and_the_diagnostics_are_logged():
 
 def test_known_answer_attention_sharpens_and_beats_mean_pooling():
     """Every target is in its click history and the label is whether that click was recent: CAMN
-    must find the matching position (eq. 4 and the interest extractor) and read its gap. Both
-    attentions' entropies fall well below 1 (uniform) and it beats CAMN with eq. 4 replaced by
-    mean pooling on held-out examples by a wide margin."""
+    must find the matching position and read its gap. In the paper's form (eq. 5-6, no residual)
+    eq. 4 must keep the matching position apart for the interest extractor: both attentions'
+    entropies fall well below 1 (uniform) and it beats CAMN with eq. 4 replaced by mean pooling
+    on held-out examples by a wide margin."""
     train = h.repeat_recency_batch(2048, seed=0)
     test = h.repeat_recency_batch(1024, seed=1)
     aucs, entropy = {}, None
     for attention in ("dot", "mean"):
-        model = h.build("camn", {"attention": attention, "diversity_loss": False})
+        model = h.build("camn", {"attention": attention, "diversity_loss": False, "residual": False})
         h.train_on(model, *train, epochs=15, learning_rate=1e-2)
         aucs[attention] = h.held_out_auc(model, *test)
         if attention == "dot":
             entropy = h.diagnostics(model, *test)
     assert entropy["attention_entropy"] < 0.8 and entropy["interest_entropy"] < 0.95, entropy
     assert aucs["dot"] > aucs["mean"] + 0.15, aucs
+
+
+def test_known_answer_with_the_residual_the_interest_extractor_finds_the_position():
+    """With the residuals (the default) X~ keeps each position's own embedding, so the interest
+    extractor alone can find the matching click: its entropy falls well below 1 and the held-out
+    AUC nears 1 (eq. 4 then has nothing left to do on this task; it need not sharpen)."""
+    train = h.repeat_recency_batch(2048, seed=0)
+    test = h.repeat_recency_batch(1024, seed=1)
+    model = h.build("camn", {"diversity_loss": False})
+    h.train_on(model, *train, epochs=15, learning_rate=1e-2)
+    diagnostics = h.diagnostics(model, *test)
+    assert diagnostics["interest_entropy"] < 0.8 and diagnostics["refined_spread"] > 0.3, diagnostics
+    assert h.held_out_auc(model, *test) > 0.95
