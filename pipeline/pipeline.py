@@ -19,7 +19,7 @@ from tfx import v1 as tfx
 from tfx.proto import transform_pb2
 
 from pipeline import components
-from pipeline.config import ModelChoice, PipelineConfig, validate_model_params
+from contract.config import ModelChoice, PipelineConfig, validate_model_params
 from transforms.features import LABEL, FeatureSpec
 from transforms.preprocessing import SPEC_KEY
 

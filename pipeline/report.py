@@ -16,7 +16,7 @@ from typing import Dict, List, Optional
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from pipeline.auc import auc
+from contract.auc import auc
 from pipeline.metrics import GAUC_NAME
 
 REPORT_FILE = "report.json"

@@ -639,7 +639,7 @@ class ScoreJob:
     input_path: str
     output_dir: str
     input_format: str = "auto"  # auto | logs | tfrecord
-    config: Optional[object] = None  # pipeline.config.PipelineConfig; required for logs
+    config: Optional[object] = None  # contract.config.PipelineConfig; required for logs
     output_format: str = "jsonl"  # jsonl | csv
     num_shards: int = 0  # 0: the runner decides
     max_batch_size: int = 1024
@@ -787,10 +787,9 @@ def write_outputs(result: dict, job: ScoreJob) -> None:
 def default_beam_args(config=None) -> List[str]:
     if config is not None:
         return config.beam_pipeline_args()
-    from pipeline.config import BeamConfig
+    from contract.config import BeamConfig
 
-    beam_config = BeamConfig()
-    return [f"--direct_running_mode={beam_config.direct_running_mode}", f"--direct_num_workers={beam_config.direct_num_workers}"]
+    return BeamConfig().pipeline_args()
 
 
 def score(job: ScoreJob) -> dict:
@@ -865,7 +864,7 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
 def run_score(args: argparse.Namespace) -> int:
     config = None
     if args.config:
-        from pipeline.config import load_config
+        from contract.config import load_config
 
         config = load_config(args.config)
     serving_root = args.serving_root or (config.serving_root if config is not None else None)

@@ -94,7 +94,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Un
 
 import pyarrow.parquet as pq
 
-from pipeline.config import ColumnMap, DataConfig
+from contract.config import ColumnMap, DataConfig, attribute_names
 
 Table = Dict[str, Dict[str, str]]
 
@@ -480,37 +480,6 @@ def read_events(path: str, data: DataConfig) -> Iterator[Union[Event, Quarantine
 
 
 # ---- attributes and tables ---------------------------------------------------------------------
-
-_MOVIELENS_ATTRIBUTES = (("gender", "age", "occupation", "zip"), ("genre", "year"))
-_BUILTIN_ATTRIBUTES = {  # format -> (user attributes, item attributes)
-    "movielens-100k": _MOVIELENS_ATTRIBUTES,
-    "movielens-1m": _MOVIELENS_ATTRIBUTES,
-    "kuairand": ((), ("duration",)),
-}
-
-
-def _select(available: Sequence[str], requested: Sequence[str], kind: str, data_format: str) -> List[str]:
-    unknown = [name for name in requested if name not in available]
-    if unknown:
-        raise ValueError(
-            f"data.{kind}_attributes: {unknown} not available in format {data_format} "
-            f"(available: {list(available)})"
-        )
-    return list(requested or available)
-
-
-def attribute_names(data: DataConfig) -> Tuple[List[str], List[str]]:
-    """(user attribute fields, item attribute fields), without user_id/item_id."""
-    if data.format == "generic":
-        for kind in ("user", "item"):
-            if getattr(data, f"{kind}_attributes") and getattr(data, f"{kind}s") is None:
-                raise ValueError(f"data.{kind}_attributes is set but data.{kind}s names no {kind}s table")
-        return list(data.user_attributes), list(data.item_attributes)
-    users, items = _BUILTIN_ATTRIBUTES[data.format]
-    return (
-        _select(users, data.user_attributes, "user", data.format),
-        _select(items, data.item_attributes, "item", data.format),
-    )
 
 
 def _table_row(record: Record, key: str, kind: str, table: Table, attributes_of) -> Tuple[str, Dict[str, str]]:

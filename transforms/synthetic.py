@@ -80,7 +80,7 @@ from typing import Dict, Tuple
 import numpy as np
 import pandas as pd
 
-from pipeline.auc import auc
+from contract.auc import auc
 
 START = 1704067200  # 2024-01-01 00:00 UTC
 CATEGORIES = 20
