@@ -71,6 +71,7 @@ from tensorflow_serving.apis import (  # noqa: E402
     prediction_service_pb2_grpc,
 )
 
+from contract import serving as contract_serving  # noqa: E402
 from serving import client  # noqa: E402
 from transforms.features import LABEL, TIMESTAMP, FeatureSpec  # noqa: E402
 
@@ -143,10 +144,7 @@ def _cpu_times() -> Optional[Tuple[float, float]]:
 
 # ---- the model base -------------------------------------------------------------------------
 def _versions(model_dir: str) -> List[int]:
-    return sorted(
-        int(e) for e in os.listdir(model_dir)
-        if e.isdigit() and os.path.isfile(os.path.join(model_dir, e, "saved_model.pb"))
-    )
+    return contract_serving.version_dirs(model_dir)
 
 
 def source_models(args) -> Dict[str, str]:
@@ -386,7 +384,7 @@ def predict_call(channel: grpc.Channel) -> Callable:
 
 
 def check_response(response: predict_pb2.PredictResponse, candidates: int) -> int:
-    scores = response.outputs[client.OUTPUT].float_val
+    scores = response.outputs[contract_serving.OUTPUT_KEY].float_val
     if len(scores) != candidates:
         raise AssertionError(f"{len(scores)} scores for {candidates} candidates")
     return response.model_spec.version.value

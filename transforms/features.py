@@ -23,6 +23,7 @@ import functools
 from typing import Dict, Tuple
 
 from contract.config import attribute_names
+from contract.serving import read_feature_spec
 from contract.features import (  # noqa: F401 (the vocabulary, imported here by the feature spec's users)
     CLICK_PROB,
     CONTEXT_FIELDS,
@@ -86,6 +87,12 @@ class FeatureSpec:
     @classmethod
     def from_dict(cls, raw: dict) -> "FeatureSpec":
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+
+    @classmethod
+    def from_model(cls, saved_model_dir: str) -> "FeatureSpec":
+        """The spec a SavedModel carries (``contract.serving.read_feature_spec``; its max_length
+        is the trained history length); ``FeatureSpecMissing`` for an older export."""
+        return cls.from_dict(read_feature_spec(saved_model_dir)["spec"])
 
     # ---- names -------------------------------------------------------------------------------
     @staticmethod
