@@ -62,7 +62,7 @@ from typing import Dict, Mapping, NamedTuple, Optional, Tuple
 import tensorflow as tf
 import tf_keras
 
-from contract.features import FEEDBACK_TYPES
+from contract.features import FEEDBACK_TYPES, ITEM_ID
 from contract.model_params import DUMNParams
 from models.base import CTRModel, ModelOutput
 from models.dumn_memory import UserMemory, mean_slot_cosine
@@ -255,7 +255,7 @@ class DUMN(CTRModel):
             gap = gap * tf.cast(mask, gap.dtype)[:, :, tf.newaxis]
             e_x = emb.item_vectors(attributes + gap[:, :, tf.newaxis, :])  # e_c, e_u, e_l, e_d
             O_x, attention = self.encoders[fb](e_x, mask)  # eq. 1-2
-            item_id = features[self.spec.history(fb, "item_id")]
+            item_id = features[self.spec.history(fb, ITEM_ID)]
             encoded[fb] = EncodedSequence(O_x, attention, emb.item_vectors(attributes), mask, item_id)
         return encoded
 

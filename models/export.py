@@ -24,7 +24,6 @@ from typing import Dict
 
 import tensorflow as tf
 
-from contract.features import CLICK_PROB, ITEM_ID, LABEL
 from contract.serving import (
     EXAMPLES_INPUT,
     FEATURE_SPEC_FILE,
@@ -37,6 +36,7 @@ from contract.serving import (
     TRANSFORM_FEATURES,
     feature_spec_document,
 )
+from contract.features import CLICK_PROB, ITEM_ID, LABEL
 from transforms.features import FeatureSpec
 
 _DTYPES = {"string": tf.string, "int64": tf.int64}

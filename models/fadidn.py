@@ -42,6 +42,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import tensorflow as tf
 import tf_keras
 
+from contract.features import USER_ID
 from contract.model_params import FADIDNParams
 from models.base import CTRModel, ModelOutput
 from models.fadidn_contrastive import hard_sample_pairs, info_nce, sample_random_negatives
@@ -321,7 +322,7 @@ class FADIDN(CTRModel):
             else:  # evaluation and serving: deterministic (and stateless, so unused branches prune)
                 uniform = tf.random.stateless_uniform(shape, seed=[0, 0])
             random_items, random_valid = sample_random_negatives(
-                items["unclick"], masks["unclick"], features["user_id"], uniform
+                items["unclick"], masks["unclick"], features[USER_ID], uniform
             )
             random_sim = cosine_similarity(anchor[:, tf.newaxis, :], random_items)  # [B, K-q]
             negative_sim = tf.concat([negative_sim, random_sim], axis=1)

@@ -40,7 +40,8 @@ from contract.model_params import TF4CTRParams
 from models.base import CTRModel, ModelOutput
 from models.inputs import FeatureEmbeddings
 from models.layers import MLP
-from transforms.features import CONTEXT_FIELDS, FeatureSpec
+from contract.features import CONTEXT_FIELDS
+from transforms.features import FeatureSpec
 
 
 # ---- loss (eq. 7) --------------------------------------------------------------------------------

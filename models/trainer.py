@@ -20,10 +20,10 @@ import tensorflow_transform as tft
 import tf_keras
 from tfx_bsl.public import tfxio
 
-from contract.features import LABEL
 from contract.trainer_args import TrainerArgs
 from models import registry
 from models.export import export_serving_model
+from contract.features import LABEL
 from transforms.features import FeatureSpec
 
 TRAINING_STATS = "training_stats.json"

@@ -19,10 +19,10 @@ from tfx import v1 as tfx
 from tfx.proto import transform_pb2
 
 from contract.config import ModelChoice, PipelineConfig, validate_model_params
-from contract.features import LABEL, USER_ID
 from contract.serving import OUTPUT_KEY, SERVING_DEFAULT, TRANSFORM_FEATURES
 from contract.trainer_args import TrainerArgs
 from pipeline import components
+from contract.features import LABEL, USER_ID
 from transforms.features import FeatureSpec
 from transforms.preprocessing import SPEC_KEY
 

@@ -50,7 +50,6 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from contract.features import DISLIKED, ITEM_ID, LABEL, LIKED, TIMESTAMP, USER_ID
 from contract.serving import (
     FEATURE_SPEC_OUTPUT,
     FEATURE_SPEC_SIGNATURE,
@@ -62,6 +61,7 @@ from contract.serving import (
     SERVING_RAW,
     parse_feature_spec,
 )
+from contract.features import DISLIKED, ITEM_ID, LABEL, LIKED, TIMESTAMP, USER_ID
 from transforms.features import FeatureSpec
 from transforms.history import user_histories_at
 

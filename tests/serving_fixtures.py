@@ -18,7 +18,8 @@ from tensorflow_serving.apis import predict_pb2
 
 from contract.serving import FEATURE_SPEC_SIGNATURE
 from models.export import feature_spec_function, write_feature_spec
-from transforms.features import TIMESTAMP, FeatureSpec
+from contract.features import TIMESTAMP
+from transforms.features import FeatureSpec
 
 MODEL_NAME = "ctr"
 SPEC = FeatureSpec(

@@ -10,14 +10,14 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from contract.features import FEEDBACK_TYPES
 from models.dumn import TRIPLET_NEGATIVE
 from models.dumn_memory import content_addressing, key_strength, mean_slot_cosine, memory_read, memory_write
 from models.dumn_purification import orthogonal_map
 from models.dumn_triplet import own_pool, triplet_loss
 from models.layers import normalized_entropy
 from tests import model_harness as h
-from transforms.features import CONTEXT_SIZES, FeatureSpec
+from contract.features import CONTEXT_SIZES, FEEDBACK_TYPES
+from transforms.features import FeatureSpec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRIPLET_TERMS = {f"triplet_{fb}" for fb in FEEDBACK_TYPES}

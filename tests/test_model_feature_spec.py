@@ -12,7 +12,6 @@ import pytest
 import tensorflow_transform as tft
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from contract.features import ITEM_ID, LABEL, TIMESTAMP, USER_ID
 from contract.serving import FEATURE_SPEC_FILE, SERVING_RAW, WARMUP_FILE, read_feature_spec
 from models import registry
 from models.export import export_serving_model
@@ -20,6 +19,7 @@ from models.trainer import vocabulary_sizes
 from serving import client, server, warmup
 from tests import model_harness as h
 from tests import raw_data
+from contract.features import ITEM_ID, LABEL, TIMESTAMP, USER_ID
 from transforms.features import FeatureSpec
 
 TRAINED_LENGTH = 20  # configs/demo.yaml's sequences.max_length; the client used to guess 50

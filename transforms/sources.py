@@ -94,6 +94,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Un
 
 import pyarrow.parquet as pq
 
+from contract.features import DISLIKED, ITEM_ID, LABEL, LIKED, USER_ID
 from contract.config import ColumnMap, DataConfig, attribute_names
 
 Table = Dict[str, Dict[str, str]]
@@ -384,7 +385,7 @@ def _flag(values: Dict[str, str], field: str) -> int:
 
 
 def _flag_feedback(values: Dict[str, str]) -> Tuple[int, int, int]:
-    clicked, liked, disliked = (_flag(values, f) if f in values else 0 for f in ("clicked", "liked", "disliked"))
+    clicked, liked, disliked = (_flag(values, f) if f in values else 0 for f in (LABEL, LIKED, DISLIKED))
     return clicked, liked, disliked
 
 
@@ -403,7 +404,7 @@ def _rating_feedback(values: Dict[str, str]) -> Tuple[int, int, int]:
 def _label_feedback(values: Dict[str, str]) -> Tuple[int, int, int]:
     """KuaiRand: is_click gives the click, label 1 a like and label 0 a dislike."""
     liked = _flag(values, "label")
-    return _flag(values, "clicked"), liked, 1 - liked
+    return _flag(values, LABEL), liked, 1 - liked
 
 
 def _click_prob(text: str) -> float:
@@ -462,7 +463,7 @@ def _event(values: Dict[str, str], event_format: _EventFormat, max_timestamp: in
     timestamp = _timestamp(values["timestamp"], event_format.timestamp_format, max_timestamp)
     clicked, liked, disliked = event_format.feedback(values)
     click_prob = _click_prob(values["click_prob"]) if "click_prob" in values else None
-    return Event(values["user_id"], values["item_id"], timestamp, clicked, liked, disliked, click_prob, source)
+    return Event(values[USER_ID], values[ITEM_ID], timestamp, clicked, liked, disliked, click_prob, source)
 
 
 def read_events(path: str, data: DataConfig) -> Iterator[Union[Event, Quarantined]]:
