@@ -927,7 +927,7 @@ def benchmark_model(args, address: str, base: str, name: str, versions: Dict[str
     users = {c: [user_json(catalog, spec, rng, c, args.max_history, now)
                  for _ in range(args.distinct_users)] for c in candidate_counts}
     pools = {(sig, c): build_pool(contract, name, sig, c, users[c])
-             for sig in client.SIGNATURES for c in candidate_counts}
+             for sig in contract_serving.PREDICTION_SIGNATURES for c in candidate_counts}
     history = pools[("serving_default", candidate_counts[0])].history_lengths
     print(f"contract: user fields {spec.user_fields}, item fields {spec.item_fields}, feedback "
           f"{spec.feedback_types}; mean history lengths {history}", flush=True)

@@ -65,7 +65,6 @@ from contract.features import DISLIKED, ITEM_ID, LABEL, LIKED, TIMESTAMP, USER_I
 from transforms.features import FeatureSpec
 from transforms.history import user_histories_at
 
-SIGNATURES = PREDICTION_SIGNATURES
 REQUIRED_SIGNATURES = (SERVING_DEFAULT, SERVING_RAW)  # the contract is checked against these
 _DT = {"string": types_pb2.DT_STRING, "int64": types_pb2.DT_INT64}
 
@@ -264,8 +263,8 @@ def build_predict_request(
     version: Optional[int] = None,
 ) -> predict_pb2.PredictRequest:
     """One PredictRequest scoring every candidate of the user."""
-    if signature not in SIGNATURES:
-        raise RequestError(f"signature must be one of {SIGNATURES}, got '{signature}'")
+    if signature not in PREDICTION_SIGNATURES:
+        raise RequestError(f"signature must be one of {PREDICTION_SIGNATURES}, got '{signature}'")
     predict = predict_pb2.PredictRequest()
     predict.model_spec.name = model
     predict.model_spec.signature_name = signature
@@ -392,7 +391,7 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model name on the server")
     parser.add_argument("--input", required=True,
                         help="request JSON file for one user ('-' reads standard input)")
-    parser.add_argument("--signature", choices=SIGNATURES, default=SERVING_DEFAULT,
+    parser.add_argument("--signature", choices=PREDICTION_SIGNATURES, default=SERVING_DEFAULT,
                         help="signature to call (default: serving_default; serving_candidates sends the user's "
                              "history once: fastest for many candidates)")
     parser.add_argument("--model-version", type=int, default=None,

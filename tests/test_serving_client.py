@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import tensorflow as tf
 from tensorflow_serving.apis import get_model_metadata_pb2, prediction_service_pb2_grpc
 
-from contract.serving import read_feature_spec
+from contract.serving import PREDICTION_SIGNATURES, read_feature_spec
 from serving import client, server
 from tests import serving_fixtures as fx
 
@@ -229,7 +229,7 @@ def test_both_signatures_carry_the_same_bounded_past_histories(
 
 
 # ---- scoring ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("signature", client.SIGNATURES)
+@pytest.mark.parametrize("signature", PREDICTION_SIGNATURES)
 @pytest.mark.parametrize("with_events", [True, False])
 def test_scores_are_the_models_scores_of_the_expected_features(
     stub, contract, model_dir, signature, with_events
@@ -257,7 +257,7 @@ def _args(served, path, *extra):
     ])
 
 
-@pytest.mark.parametrize("signature", client.SIGNATURES)
+@pytest.mark.parametrize("signature", PREDICTION_SIGNATURES)
 def test_predict_command_ranks_candidates(served, contract, tmp_path, capsys, signature):
     path = tmp_path / "request.json"
     path.write_text(json.dumps(REQUEST))
