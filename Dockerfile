@@ -31,6 +31,7 @@ COPY requirements/ requirements/
 RUN pip install -c requirements/constraints-lock.txt -r requirements/constraints-top.txt
 
 COPY setup.py README.md ./
+COPY contract/ contract/
 COPY pipeline/ pipeline/
 COPY models/ models/
 COPY transforms/ transforms/

@@ -20,7 +20,7 @@ import apache_beam as beam
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from pipeline.config import load_config  # noqa: E402
+from contract.config import load_config  # noqa: E402
 from transforms import sequences  # noqa: E402
 from transforms.features import FeatureSpec  # noqa: E402
 

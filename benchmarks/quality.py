@@ -216,7 +216,7 @@ def synthetic_oracles(base_config: str, data_path: str) -> dict:
 
 def run_one(dataset: str, config_path: str, model: str, workdir: str) -> dict:
     from pipeline import report
-    from pipeline.config import load_config
+    from contract.config import load_config
 
     log_path = os.path.join(workdir, dataset, f"{os.path.basename(config_path)[:-5]}-{model}.log")
     usage = run_pipeline(config_path, model, log_path)

@@ -71,8 +71,10 @@ from tensorflow_serving.apis import (  # noqa: E402
     prediction_service_pb2_grpc,
 )
 
+from contract import serving as contract_serving  # noqa: E402
 from serving import client  # noqa: E402
-from transforms.features import LABEL, TIMESTAMP, FeatureSpec  # noqa: E402
+from contract.features import LABEL, TIMESTAMP  # noqa: E402
+from transforms.features import FeatureSpec  # noqa: E402
 
 PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
 TARGETS_MS = {1: 10.0, 100: 30.0}  # p99 targets per candidate count (2-core machine)
@@ -143,10 +145,7 @@ def _cpu_times() -> Optional[Tuple[float, float]]:
 
 # ---- the model base -------------------------------------------------------------------------
 def _versions(model_dir: str) -> List[int]:
-    return sorted(
-        int(e) for e in os.listdir(model_dir)
-        if e.isdigit() and os.path.isfile(os.path.join(model_dir, e, "saved_model.pb"))
-    )
+    return contract_serving.version_dirs(model_dir)
 
 
 def source_models(args) -> Dict[str, str]:
@@ -386,7 +385,7 @@ def predict_call(channel: grpc.Channel) -> Callable:
 
 
 def check_response(response: predict_pb2.PredictResponse, candidates: int) -> int:
-    scores = response.outputs[client.OUTPUT].float_val
+    scores = response.outputs[contract_serving.OUTPUT_KEY].float_val
     if len(scores) != candidates:
         raise AssertionError(f"{len(scores)} scores for {candidates} candidates")
     return response.model_spec.version.value
@@ -928,7 +927,7 @@ def benchmark_model(args, address: str, base: str, name: str, versions: Dict[str
     users = {c: [user_json(catalog, spec, rng, c, args.max_history, now)
                  for _ in range(args.distinct_users)] for c in candidate_counts}
     pools = {(sig, c): build_pool(contract, name, sig, c, users[c])
-             for sig in client.SIGNATURES for c in candidate_counts}
+             for sig in contract_serving.PREDICTION_SIGNATURES for c in candidate_counts}
     history = pools[("serving_default", candidate_counts[0])].history_lengths
     print(f"contract: user fields {spec.user_fields}, item fields {spec.item_fields}, feedback "
           f"{spec.feedback_types}; mean history lengths {history}", flush=True)

@@ -24,35 +24,13 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 from typing import Dict, Mapping, Optional, Tuple
 
-import pydantic
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 import tf_keras
 
+from contract.model_params import ModelParams, SequenceInputParams
 from models.inputs import FeatureEmbeddings
 from transforms.features import FeatureSpec
-
-
-class ModelParams(pydantic.BaseModel):
-    """Hyper-parameters every model has; a model's own ``Params`` subclasses this."""
-
-    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
-
-    embedding_dim: Optional[int] = pydantic.Field(None, ge=1)  # default: features.embedding_dim
-    embedding_l2: float = pydantic.Field(0.0, ge=0)
-    # embedding tables start normal(0, std) (FuxiCTR's 1e-4, MODELS.md v2 training defaults);
-    # None keeps Keras' uniform(-0.05, 0.05) of the v1 trainer
-    embedding_init_std: Optional[float] = pydantic.Field(1e-4, gt=0)
-    dropout: float = pydantic.Field(0.0, ge=0, lt=1)
-    mlp_units: Tuple[int, ...] = (256, 128)  # the prediction MLP
-
-
-class SequenceInputParams(ModelParams):
-    """The baselines' sequence inputs, narrowable to a reference library's (FuxiCTR on ml1m-seq:
-    the click sequence of item id and first genre, no time gaps; ``peers/README.md``)."""
-
-    sequence_fields: Optional[Tuple[str, ...]] = None  # item fields of each position; None: all
-    sequence_gap: bool = True  # the time-gap embedding added to each position (MODELS.md)
 
 
 def check_sequence_fields(spec: FeatureSpec, params: SequenceInputParams, name: str) -> Optional[Tuple[str, ...]]:

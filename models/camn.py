@@ -74,13 +74,13 @@ the attention learns something mean pooling cannot).
 from __future__ import annotations
 
 import math
-from typing import Dict, Literal, Optional, Tuple
+from typing import Dict, Tuple
 
-import pydantic
 import tensorflow as tf
 import tf_keras
 
-from models.base import CTRModel, ModelOutput, ModelParams
+from contract.model_params import CAMNParams
+from models.base import CTRModel, ModelOutput
 from models.layers import (
     LogitHead,
     TargetAttention,
@@ -92,21 +92,6 @@ from models.layers import (
 )
 
 FEEDBACK = "click"
-
-
-class CAMNParams(ModelParams):
-    embedding_dim: Optional[int] = pydantic.Field(18, ge=1)  # d = 18, the paper's (section 3.1)
-    # "dot": eq. 4-5; "mean": every real key weighs the same (the known-answer ablation that
-    # replaces the modified Transformer's attention by mean pooling)
-    attention: Literal["dot", "mean"] = "dot"
-    sequence_length: Optional[int] = pydantic.Field(20, ge=1)  # most recent clicks used; None: all
-    q: Optional[int] = pydantic.Field(None, ge=1)  # keepTopq of eq. 2-3; None: ceil(k / 2)
-    router: bool = True  # eq. 1-3; False: P = 1 (the paper's CAMN-loss ablation)
-    diversity_loss: bool = True  # eq. 7; False: not computed (the paper's CAMN-route ablation)
-    alpha: float = pydantic.Field(1e-4, ge=0)  # weight of the diversity loss, eq. 8
-    attention_units: Tuple[int, ...] = (64, 32)  # DMIN interest extractor's activation unit
-    # residual connections around eq. 5 and eq. 6 (docstring point 6); False: eq. 5-6 exactly
-    residual: bool = True
 
 
 def default_q(num_attributes: int) -> int:

@@ -10,17 +10,11 @@ and first genre, no gaps, one Dice layer of 64, MLP 500x3; ``peers/README.md``).
 """
 from __future__ import annotations
 
-from typing import Literal, Tuple
-
 import tensorflow as tf
 
-from models.base import CTRModel, ModelOutput, SequenceInputParams, check_sequence_fields
+from contract.model_params import DINParams
+from models.base import CTRModel, ModelOutput, check_sequence_fields
 from models.layers import LogitHead, TargetAttention, flatten_fields
-
-
-class DINParams(SequenceInputParams):
-    attention_units: Tuple[int, ...] = (64, 32)
-    attention_activation: Literal["sigmoid", "relu", "dice"] = "sigmoid"
 
 
 class DIN(CTRModel):

@@ -8,14 +8,9 @@ click sequence; FADIDN: click and unclick) to tell the inputs' share of a gap fr
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
-
-from models.base import CTRModel, ModelOutput, SequenceInputParams, check_sequence_fields
+from contract.model_params import DNNParams
+from models.base import CTRModel, ModelOutput, check_sequence_fields
 from models.layers import LogitHead, flatten_fields
-
-
-class DNNParams(SequenceInputParams):
-    sequences: Optional[Tuple[str, ...]] = None  # feedback types pooled; None: all of the spec's
 
 
 class DNN(CTRModel):

@@ -59,42 +59,22 @@ from __future__ import annotations
 
 from typing import Dict, Mapping, NamedTuple, Optional, Tuple
 
-import pydantic
 import tensorflow as tf
 import tf_keras
 
-from models.base import CTRModel, ModelOutput, ModelParams
+from contract.features import FEEDBACK_TYPES, ITEM_ID
+from contract.model_params import DUMNParams
+from models.base import CTRModel, ModelOutput
 from models.dumn_memory import UserMemory, mean_slot_cosine
 from models.dumn_purification import FeedbackEncoder, orthogonal_map
 from models.dumn_triplet import TripletSamples, own_pool
 from models.inputs import GAP_TABLE
 from models.layers import LogitHead, flatten_fields, normalized_entropy
 
-# Feedback types in the paper's order, with the pair used by purification and the triplet loss.
-FEEDBACK = ("click", "unclick", "like", "dislike")
+# The feedback types (contract.features.FEEDBACK_TYPES, the paper's order) pair up for purification
+# and the triplet loss.
 PURIFIED_BY = {"click": "dislike", "unclick": "like"}  # eq. 6-7: <click, dislike>, <unclick, like>
 TRIPLET_NEGATIVE = {"click": "unclick", "unclick": "click", "like": "dislike", "dislike": "like"}  # 3.6
-
-
-class DUMNParams(ModelParams):
-    """DUMN hyper-parameters; defaults from MODELS.md (the paper's values where it gives them)."""
-
-    num_heads: int = pydantic.Field(2, ge=1)  # H of eq. 1-2
-    head_dim: Optional[int] = pydantic.Field(None, ge=1)  # per-head width; default N*E // num_heads
-    purification: bool = True  # eq. 6-7 orthogonal mapping; off (DUMN-FP): f_oc = f_c, f_ou = f_u
-    memory: bool = True  # eq. 8-12 user memory network; off (DUMN-UMN): no r, no write, no triplet
-    memory_slots: int = pydantic.Field(64, ge=1)  # m (paper: 256)
-    slot_dim: int = pydantic.Field(32, ge=1)  # Z (paper: 64)
-    controller_units: int = pydantic.Field(512, ge=1)  # width of the FFN of eq. 8
-    key_strength_init: float = pydantic.Field(10.0, gt=1)  # beta = 1 + softplus(.) at init, read and write
-    pair_dim: int = pydantic.Field(32, ge=1)  # common width of the gated halves of eq. 13
-    context: bool = False  # also feed hour/weekday to the prediction MLP (the paper has no context)
-    triplet_loss: bool = True  # eq. 17-20 (DUMN-TL when off); needs memory
-    triplet_margin: float = pydantic.Field(0.5, ge=0)
-    triplet_click_weight: float = pydantic.Field(1.0, ge=0)  # L_c
-    triplet_unclick_weight: float = pydantic.Field(1.0, ge=0)  # L_u
-    triplet_like_weight: float = pydantic.Field(1.0, ge=0)  # L_l
-    triplet_dislike_weight: float = pydantic.Field(1.0, ge=0)  # L_d
 
 
 # ---- layers --------------------------------------------------------------------------------------
@@ -215,13 +195,13 @@ class DUMN(CTRModel):
 
     def __init__(self, spec, vocab_sizes: Mapping[str, int], params: DUMNParams, name: str = "dumn"):
         super().__init__(spec, vocab_sizes, params, name=name)
-        missing = [fb for fb in FEEDBACK if fb not in spec.feedback_types]
+        missing = [fb for fb in FEEDBACK_TYPES if fb not in spec.feedback_types]
         if missing:
-            raise ValueError(f"DUMN needs the four feedback sequences {FEEDBACK}; the spec lacks {missing}")
+            raise ValueError(f"DUMN needs the four feedback sequences {FEEDBACK_TYPES}; the spec lacks {missing}")
         width = len(spec.item_fields) * self.embedding_dim  # N*E
         head_dim = params.head_dim or max(1, width // params.num_heads)
         self.encoders = {
-            fb: FeedbackEncoder(params.num_heads, head_dim, width, name=f"purification_{fb}") for fb in FEEDBACK
+            fb: FeedbackEncoder(params.num_heads, head_dim, width, name=f"purification_{fb}") for fb in FEEDBACK_TYPES
         }
         self.memories = {}
         if params.memory:
@@ -234,9 +214,9 @@ class DUMN(CTRModel):
                     params.triplet_margin,
                     name=f"memory_{fb}",
                 )
-                for fb in FEEDBACK
+                for fb in FEEDBACK_TYPES
             }
-        self.gates = {fb: PreferenceGate(params.pair_dim, params.memory, name=f"pair_{fb}") for fb in FEEDBACK}
+        self.gates = {fb: PreferenceGate(params.pair_dim, params.memory, name=f"pair_{fb}") for fb in FEEDBACK_TYPES}
         self.head = LogitHead(params.mlp_units, dropout=params.dropout, name="prediction_mlp")
 
     def loss_weights(self) -> Dict[str, float]:
@@ -269,13 +249,13 @@ class DUMN(CTRModel):
         """Eq. 1-2 for each feedback sequence: what depends on the user's histories alone."""
         emb = self.embeddings
         encoded = {}
-        for fb in FEEDBACK:
+        for fb in FEEDBACK_TYPES:
             attributes, mask = emb.sequence(features, fb, with_gap=False)  # [B, T, N, E], zero at pads
             gap = emb.lookup(GAP_TABLE, features[self.spec.history_gap(fb)])
             gap = gap * tf.cast(mask, gap.dtype)[:, :, tf.newaxis]
             e_x = emb.item_vectors(attributes + gap[:, :, tf.newaxis, :])  # e_c, e_u, e_l, e_d
             O_x, attention = self.encoders[fb](e_x, mask)  # eq. 1-2
-            item_id = features[self.spec.history(fb, "item_id")]
+            item_id = features[self.spec.history(fb, ITEM_ID)]
             encoded[fb] = EncodedSequence(O_x, attention, emb.item_vectors(attributes), mask, item_id)
         return encoded
 
@@ -318,7 +298,7 @@ class DUMN(CTRModel):
         encoded = short.encoded
         mining = self.params.triplet_loss and losses
         accesses = {}
-        for fb in FEEDBACK:
+        for fb in FEEDBACK_TYPES:
             writes = tf.reduce_any(encoded[fb].mask, axis=1)  # users with at least one item of this type
             samples = None
             if mining:  # each user's own pools, an item in both of them skipped from both
@@ -356,9 +336,9 @@ class DUMN(CTRModel):
         return ModelOutput(logit=logit, aux_losses=terms, diagnostics=diagnostics)
 
     def _logit(self, short: ShortTerm, r, context, training):
-        U = [self.gates[fb](short.f_o[fb], r.get(fb)) for fb in FEEDBACK]  # eq. 13
+        U = [self.gates[fb](short.f_o[fb], r.get(fb)) for fb in FEEDBACK_TYPES]  # eq. 13
         R_cross = tf.concat(U, axis=-1)  # eq. 14
-        parts = [short.e_user, short.e_item, *(short.f_o[fb] for fb in FEEDBACK), *(r[fb] for fb in r), R_cross]
+        parts = [short.e_user, short.e_item, *(short.f_o[fb] for fb in FEEDBACK_TYPES), *(r[fb] for fb in r), R_cross]
         if context is not None:
             parts.append(context)
         return self.head(tf.concat(parts, axis=-1), training=training)  # eq. 15

@@ -8,8 +8,11 @@
   ``probability`` [N]. The user's histories are sent and transformed once, not N times. Its
   inputs do not share a batch dimension, so TF Serving's server-side batching does not apply.
 - ``transform_features``: serialized examples -> transformed features (used by TFMA).
+- ``feature_spec``: no input -> the feature spec JSON (for gRPC clients, which cannot read files).
 The prediction signatures run the same transform graph and the same model call
-(``training=False``: no dropout, no noise, no memory writes).
+(``training=False``: no dropout, no noise, no memory writes). The names are
+``contract.serving``'s; ``assets.extra/feature_spec.json`` holds the feature spec the model was
+trained with (the history length included), read by the client, warmup and batch scoring.
 """
 from __future__ import annotations
 
@@ -21,10 +24,21 @@ from typing import Dict
 
 import tensorflow as tf
 
-from transforms.features import CLICK_PROB, LABEL, FeatureSpec
+from contract.serving import (
+    EXAMPLES_INPUT,
+    FEATURE_SPEC_FILE,
+    FEATURE_SPEC_OUTPUT,
+    FEATURE_SPEC_SIGNATURE,
+    OUTPUT_KEY,
+    SERVING_CANDIDATES,
+    SERVING_DEFAULT,
+    SERVING_RAW,
+    TRANSFORM_FEATURES,
+    feature_spec_document,
+)
+from contract.features import CLICK_PROB, ITEM_ID, LABEL
+from transforms.features import FeatureSpec
 
-SERVING_DEFAULT, SERVING_RAW, SERVING_CANDIDATES = "serving_default", "serving_raw", "serving_candidates"
-TRANSFORM_FEATURES = "transform_features"
 _DTYPES = {"string": tf.string, "int64": tf.int64}
 
 
@@ -52,7 +66,7 @@ def raw_tensors_to_parsed(spec: FeatureSpec, tensors: Dict[str, tf.Tensor]) -> D
             parsed[name] = tf.reshape(tensors[name], [-1, 1])
     for kind in spec.feedback_types:
         # one layout per feedback type, shared by its fields: the real positions, left-aligned
-        real = tf.not_equal(tensors[spec.history(kind, "item_id")], "")
+        real = tf.not_equal(tensors[spec.history(kind, ITEM_ID)], "")
         positions = tf.where(real)  # [P, 2], row-major
         column = tf.gather_nd(tf.cumsum(tf.cast(real, tf.int64), axis=1, exclusive=True), positions)
         indices = tf.stack([positions[:, 0], column], axis=1)
@@ -77,7 +91,7 @@ class _ServingModule(tf.Module):
 
     def _model_probability(self, transformed):
         transformed.pop(LABEL, None)
-        return {"probability": self.model(transformed, training=False)["probability"]}
+        return {OUTPUT_KEY: self.model(transformed, training=False)["probability"]}
 
     def predict_candidates(self, tensors):
         """One user's N candidates: the user's histories are transformed in one row, the model
@@ -102,20 +116,45 @@ class _ServingModule(tf.Module):
         transformed.pop(LABEL, None)
         user_row = {name: value[:1] for name, value in transformed.items() if name not in spec.item_fields}
         candidates = {name: transformed[name] for name in spec.item_fields}
-        return {"probability": self.model.score_candidates(user_row, candidates)}
+        return {OUTPUT_KEY: self.model.score_candidates(user_row, candidates)}
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
     def serve_examples(self, examples):
         return self._predict(tf.io.parse_example(examples, self.serving_spec))
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
     def transform_features(self, examples):
         parsed = tf.io.parse_example(examples, self.full_spec)
         return self.tft_layer(parsed)
 
 
+def feature_spec_json(spec: FeatureSpec) -> str:
+    """The feature spec document the model carries (``contract.serving.feature_spec_document``)."""
+    return feature_spec_document(spec.to_dict(), spec.raw_features())
+
+
+def feature_spec_function(spec: FeatureSpec):
+    """The ``feature_spec`` signature: no input, the feature spec JSON as a [1] string."""
+    document = feature_spec_json(spec)
+
+    @tf.function(input_signature=[])
+    def feature_spec():
+        return {FEATURE_SPEC_OUTPUT: tf.constant([document])}
+
+    return feature_spec.get_concrete_function()
+
+
+def write_feature_spec(export_dir: str, spec: FeatureSpec) -> str:
+    """Writes ``assets.extra/feature_spec.json`` into a SavedModel directory; returns its path."""
+    path = os.path.join(export_dir, FEATURE_SPEC_FILE)
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    with tf.io.gfile.GFile(path, "w") as handle:
+        handle.write(feature_spec_json(spec))
+    return path
+
+
 def export_serving_model(model, tft_output, spec: FeatureSpec, export_dir: str) -> str:
-    """Writes the SavedModel with its three signatures to ``export_dir``."""
+    """Writes the SavedModel with its signatures and its feature spec to ``export_dir``."""
     module = _ServingModule(model, tft_output, spec)
     raw_signature = raw_input_signature(spec)
 
@@ -132,6 +171,8 @@ def export_serving_model(model, tft_output, spec: FeatureSpec, export_dir: str) 
         SERVING_RAW: serve_raw.get_concrete_function(),
         SERVING_CANDIDATES: serve_candidates.get_concrete_function(),
         TRANSFORM_FEATURES: module.transform_features.get_concrete_function(),
+        FEATURE_SPEC_SIGNATURE: feature_spec_function(spec),
     }
     tf.saved_model.save(module, export_dir, signatures=signatures)
+    write_feature_spec(export_dir, spec)
     return export_dir

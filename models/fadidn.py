@@ -37,13 +37,14 @@ per-position eq. 1 exactly (see ``AttributeGate`` for why this granularity).
 """
 from __future__ import annotations
 
-from typing import Dict, Literal, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
-import pydantic
 import tensorflow as tf
 import tf_keras
 
-from models.base import CTRModel, ModelOutput, ModelParams
+from contract.features import USER_ID
+from contract.model_params import FADIDNParams
+from models.base import CTRModel, ModelOutput
 from models.fadidn_contrastive import hard_sample_pairs, info_nce, sample_random_negatives
 from models.fadidn_gate import AttributeGate, gate_ids
 from models.layers import (
@@ -57,47 +58,6 @@ from models.layers import (
 )
 
 FEEDBACK = ("click", "unclick")  # the two sequences FADIDN models (C and V in the paper)
-
-
-class FADIDNParams(ModelParams):
-    """FADIDN hyper-parameters; defaults from MODELS.md (the paper's values where it gives them)."""
-
-    num_heads: int = pydantic.Field(2, ge=1)  # h of eq. 2-3 (must divide the embedding dimension)
-    gate: bool = True  # eq. 1 attribute gate; off (FADIDN-G): keys are ungated, K = E_cp^n W_K
-    gate_units: Tuple[int, ...] = (256,)  # hidden layers of the gate; its output layer has width E
-    # eq. 2: "dot" is the paper's profile attention; "mean" is an ablation (not in the paper) that
-    # replaces it by masked mean pooling over the positions, the same for every user-field row
-    # (then there are no keys, so there is no gate either: it needs gate=False)
-    attention: Literal["dot", "mean"] = "dot"
-    ffn_units: Tuple[int, ...] = (256, 128)  # point-wise FFN of eq. 4 (width of f_c, f_v = last)
-    context: bool = False  # also feed hour/weekday to the prediction MLP (MODELS.md leaves them out)
-    contrastive: bool = True  # section 2.4 InfoNCE term (FADIDN-CL when off); logged as `contrastive`
-    # MODELS.md "Contrastive weight (v2)": lambda, tau and detach_items chosen by validation AUC on
-    # ml1m-seq seed 0 (benchmarks/results/quality.md, "FADIDN contrastive settings"): lambda 0.01
-    lambda_cl: float = pydantic.Field(0.01, ge=0)  # lambda of eq. 7
-    tau: float = pydantic.Field(0.2, gt=0)  # InfoNCE temperature of eq. 5
-    # stop the gradient of L_cl at the item side of eq. 5 (positives and both kinds of negatives):
-    # L_cl then moves only the anchor path (f_c and its projection), not the item embeddings
-    detach_items: bool = False
-    num_positives: int = pydantic.Field(4, ge=1)  # k: top-k click items ...
-    eta: float = pydantic.Field(0.0, ge=-1, lt=1)  # ... whose cosine to the anchor is > eta
-    num_hard_negatives: int = pydantic.Field(4, ge=0)  # q: top-q most similar unclick items
-    num_negatives: int = pydantic.Field(64, ge=1)  # K: hard + random negatives in total
-
-    @pydantic.model_validator(mode="after")
-    def _negatives_include_the_hard_ones(self):
-        if self.num_negatives < self.num_hard_negatives:
-            raise ValueError(
-                f"num_negatives (K={self.num_negatives}) counts the hard negatives "
-                f"(q={self.num_hard_negatives}), so it must be >= q"
-            )
-        return self
-
-    @pydantic.model_validator(mode="after")
-    def _mean_pooling_has_no_keys_to_gate(self):
-        if self.attention == "mean" and self.gate:
-            raise ValueError("attention='mean' has no keys for the eq. 1 gate to weight: set gate=False with it")
-        return self
 
 
 # ---- layers ------------------------------------------------------------------------------------
@@ -364,7 +324,7 @@ class FADIDN(CTRModel):
             else:  # evaluation and serving: deterministic (and stateless, so unused branches prune)
                 uniform = tf.random.stateless_uniform(shape, seed=[0, 0])
             random_items, random_valid = sample_random_negatives(
-                items["unclick"], masks["unclick"], features["user_id"], uniform
+                items["unclick"], masks["unclick"], features[USER_ID], uniform
             )
             random_sim = cosine_similarity(anchor[:, tf.newaxis, :], random_items)  # [B, K-q]
             negative_sim = tf.concat([negative_sim, random_sim], axis=1)
@@ -372,4 +332,4 @@ class FADIDN(CTRModel):
         return info_nce(positive_sim, positive_valid, negative_sim, negative_valid, p.tau)
 
 
-__all__ = ["FADIDN", "FADIDNParams", "AttributeTargetAttention", "FineGrainedInterest"]
+__all__ = ["FADIDN", "AttributeTargetAttention", "FineGrainedInterest"]

@@ -17,7 +17,8 @@ import tensorflow as tf
 import tf_keras
 
 from models.layers import masked_mean
-from transforms.features import CONTEXT_FIELDS, CONTEXT_SIZES, PAD_INDEX, FeatureSpec
+from contract.features import CONTEXT_FIELDS, CONTEXT_SIZES, ITEM_ID, PAD_INDEX
+from transforms.features import FeatureSpec
 
 GAP_TABLE = "gap"
 
@@ -70,7 +71,7 @@ class FeatureEmbeddings(tf_keras.layers.Layer):
 
     def sequence_mask(self, features, feedback: str) -> tf.Tensor:
         """[B, T] bool: True at real (non-pad) positions of a feedback sequence."""
-        return tf.not_equal(features[self.spec.history(feedback, "item_id")], PAD_INDEX)
+        return tf.not_equal(features[self.spec.history(feedback, ITEM_ID)], PAD_INDEX)
 
     def sequence(self, features, feedback: str, with_gap: bool = True,
                  fields: Optional[Sequence[str]] = None) -> Tuple[tf.Tensor, tf.Tensor]:

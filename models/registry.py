@@ -4,6 +4,8 @@ from __future__ import annotations
 import importlib
 from typing import Mapping, Optional, Tuple
 
+from contract.model_params import PARAMS
+
 # name -> (module, class); modules are imported only when a model is asked for
 _MODELS = {
     "dnn": ("models.dnn", "DNN"),
@@ -26,7 +28,8 @@ def model_class(name: str):
 
 
 def params_class(name: str):
-    return model_class(name).Params
+    """The Params class of ``name`` (``contract.model_params.PARAMS``); KeyError for an unknown name."""
+    return PARAMS[name]
 
 
 def build(architecture: str, spec, vocab_sizes: Mapping[str, int], params=None, name: Optional[str] = None):

@@ -31,16 +31,17 @@ real positions (the gap embedding added per position, as in the DNN baseline).
 """
 from __future__ import annotations
 
-from typing import Dict, Literal, Mapping, Optional, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
-import pydantic
 import tensorflow as tf
 import tf_keras
 
-from models.base import CTRModel, ModelOutput, ModelParams
+from contract.model_params import TF4CTRParams
+from models.base import CTRModel, ModelOutput
 from models.inputs import FeatureEmbeddings
 from models.layers import MLP
-from transforms.features import CONTEXT_FIELDS, FeatureSpec
+from contract.features import CONTEXT_FIELDS
+from transforms.features import FeatureSpec
 
 
 # ---- loss (eq. 7) --------------------------------------------------------------------------------
@@ -162,30 +163,6 @@ FUSES_ENCODER_LOGITS = ("wsf", "vf", "sum")  # the fusions that read z_s and z_c
 
 
 # ---- the model -----------------------------------------------------------------------------------
-class TF4CTRParams(ModelParams):
-    """TF4CTR hyper-parameters; defaults from MODELS.md (the authors' ML-1M best configuration)."""
-
-    ssem: Literal["ser", "gm", "moe", "share"] = "ser"  # III-C; "share" = no SSEM
-    dfm: Literal["wsf", "vf", "cf", "moef", "sum"] = "wsf"  # III-F; "sum" = no DFM
-    ser_easy_embedding_dim: Optional[int] = pydantic.Field(None, ge=1)  # width of E_es; None: d // 2
-    tf_loss: bool = True  # eq. 7; off: only BCE(fused) (+ L2) trains the model
-    alpha: float = pydantic.Field(0.25, ge=0, le=1)  # weight of tf_easy; tf_hard gets 1 - alpha
-    c: float = pydantic.Field(0.8, ge=0, le=1)  # eq. 7; m = 2 - c
-    gamma: float = pydantic.Field(2.0, ge=0)  # eq. 7 modulating exponent
-    simple_units: Tuple[int, ...] = (400,)  # MLP_s
-    mlp_units: Tuple[int, ...] = (400, 400, 400)  # MLP_c, the complex encoder ("main deep layers")
-    batch_norm: bool = True  # in MLP_s, MLP_c and the SSEM MLPs
-    dropout: float = pydantic.Field(0.1, ge=0, lt=1)  # in MLP_s, MLP_c and the SSEM MLPs
-    vf_tau: float = pydantic.Field(0.8, gt=0)  # Gumbel-softmax temperature of VF
-    embedding_l2: float = pydantic.Field(0.01, ge=0)  # on every embedding table (both SER sets)
-
-    @pydantic.model_validator(mode="after")
-    def _easy_width_only_for_ser(self):
-        if self.ser_easy_embedding_dim is not None and self.ssem != "ser":
-            raise ValueError(f"ser_easy_embedding_dim sets the width of SER's easy tables; ssem is {self.ssem!r}")
-        return self
-
-
 class TF4CTR(CTRModel):
     """TF4CTR with an MLP simple and complex encoder (the paper's configuration).
 

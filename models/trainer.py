@@ -20,9 +20,11 @@ import tensorflow_transform as tft
 import tf_keras
 from tfx_bsl.public import tfxio
 
+from contract.trainer_args import TrainerArgs
 from models import registry
 from models.export import export_serving_model
-from transforms.features import LABEL, FeatureSpec
+from contract.features import LABEL
+from transforms.features import FeatureSpec
 
 TRAINING_STATS = "training_stats.json"
 
@@ -115,10 +117,10 @@ class ThroughputLogger(tf_keras.callbacks.Callback):
 
 def train(fn_args, strategy: Optional[tf.distribute.Strategy] = None):
     """Trains and exports; returns the trained model (``run_fn`` is this without the return)."""
-    config = fn_args.custom_config
-    spec = FeatureSpec.from_dict(config["feature_spec"])
-    training = config["training"]
-    name = config["model_name"]
+    args = TrainerArgs.from_custom_config(fn_args.custom_config)
+    spec = FeatureSpec.from_dict(args.feature_spec)
+    training = args.training.model_dump(exclude={"models"})  # the helpers above read it by key
+    name = args.model_name
     tf_keras.utils.set_random_seed(training["seed"])
     if training.get("mixed_precision"):
         tf_keras.mixed_precision.set_global_policy("mixed_float16")
@@ -129,7 +131,7 @@ def train(fn_args, strategy: Optional[tf.distribute.Strategy] = None):
     train_ds = make_dataset(fn_args, fn_args.train_files, tft_output, batch, shuffle_buffer_size(training, batch), training["seed"])
     eval_ds = make_dataset(fn_args, fn_args.eval_files, tft_output, batch, None, training["seed"])
     with strategy.scope():
-        model = registry.build(config.get("architecture", name), spec, vocab, config.get("model_params") or {}, name=name)
+        model = registry.build(args.architecture, spec, vocab, args.model_params, name=name)
         model.compile(optimizer=make_optimizer(training))
     throughput = ThroughputLogger(batch)
     callbacks = schedule_callbacks(training) + [tf_keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir), throughput]

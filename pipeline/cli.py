@@ -21,7 +21,7 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
 def _load(path: str):
-    from pipeline.config import load_config
+    from contract.config import load_config
 
     return load_config(path)
 
@@ -58,7 +58,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_validate_config(args) -> int:
-    from pipeline.config import validate_model_params
+    from contract.config import validate_model_params
 
     config = _load(args.config)
     validate_model_params(config)
@@ -145,7 +145,7 @@ def _ignore_tensorflow_teardown_errors() -> None:
 
 
 def main(argv=None) -> int:
-    from pipeline.config import ConfigError
+    from contract.config import ConfigError
 
     args = build_parser().parse_args(argv)
     _ignore_tensorflow_teardown_errors()

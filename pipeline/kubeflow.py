@@ -98,7 +98,7 @@ def add_compile_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_compile(args: argparse.Namespace) -> int:
-    from pipeline.config import load_config
+    from contract.config import load_config
 
     if args.runner not in RUNNERS:
         raise ValueError(f"--runner {args.runner!r} is not supported; supported: {', '.join(RUNNERS)} "

@@ -13,7 +13,7 @@ import numpy as np
 from tensorflow_model_analysis.metrics import metric_types, metric_util
 from tensorflow_model_analysis.proto import config_pb2
 
-from pipeline.auc import auc
+from contract.auc import auc
 
 GAUC_NAME = "gauc"
 

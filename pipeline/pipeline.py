@@ -18,14 +18,16 @@ import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 from tfx.proto import transform_pb2
 
+from contract.config import ModelChoice, PipelineConfig, validate_model_params
+from contract.serving import OUTPUT_KEY, SERVING_DEFAULT, TRANSFORM_FEATURES
+from contract.trainer_args import TrainerArgs
 from pipeline import components
-from pipeline.config import ModelChoice, PipelineConfig, validate_model_params
-from transforms.features import LABEL, FeatureSpec
+from contract.features import LABEL, USER_ID
+from transforms.features import FeatureSpec
 from transforms.preprocessing import SPEC_KEY
 
 PREPROCESSING_FN = "transforms.preprocessing.preprocessing_fn"
 RUN_FN = "models.trainer.run_fn"
-PREDICTION_KEY = "probability"
 # metric names TFMA emits for the metrics configured below (thresholds may only use these)
 AUC, LOGLOSS = "auc", "binary_crossentropy"
 
@@ -42,10 +44,10 @@ def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
     return tfma.EvalConfig(
         model_specs=[
             tfma.ModelSpec(
-                signature_name="serving_default",
+                signature_name=SERVING_DEFAULT,
                 label_key=LABEL,
-                prediction_key=PREDICTION_KEY,
-                preprocessing_function_names=["transform_features"],
+                prediction_key=OUTPUT_KEY,
+                preprocessing_function_names=[TRANSFORM_FEATURES],
             )
         ],
         slicing_specs=[tfma.SlicingSpec()],
@@ -61,7 +63,7 @@ def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
             ),
             tfma.MetricsSpec(
                 metrics=[tfma.MetricConfig(class_name="GAUC", module="pipeline.metrics")],
-                query_key="user_id",
+                query_key=USER_ID,
             ),
         ],
     )
@@ -75,9 +77,9 @@ def _data_files(path: str) -> List[str]:
 
 EXAMPLE_SECTIONS = {"data", "sequences", "split", "features"}
 # the code behind each cached step (see components.code_fingerprint)
-EXAMPLE_CODE = ("transforms.sequences", "transforms.history", "transforms.sources", "transforms.features")
-TRANSFORM_CODE = ("transforms.preprocessing", "transforms.features")
-TRAINER_CODE = ("models", "transforms.features")
+EXAMPLE_CODE = ("transforms.sequences", "transforms.history", "transforms.sources", "transforms.features", "contract")
+TRANSFORM_CODE = ("transforms.preprocessing", "transforms.features", "contract")
+TRAINER_CODE = ("models", "transforms.features", "contract")
 CODE_FINGERPRINT = "code_fingerprint"
 
 
@@ -133,14 +135,14 @@ def _model_nodes(config: PipelineConfig, spec: FeatureSpec, name: str, choice: M
         transform_graph=transform.outputs["transform_graph"],
         train_args=tfx.proto.TrainArgs(splits=["train"]),
         eval_args=tfx.proto.EvalArgs(splits=["eval"]),
-        custom_config={
-            "model_name": name,
-            "architecture": choice.architecture,
-            "model_params": choice.params.model_dump(mode="json"),
-            "feature_spec": spec.to_dict(),
-            "training": config.training.model_dump(mode="json", exclude={"models"}),
-            CODE_FINGERPRINT: components.code_fingerprint(*TRAINER_CODE),
-        },
+        custom_config=TrainerArgs(
+            model_name=name,
+            architecture=choice.architecture,
+            model_params=choice.params.model_dump(mode="json"),
+            feature_spec=spec.to_dict(),
+            training=config.training,
+            code_fingerprint=components.code_fingerprint(*TRAINER_CODE),
+        ).to_custom_config(),
     ).with_id(f"Trainer.{name}")
     warmed = components.WarmupRequests(
         model=trainer.outputs["model"], examples=example_gen.outputs["examples"], model_name=name

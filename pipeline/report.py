@@ -16,7 +16,8 @@ from typing import Dict, List, Optional
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from pipeline.auc import auc
+from contract.features import LABEL
+from contract.auc import auc
 from pipeline.metrics import GAUC_NAME
 
 REPORT_FILE = "report.json"
@@ -100,7 +101,7 @@ def oracle_auc(examples_uri: str, split: str = "test") -> Optional[float]:
         features = tf.train.Example.FromString(record.numpy()).features.feature
         if "click_prob" not in features:
             return None
-        labels.append(features["clicked"].int64_list.value[0])
+        labels.append(features[LABEL].int64_list.value[0])
         probs.append(features["click_prob"].float_list.value[0])
     return auc(labels, probs) if labels else None
 

@@ -9,7 +9,7 @@ from typing import List, Optional
 
 from tfx import v1 as tfx
 
-from pipeline.config import PipelineConfig
+from contract.config import PipelineConfig
 from pipeline.pipeline import create_pipeline
 
 

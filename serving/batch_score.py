@@ -4,8 +4,9 @@ Inputs (``--input``):
 
 * interaction logs (with ``--config`` for the data format, columns, tables and sequence
   settings): the examples are built by ``transforms.sequences.BuildExamples(split=False)``, the
-  sequence builder the pipeline trains on, so every event is scored with exactly the features
-  (behaviour histories included) training would have given it. ``--input`` replaces
+  sequence builder the pipeline trains on, with the feature spec the model carries (its fields
+  must be the config's; the history length is the model's), so every event is scored with
+  exactly the features (behaviour histories included) training would have given it. ``--input`` replaces
   ``data.path`` of the config (a directory, or for the generic format the events file itself).
 * TFRecord files of serialized raw tf.Examples (``*.tfrecord``, ``*.gz``, e.g. an ``Examples``
   artifact's ``Split-*/*.gz``): each record must be a tf.Example with the raw features of the
@@ -62,14 +63,21 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
-SCORE_FIELDS = ("user_id", "item_id", "timestamp", "score", "model", "model_version")
-ERROR_FIELDS = ("source", "reason", "detail", "user_id", "item_id", "timestamp", "raw")
-ID_FEATURES = {"user_id": "bytes_list", "item_id": "bytes_list", "timestamp": "int64_list"}
-COUNTS_FILE = "counts.json"
+from contract.features import ITEM_ID, TIMESTAMP, USER_ID
+from contract.serving import (
+    COUNTS_FILE,
+    OUTPUT_KEY,
+    SERVE_TAG,
+    SERVING_DEFAULT,
+    SERVING_RAW,
+    has_saved_model,
+    latest_version,
+    read_signature_defs,
+)
+
+SCORE_FIELDS = (USER_ID, ITEM_ID, TIMESTAMP, "score", "model", "model_version")
+ID_FEATURES = {USER_ID: "bytes_list", ITEM_ID: "bytes_list", TIMESTAMP: "int64_list"}
 ERRORS = "errors"
-DEFAULT_SIGNATURE = "serving_default"
-RAW_SIGNATURE = "serving_raw"
-DEFAULT_OUTPUT_KEY = "probability"
 # quarantine reasons only the items/users tables produce (see transforms.sources)
 TABLE_REASONS = frozenset({"duplicate_item", "duplicate_user", "invalid_attribute", "conflicting_item_attribute"})
 # compressed files that are logs, not TFRecords (--input-format auto)
@@ -87,22 +95,9 @@ class ModelRef:
     version: str
 
 
-def _has_saved_model(path: str) -> bool:
-    import tensorflow as tf
-
-    return tf.io.gfile.exists(os.path.join(path, "saved_model.pb"))
-
-
 def _latest_version(model_dir: str) -> Optional[str]:
-    import tensorflow as tf
-
-    if not tf.io.gfile.isdir(model_dir):
-        return None
-    versions = [
-        entry.rstrip("/") for entry in tf.io.gfile.listdir(model_dir)
-        if entry.rstrip("/").isdigit() and _has_saved_model(os.path.join(model_dir, entry.rstrip("/")))
-    ]
-    return max(versions, key=int) if versions else None
+    latest = latest_version(model_dir)
+    return None if latest is None else str(latest)
 
 
 def resolve_model(model: str, serving_root: Optional[str] = None) -> ModelRef:
@@ -110,7 +105,7 @@ def resolve_model(model: str, serving_root: Optional[str] = None) -> ModelRef:
     (``<serving_root>/<name>``, newest version used) or, with ``serving_root``, ``name`` or
     ``name@version``."""
     path = model.rstrip("/")
-    if _has_saved_model(path):
+    if has_saved_model(path):
         base = os.path.basename(path)
         if base == "Format-Serving":  # a TFX Model artifact: <root>/<Trainer.name>/model/<id>/Format-Serving
             artifact = os.path.dirname(path)
@@ -125,7 +120,7 @@ def resolve_model(model: str, serving_root: Optional[str] = None) -> ModelRef:
         name, _, version = model.partition("@")
         model_dir = os.path.join(serving_root, name)
         version = version or _latest_version(model_dir)
-        if version and _has_saved_model(os.path.join(model_dir, version)):
+        if version and has_saved_model(os.path.join(model_dir, version)):
             return ModelRef(os.path.join(model_dir, version), name, version)
         wanted = f"version {version}" if version else "any version"
         raise FileNotFoundError(f"model {name!r}: {wanted} not found under {model_dir}")
@@ -136,19 +131,15 @@ def resolve_model(model: str, serving_root: Optional[str] = None) -> ModelRef:
 def signature_inputs(model_path: str, signature: str) -> Optional[Dict[str, Tuple[str, int]]]:
     """name -> (tf.Example list kind, rank) of a signature's inputs; None without that signature."""
     import tensorflow as tf
-    from tensorflow.core.protobuf import saved_model_pb2
 
-    with tf.io.gfile.GFile(os.path.join(model_path, "saved_model.pb"), "rb") as handle:
-        saved_model = saved_model_pb2.SavedModel.FromString(handle.read())
+    signature_defs = read_signature_defs(model_path)
+    if signature not in signature_defs:
+        return None
     kinds = {tf.string: "bytes_list", tf.int64: "int64_list", tf.float32: "float_list"}
-    for meta_graph in saved_model.meta_graphs:
-        if "serve" in meta_graph.meta_info_def.tags and signature in meta_graph.signature_def:
-            inputs = meta_graph.signature_def[signature].inputs
-            return {
-                name: (kinds.get(tf.dtypes.as_dtype(info.dtype), "unsupported"), len(info.tensor_shape.dim))
-                for name, info in inputs.items()
-            }
-    return None
+    return {
+        name: (kinds.get(tf.dtypes.as_dtype(info.dtype), "unsupported"), len(info.tensor_shape.dim))
+        for name, info in signature_defs[signature].inputs.items()
+    }
 
 
 # ---- reading and checking TFRecords ------------------------------------------------------------
@@ -331,7 +322,7 @@ def error_row(source: str, reason: str, detail: str, ids=(None, None, None), raw
     user_id, item_id, timestamp = ids
     return {
         "source": source, "reason": reason, "detail": detail[:_MAX_DETAIL],
-        "user_id": user_id, "item_id": item_id, "timestamp": timestamp, "raw": raw,
+        USER_ID: user_id, ITEM_ID: item_id, TIMESTAMP: timestamp, "raw": raw,
     }
 
 
@@ -451,7 +442,7 @@ class WindowRowsModelHandler(SignatureModelHandler):
 
     def load_model(self) -> "_RawColumnsScorer":
         examples = super().load_model()
-        raw = examples.loaded.signatures.get(RAW_SIGNATURE) if self.use_raw else None
+        raw = examples.loaded.signatures.get(SERVING_RAW) if self.use_raw else None
         return _RawColumnsScorer(examples, self.spec, None if raw is None else _gather_and_score(raw, self.spec, self.output_key))
 
     @staticmethod
@@ -639,12 +630,12 @@ class ScoreJob:
     input_path: str
     output_dir: str
     input_format: str = "auto"  # auto | logs | tfrecord
-    config: Optional[object] = None  # pipeline.config.PipelineConfig; required for logs
+    config: Optional[object] = None  # contract.config.PipelineConfig; required for logs
     output_format: str = "jsonl"  # jsonl | csv
     num_shards: int = 0  # 0: the runner decides
     max_batch_size: int = 1024
-    signature: str = DEFAULT_SIGNATURE
-    output_key: str = DEFAULT_OUTPUT_KEY
+    signature: str = SERVING_DEFAULT
+    output_key: str = OUTPUT_KEY
     beam_args: Sequence[str] = ()
 
 
@@ -661,8 +652,8 @@ def _log_config(config, input_path: str):
 def _model_raw_features(job: ScoreJob, spec) -> Dict[str, Tuple[str, int]]:
     """The raw features the model parses; checked against the config's feature spec if any."""
     if signature_inputs(job.model.path, job.signature) is None:
-        raise ValueError(f"{job.model.path}: the SavedModel has no signature {job.signature!r} (tag 'serve')")
-    expected = signature_inputs(job.model.path, RAW_SIGNATURE)
+        raise ValueError(f"{job.model.path}: the SavedModel has no signature {job.signature!r} (tag '{SERVE_TAG}')")
+    expected = signature_inputs(job.model.path, SERVING_RAW)
     if spec is not None:
         kinds = {"string": "bytes_list", "int64": "int64_list"}
         from_spec = {name: (kinds[dtype], 2 if seq else 1) for name, (dtype, seq) in spec.raw_features().items()}
@@ -676,6 +667,23 @@ def _model_raw_features(job: ScoreJob, spec) -> Dict[str, Tuple[str, int]]:
     return expected if expected is not None else {name: (kind, 1) for name, kind in ID_FEATURES.items()}
 
 
+def _model_spec(model_path: str, config_spec):
+    """The feature spec the model carries (its trained history length: the logs' histories are
+    built at that length); its fields must be the config's."""
+    from transforms.features import FeatureSpec
+
+    spec = FeatureSpec.from_model(model_path)
+    fields = ("user_fields", "item_fields", "feedback_types")
+    if any(getattr(spec, f) != getattr(config_spec, f) for f in fields):
+        raise ValueError(
+            "the model's fields do not match the config's feature spec (model: "
+            + ", ".join(f"{f} {list(getattr(spec, f))}" for f in fields) + "; config: "
+            + ", ".join(f"{f} {list(getattr(config_spec, f))}" for f in fields)
+            + "): score with the config the model was trained with"
+        )
+    return spec
+
+
 def build_scoring(pipeline: beam.Pipeline, job: ScoreJob) -> dict:
     """Adds the scoring steps; returns the PCollections {"scored" (chunks ``(keys, scores)``),
     "errors", "counts"[, "table_quarantine"]}."""
@@ -686,6 +694,8 @@ def build_scoring(pipeline: beam.Pipeline, job: ScoreJob) -> dict:
     if input_format == "logs" and job.config is None:
         raise ValueError("scoring logs needs --config (the data format, columns, tables and sequence settings)")
     spec = FeatureSpec.from_config(job.config) if job.config is not None else None
+    if input_format == "logs":
+        spec = _model_spec(job.model.path, spec)
     expected = _model_raw_features(job, spec)
     result = {}
     if input_format == "logs":
@@ -695,7 +705,7 @@ def build_scoring(pipeline: beam.Pipeline, job: ScoreJob) -> dict:
         chunks = built[sequences.ALL]
         # the columns through serving_raw unless another signature is asked for by name
         handler = WindowRowsModelHandler(job.model.path, job.signature, job.output_key, job.max_batch_size, expected,
-                                         spec, use_raw=job.signature == DEFAULT_SIGNATURE)
+                                         spec, use_raw=job.signature == SERVING_DEFAULT)
         table, logs = built[sequences.QUARANTINE] | "TableOrLog" >> beam.Partition(
             lambda record, _: int(not _is_table_record(record, event_files)), 2
         )
@@ -761,7 +771,7 @@ def score_lines(chunk, model: ModelRef, output_format: str) -> str:
     if output_format == "csv":
         return "\n".join(_csv_line([user, item, ts, score, model.name, model.version]) for (user, item, ts, _), score in zip(keys, scores))
     return "\n".join(
-        json.dumps({"user_id": user, "item_id": item, "timestamp": ts, "score": score, "model": model.name, "model_version": model.version})
+        json.dumps(dict(zip(SCORE_FIELDS, (user, item, ts, score, model.name, model.version))))
         for (user, item, ts, _), score in zip(keys, scores)
     )
 
@@ -787,10 +797,9 @@ def write_outputs(result: dict, job: ScoreJob) -> None:
 def default_beam_args(config=None) -> List[str]:
     if config is not None:
         return config.beam_pipeline_args()
-    from pipeline.config import BeamConfig
+    from contract.config import BeamConfig
 
-    beam_config = BeamConfig()
-    return [f"--direct_running_mode={beam_config.direct_running_mode}", f"--direct_num_workers={beam_config.direct_num_workers}"]
+    return BeamConfig().pipeline_args()
 
 
 def score(job: ScoreJob) -> dict:
@@ -851,10 +860,10 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
                         help="format of the score rows (errors are always JSON lines); default jsonl")
     parser.add_argument("--num-shards", type=int, default=0, help="output files per output (default: runner decides)")
     parser.add_argument("--max-batch-size", type=int, default=1024, help="largest batch per model call (default 1024)")
-    parser.add_argument("--signature", default=DEFAULT_SIGNATURE,
+    parser.add_argument("--signature", default=SERVING_DEFAULT,
                         help="SavedModel signature: serialized tf.Example in, score out (default serving_default; "
                              "with the default, logs are scored through the model's serving_raw when it has one)")
-    parser.add_argument("--output-key", default=DEFAULT_OUTPUT_KEY, help="the signature output holding the score")
+    parser.add_argument("--output-key", default=OUTPUT_KEY, help="the signature output holding the score")
     parser.add_argument("--model-name", default=None, help="model name written in the rows (default: from the path)")
     parser.add_argument("--model-version", default=None, help="model version written in the rows (default: from the path)")
     parser.add_argument("--beam-arg", dest="beam_args", action="append", default=[], metavar="ARG",
@@ -865,7 +874,7 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
 def run_score(args: argparse.Namespace) -> int:
     config = None
     if args.config:
-        from pipeline.config import load_config
+        from contract.config import load_config
 
         config = load_config(args.config)
     serving_root = args.serving_root or (config.serving_root if config is not None else None)

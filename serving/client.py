@@ -1,16 +1,15 @@
 """Scores one user's candidate items through TF Serving's gRPC API.
 
 Works against real TF Serving and against ``serving.server`` alike: it only uses the standard
-``PredictionService`` calls. The model's input contract is read from ``GetModelMetadata``: the
-``serving_raw`` signature has one input per raw feature (``FeatureSpec.raw_features()``), so
-
-* feedback types are those ``fb`` with a ``hist_<fb>_timestamp`` input,
-* item fields are those ``f`` with a ``hist_<fb>_<f>`` input,
-* user fields are the other string inputs of rank 1.
+``PredictionService`` calls. The model's input contract is the feature spec the model carries
+(``contract.serving``): ``GetModelMetadata`` lists the signatures, and the model's
+``feature_spec`` signature answers the spec it was trained with (user and item fields, feedback
+types, raw feature dtypes and the history length), checked against the ``serving_raw`` inputs.
 
 Histories are built by ``transforms.history.user_histories_at`` (events strictly before the
-request's timestamp, most recent last, at most ``max_history`` per feedback type), the code that
-built the training examples. One PredictRequest scores all candidates of the user, through
+request's timestamp, most recent last, at most ``max_history`` per feedback type: the model's
+trained length unless ``--max-history`` says otherwise), the code that built the training
+examples. One PredictRequest scores all candidates of the user, through
 ``serving_default`` (serialized tf.Examples), ``serving_raw`` (raw tensors; histories are
 right-padded with "" and 0 to the longest history, at least one position) or
 ``serving_candidates`` (the user's fields and histories once, the candidates' item fields as a
@@ -51,12 +50,23 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from transforms.features import FEEDBACK_TYPES, TIMESTAMP, FeatureSpec
+from contract.serving import (
+    FEATURE_SPEC_OUTPUT,
+    FEATURE_SPEC_SIGNATURE,
+    OUTPUT_KEY,
+    PREDICTION_SIGNATURES,
+    REEXPORT_HINT,
+    SERVING_CANDIDATES,
+    SERVING_DEFAULT,
+    SERVING_RAW,
+    parse_feature_spec,
+)
+from contract.features import DISLIKED, ITEM_ID, LABEL, LIKED, TIMESTAMP, USER_ID
+from transforms.features import FeatureSpec
 from transforms.history import user_histories_at
 
-SIGNATURES = ("serving_default", "serving_raw", "serving_candidates")
-REQUIRED_SIGNATURES = ("serving_default", "serving_raw")  # the contract is read from these
-OUTPUT = "probability"
+REQUIRED_SIGNATURES = (SERVING_DEFAULT, SERVING_RAW)  # the contract is checked against these
+_DT = {"string": types_pb2.DT_STRING, "int64": types_pb2.DT_INT64}
 
 
 class RequestError(ValueError):
@@ -72,18 +82,19 @@ class ContractError(ValueError):
 class ModelContract:
     """What a served model expects: its feature spec and the name of its examples input."""
 
-    spec: FeatureSpec  # fields and feedback types of the model; max_length = the client's limit
+    spec: FeatureSpec  # the model's feature spec; max_length = the histories' limit
     examples_input: str  # serving_default's one input (serialized tf.Examples)
 
 
 def fetch_contract(
     stub: prediction_service_pb2_grpc.PredictionServiceStub,
     model: str,
-    max_history: int = 50,
+    max_history: Optional[int] = None,
     version: Optional[int] = None,
     timeout: float = 10.0,
 ) -> ModelContract:
-    """Reads the model's signatures with GetModelMetadata."""
+    """Reads the model's signatures (GetModelMetadata) and the feature spec it carries (its
+    ``feature_spec`` signature); ``max_history`` None keeps the model's trained history length."""
     request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
     request.model_spec.name = model
     if version is not None:
@@ -91,52 +102,52 @@ def fetch_contract(
     response = stub.GetModelMetadata(request, timeout=timeout)
     signature_map = get_model_metadata_pb2.SignatureDefMap()
     response.metadata["signature_def"].Unpack(signature_map)
-    return contract_from_signatures(model, signature_map.signature_def, max_history)
+    feature_spec = None
+    if FEATURE_SPEC_SIGNATURE in signature_map.signature_def:
+        spec_request = predict_pb2.PredictRequest()
+        spec_request.model_spec.name = model
+        spec_request.model_spec.signature_name = FEATURE_SPEC_SIGNATURE
+        if response.model_spec.HasField("version"):  # the version whose signatures were just read
+            spec_request.model_spec.version.value = response.model_spec.version.value
+        answer = stub.Predict(spec_request, timeout=timeout)
+        text = tf.make_ndarray(answer.outputs[FEATURE_SPEC_OUTPUT]).reshape(-1)[0]
+        feature_spec = parse_feature_spec(text, f"model '{model}' signature '{FEATURE_SPEC_SIGNATURE}'")
+    return contract_from_signatures(model, signature_map.signature_def, feature_spec, max_history)
 
 
-def contract_from_signatures(model: str, signature_defs, max_history: int) -> ModelContract:
-    """The contract of a model from its ``serving_raw`` and ``serving_default`` signatures."""
-    if max_history < 1:
+def contract_from_signatures(
+    model: str, signature_defs, feature_spec: Optional[dict], max_history: Optional[int] = None
+) -> ModelContract:
+    """The contract of a model from the feature spec document it carries
+    (``contract.serving.read_feature_spec``), checked against its ``serving_raw`` and
+    ``serving_default`` signatures; ``max_history`` overrides the trained history length."""
+    if max_history is not None and max_history < 1:
         raise ValueError(f"max history must be at least 1, got {max_history}")
     missing = [s for s in REQUIRED_SIGNATURES if s not in signature_defs]
     if missing:
         raise ContractError(f"model '{model}' lacks the signature(s) {missing}")
-    raw_inputs = signature_defs["serving_raw"].inputs
-    feedback_types = tuple(
-        fb for fb in FEEDBACK_TYPES if FeatureSpec.history_timestamp(fb) in raw_inputs
-    )
-    if not feedback_types:
-        raise ContractError(f"model '{model}': serving_raw has no hist_<feedback>_timestamp input")
-    prefix = f"hist_{feedback_types[0]}_"
-    item_fields = {n[len(prefix):] for n in raw_inputs if n.startswith(prefix)} - {TIMESTAMP}
-    user_fields = {
-        name for name, info in raw_inputs.items()
-        if info.dtype == types_pb2.DT_STRING and len(info.tensor_shape.dim) == 1
-        and name not in item_fields and not name.startswith("hist_")
-    }
-    try:
-        spec = FeatureSpec(
-            user_fields=_id_first("user_id", user_fields),
-            item_fields=_id_first("item_id", item_fields),
-            max_length=max_history,
-            gap_buckets=1,  # unused: the client sends raw features only
-            feedback_types=feedback_types,
+    if feature_spec is None:
+        raise ContractError(
+            f"model '{model}' carries no feature spec (no '{FEATURE_SPEC_SIGNATURE}' signature: it was "
+            f"exported before models carried their feature spec); {REEXPORT_HINT}"
         )
-    except ValueError as e:
-        raise ContractError(f"model '{model}': serving_raw inputs not understood: {e}") from e
-    if set(spec.raw_features()) != set(raw_inputs):
+    try:
+        spec = FeatureSpec.from_dict(feature_spec["spec"])
+        if max_history is not None:
+            spec = dataclasses.replace(spec, max_length=max_history)
+    except (TypeError, ValueError) as e:
+        raise ContractError(f"model '{model}': its feature spec is not understood: {e}") from e
+    raw_inputs = signature_defs[SERVING_RAW].inputs
+    expected = {name: _DT[dtype] for name, (dtype, _) in spec.raw_features().items()}
+    if {name: info.dtype for name, info in raw_inputs.items()} != expected:
         raise ContractError(
             f"model '{model}': serving_raw inputs {sorted(raw_inputs)} do not match the raw "
-            f"features {sorted(spec.raw_features())}"
+            f"features {sorted(expected)} of its feature spec (or a dtype differs)"
         )
-    examples_inputs = list(signature_defs["serving_default"].inputs)
+    examples_inputs = list(signature_defs[SERVING_DEFAULT].inputs)
     if len(examples_inputs) != 1:
         raise ContractError(f"model '{model}': serving_default must take one input (examples)")
     return ModelContract(spec, examples_inputs[0])
-
-
-def _id_first(id_field: str, fields) -> Tuple[str, ...]:
-    return tuple(sorted(fields, key=lambda f: (f != id_field, f)))
 
 
 # ---- the user's request -----------------------------------------------------------------------
@@ -229,8 +240,8 @@ def _flag(path: str, value) -> int:
 def _event(path: str, obj, spec: FeatureSpec) -> Dict[str, object]:
     event: Dict[str, object] = dict(_fields(path, obj, spec.item_fields))
     event[TIMESTAMP] = _timestamp(f"{path}.{TIMESTAMP}", _value(obj, TIMESTAMP, path))
-    event["clicked"] = _flag(f"{path}.clicked", _value(obj, "clicked", path))
-    for key in ("liked", "disliked"):
+    event[LABEL] = _flag(f"{path}.{LABEL}", _value(obj, LABEL, path))
+    for key in (LIKED, DISLIKED):
         event[key] = _flag(f"{path}.{key}", obj.get(key, 0))
     return event
 
@@ -252,21 +263,21 @@ def build_predict_request(
     version: Optional[int] = None,
 ) -> predict_pb2.PredictRequest:
     """One PredictRequest scoring every candidate of the user."""
-    if signature not in SIGNATURES:
-        raise RequestError(f"signature must be one of {SIGNATURES}, got '{signature}'")
+    if signature not in PREDICTION_SIGNATURES:
+        raise RequestError(f"signature must be one of {PREDICTION_SIGNATURES}, got '{signature}'")
     predict = predict_pb2.PredictRequest()
     predict.model_spec.name = model
     predict.model_spec.signature_name = signature
     if version is not None:
         predict.model_spec.version.value = version
-    predict.output_filter.append(OUTPUT)
+    predict.output_filter.append(OUTPUT_KEY)
     shared = user_features(contract.spec, request)
-    if signature == "serving_default":
+    if signature == SERVING_DEFAULT:
         predict.inputs[contract.examples_input].CopyFrom(
             _examples_tensor(contract.spec, shared, request.candidates)
         )
     else:
-        user_rows = 1 if signature == "serving_candidates" else len(request.candidates)
+        user_rows = 1 if signature == SERVING_CANDIDATES else len(request.candidates)
         for name, tensor in raw_tensors(contract.spec, shared, request.candidates, user_rows).items():
             predict.inputs[name].CopyFrom(tensor)
     return predict
@@ -341,7 +352,7 @@ def score_candidates(
     response = stub.Predict(
         build_predict_request(contract, model, signature, request, version), timeout=timeout
     )
-    scores = tf.make_ndarray(response.outputs[OUTPUT]).reshape(-1)
+    scores = tf.make_ndarray(response.outputs[OUTPUT_KEY]).reshape(-1)
     if len(scores) != len(request.candidates):
         raise ContractError(
             f"model '{model}' returned {len(scores)} scores "
@@ -356,7 +367,7 @@ def predict_scores(
     signature: str,
     request_json: Union[str, Mapping],
     contract: Optional[ModelContract] = None,
-    max_history: int = 50,
+    max_history: Optional[int] = None,
     timeout: float = 10.0,
 ) -> List[float]:
     """Scores of a user's candidates, in candidate order (fetches the contract unless given)."""
@@ -380,13 +391,14 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model name on the server")
     parser.add_argument("--input", required=True,
                         help="request JSON file for one user ('-' reads standard input)")
-    parser.add_argument("--signature", choices=SIGNATURES, default="serving_default",
+    parser.add_argument("--signature", choices=PREDICTION_SIGNATURES, default=SERVING_DEFAULT,
                         help="signature to call (default: serving_default; serving_candidates sends the user's "
                              "history once: fastest for many candidates)")
     parser.add_argument("--model-version", type=int, default=None,
                         help="a specific loaded version (default: the latest)")
-    parser.add_argument("--max-history", type=_positive_int, default=50,
-                        help="most recent events kept per feedback type (default: 50)")
+    parser.add_argument("--max-history", type=_positive_int, default=None,
+                        help="most recent events kept per feedback type (default: the length the model "
+                             "was trained with, from the feature spec it carries)")
     parser.add_argument("--timeout", type=float, default=10.0,
                         help="seconds to wait for each call (default: 10)")
     parser.add_argument("--json", action="store_true", help="print the ranking as JSON")
@@ -429,16 +441,16 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({
             "model": args.model, "version": version, "signature": args.signature,
-            "user_id": request.user["user_id"], "timestamp": request.timestamp,
-            "ranking": [{"item_id": c["item_id"], "score": s} for c, s in ranking],
+            USER_ID: request.user[USER_ID], TIMESTAMP: request.timestamp,
+            "ranking": [{ITEM_ID: c[ITEM_ID], "score": s} for c, s in ranking],
         }, indent=2))
     else:
         when = datetime.datetime.fromtimestamp(request.timestamp, datetime.timezone.utc)
         print(f"model {args.model} version {version} ({args.signature}), "
-              f"user {request.user['user_id']} at {when:%Y-%m-%d %H:%M:%S} UTC")
-        print(f"{'rank':>4}  {'score':>8}  item_id")
+              f"user {request.user[USER_ID]} at {when:%Y-%m-%d %H:%M:%S} UTC")
+        print(f"{'rank':>4}  {'score':>8}  {ITEM_ID}")
         for rank, (candidate, score) in enumerate(ranking, start=1):
-            print(f"{rank:>4}  {score:8.6f}  {candidate['item_id']}")
+            print(f"{rank:>4}  {score:8.6f}  {candidate[ITEM_ID]}")
     return 0
 
 

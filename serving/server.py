@@ -43,15 +43,12 @@ import math
 import signal
 import sys
 import threading
-import warnings
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import grpc
 import tensorflow as tf
 from google.protobuf import any_pb2
-from google.protobuf.message import DecodeError
 from tensorflow.core.framework import tensor_pb2
-from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -61,11 +58,10 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from contract import serving as contract
+
 log = logging.getLogger(__name__)
 
-DEFAULT_SIGNATURE = "serving_default"
-WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
-MAX_WARMUP_RECORDS = 1000  # TF Serving's limit
 State = get_model_status_pb2.ModelVersionStatus.State
 UNKNOWN_ERROR = 2  # tensorflow.error.Code.UNKNOWN
 
@@ -90,21 +86,12 @@ class ServingError(Exception):
 
 # ---- one loaded model version ---------------------------------------------------------------
 def read_signature_defs(saved_model_dir: str) -> get_model_metadata_pb2.SignatureDefMap:
-    """The signature defs of a SavedModel's "serve" meta graph, read from ``saved_model.pb``."""
-    path = os.path.join(saved_model_dir, "saved_model.pb")
-    with open(path, "rb") as f, warnings.catch_warnings():
-        warnings.simplefilter("error")  # protobuf only warns about some garbage
-        try:
-            saved_model = saved_model_pb2.SavedModel.FromString(f.read())
-        except (DecodeError, RuntimeWarning) as e:
-            raise ValueError(f"{path}: not a SavedModel: {e}") from e
-    for meta_graph in saved_model.meta_graphs:
-        if "serve" in meta_graph.meta_info_def.tags:
-            signature_map = get_model_metadata_pb2.SignatureDefMap()
-            for name, signature_def in meta_graph.signature_def.items():
-                signature_map.signature_def[name].CopyFrom(signature_def)
-            return signature_map
-    raise ValueError(f"{saved_model_dir}: no meta graph tagged 'serve'")
+    """The signature defs of a SavedModel's "serve" meta graph (``contract.serving``), as the
+    ``SignatureDefMap`` GetModelMetadata answers."""
+    signature_map = get_model_metadata_pb2.SignatureDefMap()
+    for name, signature_def in contract.read_signature_defs(saved_model_dir).items():
+        signature_map.signature_def[name].CopyFrom(signature_def)
+    return signature_map
 
 
 class Servable:
@@ -115,7 +102,7 @@ class Servable:
         self.version = version
         self.path = path
         self.signature_defs = read_signature_defs(path)
-        self._model = tf.saved_model.load(path, tags=["serve"])  # owns the signatures' variables
+        self._model = tf.saved_model.load(path, tags=[contract.SERVE_TAG])  # owns the signatures' variables
         self.signatures = dict(self._model.signatures)
         self._from_protos: Dict[str, Callable] = {}  # signature -> its call on serialized TensorProtos
         self.in_flight = 0
@@ -140,12 +127,12 @@ class Servable:
 
     def warm_up(self, max_batch_size: int) -> None:
         """Replays the version's warmup requests (TF Serving fails the load if one fails)."""
-        path = os.path.join(self.path, WARMUP_FILE)
+        path = os.path.join(self.path, contract.WARMUP_FILE)
         if not os.path.exists(path):
             return
         for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
-            if self.warmup_count == MAX_WARMUP_RECORDS:
-                raise ValueError(f"{path}: more than {MAX_WARMUP_RECORDS} warmup records")
+            if self.warmup_count == contract.MAX_WARMUP_RECORDS:
+                raise ValueError(f"{path}: more than {contract.MAX_WARMUP_RECORDS} warmup records")
             prediction_log = prediction_log_pb2.PredictionLog.FromString(record)
             if prediction_log.WhichOneof("log_type") != "predict_log":
                 raise ValueError(f"{path}: only predict_log warmup records are supported")
@@ -161,7 +148,7 @@ def predict(
     servable: Servable, request: predict_pb2.PredictRequest, max_batch_size: int
 ) -> predict_pb2.PredictResponse:
     """Runs a PredictRequest on a loaded version, as TF Serving does; raises ServingError."""
-    signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+    signature_name = request.model_spec.signature_name or contract.SERVING_DEFAULT
     where = f"{servable}, signature '{signature_name}'"
     function = servable.signatures.get(signature_name)
     if function is None:
@@ -385,7 +372,7 @@ class ModelManager:
 
     def _poll_model(self, name: str, model_dir: str, wait_until_stable: bool) -> None:
         served = self.serving.get(name)
-        newer = [v for v in _version_dirs(model_dir) if served is None or v > served.version]
+        newer = [v for v in contract.version_dirs(model_dir) if served is None or v > served.version]
         for version in sorted(newer, reverse=True):
             path = os.path.join(model_dir, str(version))
             key = (name, version)
@@ -436,15 +423,6 @@ class ModelManager:
     def _set_status(self, name: str, version: int, status: VersionStatus) -> None:
         with self._lock:
             self.status.setdefault(name, {})[version] = status
-
-
-def _version_dirs(model_dir: str) -> List[int]:
-    """Integer-named subdirectories holding a saved_model.pb."""
-    return [
-        int(entry)
-        for entry in os.listdir(model_dir)
-        if entry.isdigit() and os.path.isfile(os.path.join(model_dir, entry, "saved_model.pb"))
-    ]
 
 
 def _fingerprint(path: str) -> tuple:

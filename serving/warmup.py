@@ -20,17 +20,22 @@ from tensorflow.core.example import example_pb2
 from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
+from contract.serving import (
+    MAX_WARMUP_RECORDS,
+    RAW_SIGNATURES,
+    SERVING_DEFAULT,
+    WARMUP_FILE,
+    read_signature_defs,
+)
 from serving import client
-from serving.server import MAX_WARMUP_RECORDS, WARMUP_FILE, read_signature_defs
-
-RAW_SIGNATURES = ("serving_raw", "serving_candidates")
+from transforms.features import FeatureSpec
 
 
 def write_warmup_requests(
     saved_model_dir: str,
     model_name: str,
     serialized_examples: List[bytes],
-    signature: str = "serving_default",
+    signature: str = SERVING_DEFAULT,
 ) -> str:
     """Writes the warmup requests of the examples (each a batch of one); returns the path.
 
@@ -66,12 +71,13 @@ def _request(model_name: str, signature: str) -> predict_pb2.PredictRequest:
 
 
 def _raw_requests(saved_model_dir: str, model_name: str, serialized_examples: List[bytes]) -> List[predict_pb2.PredictRequest]:
-    """``serving_raw`` / ``serving_candidates`` requests of the examples that parse."""
-    signature_defs = read_signature_defs(saved_model_dir).signature_def
+    """``serving_raw`` / ``serving_candidates`` requests of the examples that parse, built with
+    the feature spec the model carries."""
+    signature_defs = read_signature_defs(saved_model_dir)
     signatures = [s for s in RAW_SIGNATURES if s in signature_defs]
     if not signatures or any(s not in signature_defs for s in client.REQUIRED_SIGNATURES):
         return []
-    spec = client.contract_from_signatures(model_name, signature_defs, max_history=1).spec
+    spec = FeatureSpec.from_model(saved_model_dir)
     requests = []
     for shared, candidate in _features_of(spec, serialized_examples):
         for signature in signatures:
@@ -104,7 +110,7 @@ def _features_of(spec, serialized_examples: List[bytes]) -> Iterator[tuple]:
 
 def _examples_input(saved_model_dir: str, signature: str) -> str:
     """The name of the signature's one string input."""
-    signature_defs = read_signature_defs(saved_model_dir).signature_def
+    signature_defs = read_signature_defs(saved_model_dir)
     if signature not in signature_defs:
         raise ValueError(
             f"{saved_model_dir}: no signature '{signature}'; available: {sorted(signature_defs)}"

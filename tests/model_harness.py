@@ -16,7 +16,8 @@ import tensorflow as tf
 import tf_keras
 
 from models import registry
-from transforms.features import CONTEXT_SIZES, LABEL, FeatureSpec
+from contract.features import CONTEXT_SIZES, LABEL
+from transforms.features import FeatureSpec
 
 SPEC = FeatureSpec(
     user_fields=("user_id", "gender", "age"),

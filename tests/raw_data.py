@@ -7,7 +7,8 @@ import numpy as np
 from tensorflow.core.example import example_pb2, feature_pb2
 
 from transforms import history as hist
-from transforms.features import CLICK_PROB, LABEL, TIMESTAMP, FeatureSpec
+from contract.features import CLICK_PROB, LABEL, TIMESTAMP
+from transforms.features import FeatureSpec
 
 
 def raw_examples(spec: FeatureSpec, users: int = 12, events_per_user: int = 15, items: int = 25, seed: int = 0, start: int = 1_600_000_000):

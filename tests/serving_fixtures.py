@@ -16,7 +16,10 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 
-from transforms.features import TIMESTAMP, FeatureSpec
+from contract.serving import FEATURE_SPEC_SIGNATURE
+from models.export import feature_spec_function, write_feature_spec
+from contract.features import TIMESTAMP
+from transforms.features import FeatureSpec
 
 MODEL_NAME = "ctr"
 SPEC = FeatureSpec(
@@ -59,7 +62,8 @@ def _parse_spec() -> Dict[str, object]:
 
 
 def save_fixture_model(path: str, bias: float = 0.0) -> str:
-    """Saves the fixture model with ``serving_default``, ``serving_raw`` and ``serving_candidates``."""
+    """Saves the fixture model with ``serving_default``, ``serving_raw``, ``serving_candidates``
+    and the feature spec (signature and ``assets.extra`` file), as the Trainer exports."""
     model = FixtureModel(bias)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
@@ -94,8 +98,10 @@ def save_fixture_model(path: str, bias: float = 0.0) -> str:
         "serving_default": serve_examples.get_concrete_function(),
         "serving_raw": serve_raw.get_concrete_function(raw_specs),
         "serving_candidates": serve_candidates.get_concrete_function(candidate_specs),
+        FEATURE_SPEC_SIGNATURE: feature_spec_function(SPEC),
     }
     tf.saved_model.save(model, path, signatures=signatures)
+    write_feature_spec(path, SPEC)
     return path
 
 

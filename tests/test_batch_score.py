@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from pipeline.config import parse_config
+from contract.config import parse_config
 from serving import batch_score
 from transforms import sequences, synthetic
 from transforms.features import FeatureSpec

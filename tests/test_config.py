@@ -1,7 +1,7 @@
 """YAML config: validated on load; errors name the key path."""
 import pytest
 
-from pipeline.config import ConfigError, load_config, parse_config, validate_model_params
+from contract.config import ConfigError, load_config, parse_config, validate_model_params
 
 
 def _write(tmp_path, text):
@@ -31,10 +31,9 @@ def test_bad_configs_name_the_key(tmp_path, text, fragment):
     assert fragment in str(error.value)
 
 
-def test_model_parameters_are_validated_by_the_model(tmp_path):
-    config = parse_config({"data": {"path": "x"}, "training": {"models": {"din": {"attention_unit": [8]}, "nope": {}}}})
+def test_model_parameters_are_validated_by_the_model_at_load(tmp_path):
     with pytest.raises(ConfigError) as error:
-        validate_model_params(config)
+        parse_config({"data": {"path": "x"}, "training": {"models": {"din": {"attention_unit": [8]}, "nope": {}}}})
     assert "training.models.din.attention_unit" in str(error.value)
     assert "training.models.nope: unknown model" in str(error.value)
 
@@ -46,9 +45,8 @@ def test_a_named_variant_is_validated_by_its_architecture():
         "x": {"architecture": "nope"},
         "bad-name": {"architecture": "dnn"},
     }
-    config = parse_config({"data": {"path": "x"}, "training": {"models": models}})
     with pytest.raises(ConfigError) as error:
-        validate_model_params(config)
+        parse_config({"data": {"path": "x"}, "training": {"models": models}})
     message = str(error.value)
     assert "training.models.camn_typo.routr" in message
     assert "training.models.x.architecture: unknown model 'nope'" in message

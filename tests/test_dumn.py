@@ -10,21 +10,22 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from models.dumn import FEEDBACK, TRIPLET_NEGATIVE
+from models.dumn import TRIPLET_NEGATIVE
 from models.dumn_memory import content_addressing, key_strength, mean_slot_cosine, memory_read, memory_write
 from models.dumn_purification import orthogonal_map
 from models.dumn_triplet import own_pool, triplet_loss
 from models.layers import normalized_entropy
 from tests import model_harness as h
-from transforms.features import CONTEXT_SIZES, FeatureSpec
+from contract.features import CONTEXT_SIZES, FEEDBACK_TYPES
+from transforms.features import FeatureSpec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRIPLET_TERMS = {f"triplet_{fb}" for fb in FEEDBACK}
+TRIPLET_TERMS = {f"triplet_{fb}" for fb in FEEDBACK_TYPES}
 DIAGNOSTICS = {"purification_entropy", "pooling_entropy", "slot_cosine", "read_entropy", "triplet_coverage"}
 
 
 def memories(model):
-    return {fb: model.memories[fb].M.numpy().copy() for fb in FEEDBACK}
+    return {fb: model.memories[fb].M.numpy().copy() for fb in FEEDBACK_TYPES}
 
 
 def emptied(features, feedback, rows=None):
@@ -110,7 +111,7 @@ def test_a_user_without_dislikes_keeps_f_c_exactly():
 def test_without_purification_f_o_is_f():
     features, _ = h.random_batch(min_length=2)
     short = h.build("dumn", {"purification": False}).short_term(features)
-    for fb in FEEDBACK:
+    for fb in FEEDBACK_TYPES:
         np.testing.assert_array_equal(short.f_o[fb].numpy(), short.f[fb].numpy())
 
 
@@ -199,7 +200,7 @@ def test_memory_slots_start_orthogonal(slots, slot_dim):
     features, _ = h.random_batch()
     model = h.build("dumn", {"memory_slots": slots, "slot_dim": slot_dim})
     model(features, training=False)
-    for fb in FEEDBACK:
+    for fb in FEEDBACK_TYPES:
         M = model.memories[fb].M.numpy()
         if slots <= slot_dim:  # orthonormal slots
             np.testing.assert_allclose(M @ M.T, np.eye(slots), atol=1e-5)
@@ -323,7 +324,7 @@ def test_the_model_mines_each_users_own_pools():
     assert reference_coverage(features, "click", batch) == (batch - 2) / batch
 
     output = h.build("dumn").forward(features, training=False)
-    expected = np.mean([reference_coverage(features, fb, batch) for fb in FEEDBACK])
+    expected = np.mean([reference_coverage(features, fb, batch) for fb in FEEDBACK_TYPES])
     np.testing.assert_allclose(float(output.diagnostics["triplet_coverage"]), expected, rtol=1e-6)
     for term in TRIPLET_TERMS:
         assert np.isfinite(float(output.aux_losses[term]))
@@ -336,7 +337,7 @@ def test_memory_changes_in_a_fit_step_and_not_in_evaluate_or_predict():
     model.compile(optimizer=tf_keras.optimizers.Adam(1e-3))
     model(features, training=False)
     start = memories(model)
-    assert all(not v.trainable for v in (model.memories[fb].M for fb in FEEDBACK))
+    assert all(not v.trainable for v in (model.memories[fb].M for fb in FEEDBACK_TYPES))
     data = tf.data.Dataset.from_tensors((features, labels))
     model.evaluate(data, verbose=0)
     model.predict(features, verbose=0)
@@ -399,7 +400,7 @@ def test_attention_entropies_average_over_the_sequences_someone_has():
     model = h.build("dumn")
     short = model.short_term(features)
     diagnostics = model.attention_diagnostics(short)
-    present = [fb for fb in FEEDBACK if fb != "like"]
+    present = [fb for fb in FEEDBACK_TYPES if fb != "like"]
     self_attention, pooling = [], []
     for fb in present:
         mask = short.encoded[fb].mask
@@ -412,12 +413,12 @@ def test_attention_entropies_average_over_the_sequences_someone_has():
 
 
 # ---- gradients and logged terms -----------------------------------------------------------------
-@pytest.mark.parametrize("feedback", FEEDBACK)
+@pytest.mark.parametrize("feedback", FEEDBACK_TYPES)
 def test_triplet_term_trains_its_write_head_and_item_projection(feedback):
     features, labels = h.random_batch()
     grads = h.aux_loss_gradients(h.build("dumn"), features, labels, f"triplet_{feedback}")
     own = f"memory_{feedback}/"
-    others = [f"memory_{fb}/" for fb in FEEDBACK if fb != feedback]
+    others = [f"memory_{fb}/" for fb in FEEDBACK_TYPES if fb != feedback]
     h.assert_gradient_reaches(
         grads,
         [own + "write_key", own + "write_strength", own + "erase_head", own + "add_head", own + "controller",
@@ -530,7 +531,7 @@ def test_on_a_separable_toy_stream_the_triplet_loss_falls_and_the_slots_stay_dis
     assert max(triplet.values()) < 0.5 * margin, (triplet, diagnostics)
     assert diagnostics["slot_cosine"] < 0.5, diagnostics
     assert diagnostics["read_entropy"] < 0.9, diagnostics
-    for fb in FEEDBACK:
+    for fb in FEEDBACK_TYPES:
         assert float(mean_slot_cosine(model.memories[fb].M)) < 0.7, fb
 
 
@@ -544,7 +545,7 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import tf_keras
-from models.dumn import FEEDBACK
+from contract.features import FEEDBACK_TYPES
 from tests import model_harness as h
 
 features, labels = h.random_batch(batch=32)
@@ -556,10 +557,10 @@ with strategy.scope():
 reference = h.build("dumn")
 reference.forward(features, training=False)
 reference.set_weights(model.get_weights())
-before = {fb: model.memories[fb].M.numpy().copy() for fb in FEEDBACK}
+before = {fb: model.memories[fb].M.numpy().copy() for fb in FEEDBACK_TYPES}
 reference.forward(features, training=True)  # the global batch's write with the pre-step weights
 model.fit(tf.data.Dataset.from_tensor_slices((features, labels)).batch(32), epochs=1, verbose=0)
-for fb in FEEDBACK:
+for fb in FEEDBACK_TYPES:
     variable = model.memories[fb].M
     replicas = [v.numpy() for v in variable.values]
     assert len(replicas) == 2, replicas

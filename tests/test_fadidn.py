@@ -6,7 +6,8 @@ import pydantic
 import pytest
 import tensorflow as tf
 
-from models.fadidn import FADIDNParams, FineGrainedInterest
+from contract.model_params import FADIDNParams
+from models.fadidn import FineGrainedInterest
 from models.fadidn_contrastive import hard_sample_pairs, info_nce, sample_random_negatives
 from models.fadidn_gate import AttributeGate, gate_ids
 from models.layers import normalized_entropy

@@ -151,7 +151,7 @@ def test_only_kubeflow_is_supported(demo_config_file, tmp_path):
 
 
 def test_example_generation_does_not_depend_on_the_training_settings(demo_config_file):
-    from pipeline.config import load_config
+    from contract.config import load_config
     from pipeline.pipeline import create_pipeline
 
     config = load_config(demo_config_file[0])
@@ -170,7 +170,7 @@ def test_editing_the_code_behind_a_step_changes_its_cache_key(demo_config_file, 
     """TFX caches by parameters; the code a step names (preprocessing_fn, run_fn, the sequence
     builder) must be among them, or an edit would reuse a stale output."""
     from pipeline import components, pipeline
-    from pipeline.config import load_config
+    from contract.config import load_config
 
     package = tmp_path / "edited"
     package.mkdir()

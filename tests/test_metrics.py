@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from tensorflow_model_analysis.metrics import metric_types
 
-from pipeline.auc import auc, grouped_auc
+from contract.auc import auc, grouped_auc
 from pipeline.metrics import GAUC
 
 

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from pipeline import report
-from pipeline.config import parse_config
+from contract.config import parse_config
 from pipeline.runner import run_local
 from transforms import synthetic
 

@@ -9,7 +9,7 @@ import tensorflow as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.config import parse_config
+from contract.config import parse_config
 from transforms import history as hist
 from transforms import sequences
 from transforms.features import FeatureSpec

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 import tensorflow as tf
 from tensorflow_serving.apis import get_model_metadata_pb2, prediction_service_pb2_grpc
 
+from contract.serving import PREDICTION_SIGNATURES, read_feature_spec
 from serving import client, server
 from tests import serving_fixtures as fx
 
@@ -92,17 +93,32 @@ def test_contract_comes_from_the_metadata(contract):
 
 def test_contract_refuses_models_it_cannot_feed(model_dir):
     signatures = server.read_signature_defs(model_dir).signature_def
+    feature_spec = read_feature_spec(model_dir)
     raw_only = {"serving_raw": signatures["serving_raw"]}
     with pytest.raises(client.ContractError, match="lacks the signature"):
-        client.contract_from_signatures("m", raw_only, 50)
+        client.contract_from_signatures("m", raw_only, feature_spec, 50)
     odd = get_model_metadata_pb2.SignatureDefMap()
     odd.signature_def["serving_default"].CopyFrom(signatures["serving_default"])
     odd.signature_def["serving_raw"].CopyFrom(signatures["serving_raw"])
     odd.signature_def["serving_raw"].inputs["price"].dtype = tf.float32.as_datatype_enum
     with pytest.raises(client.ContractError, match="do not match"):
-        client.contract_from_signatures("m", odd.signature_def, 50)
+        client.contract_from_signatures("m", odd.signature_def, feature_spec, 50)
     with pytest.raises(ValueError, match="at least 1"):
-        client.contract_from_signatures("m", signatures, 0)
+        client.contract_from_signatures("m", signatures, feature_spec, 0)
+
+
+def test_the_history_length_is_the_models_unless_overridden(stub, model_dir):
+    assert client.fetch_contract(stub, fx.MODEL_NAME).spec.max_length == fx.SPEC.max_length
+    signatures = server.read_signature_defs(model_dir).signature_def
+    contract = client.contract_from_signatures("m", signatures, read_feature_spec(model_dir))
+    assert contract.spec == fx.SPEC  # the whole spec the model was exported with
+    assert client.contract_from_signatures("m", signatures, read_feature_spec(model_dir), 3).spec.max_length == 3
+
+
+def test_a_model_without_a_feature_spec_is_refused_clearly(model_dir):
+    signatures = server.read_signature_defs(model_dir).signature_def
+    with pytest.raises(client.ContractError, match="carries no feature spec.*re-export"):
+        client.contract_from_signatures("old", signatures, None)
 
 
 # ---- building the request ---------------------------------------------------------------------
@@ -213,7 +229,7 @@ def test_both_signatures_carry_the_same_bounded_past_histories(
 
 
 # ---- scoring ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("signature", client.SIGNATURES)
+@pytest.mark.parametrize("signature", PREDICTION_SIGNATURES)
 @pytest.mark.parametrize("with_events", [True, False])
 def test_scores_are_the_models_scores_of_the_expected_features(
     stub, contract, model_dir, signature, with_events
@@ -241,7 +257,7 @@ def _args(served, path, *extra):
     ])
 
 
-@pytest.mark.parametrize("signature", client.SIGNATURES)
+@pytest.mark.parametrize("signature", PREDICTION_SIGNATURES)
 def test_predict_command_ranks_candidates(served, contract, tmp_path, capsys, signature):
     path = tmp_path / "request.json"
     path.write_text(json.dumps(REQUEST))
@@ -257,6 +273,21 @@ def test_predict_command_ranks_candidates(served, contract, tmp_path, capsys, si
     lines = capsys.readouterr().out.splitlines()
     assert "version 1" in lines[0] and "user u1" in lines[0]
     assert [line.split()[-1] for line in lines[2:]] == [item for item, _ in ranking]
+
+
+def test_predict_command_defaults_to_the_models_history_length(served, tmp_path, capsys):
+    path = tmp_path / "request.json"
+    path.write_text(json.dumps(REQUEST))
+    parser = argparse.ArgumentParser()
+    client.add_predict_arguments(parser)
+    args = parser.parse_args(["--server", f"127.0.0.1:{served[0].port}", "--model", fx.MODEL_NAME,
+                              "--input", str(path), "--json"])
+    assert args.max_history is None
+    assert client.run_predict(args) == 0
+    scores = [r["score"] for r in json.loads(capsys.readouterr().out)["ranking"]]
+    at_model_length = client.fetch_contract(served[1], fx.MODEL_NAME, max_history=fx.SPEC.max_length)
+    expected = client.predict_scores(served[1], fx.MODEL_NAME, "serving_default", REQUEST, contract=at_model_length)
+    assert scores == sorted(expected, reverse=True)
 
 
 def test_predict_command_reports_errors(served, tmp_path, capsys):

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import DataConfig
+from contract.config import DataConfig
 from transforms import sources
 from transforms.sources import Event, Quarantined
 

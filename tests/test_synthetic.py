@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.auc import auc
+from contract.auc import auc
 
-from pipeline.config import DataConfig
+from contract.config import DataConfig
 from transforms import click_model, sources, synthetic
 
 FILES = ("events.csv", "items.csv", "users.csv", synthetic.REQUEST_FILE)
@@ -58,7 +58,7 @@ def test_files_read_back_through_the_sources_readers(dataset):
 
 
 def test_example_request_is_a_valid_predict_request_for_the_most_active_user(dataset):
-    from pipeline.config import parse_config
+    from contract.config import parse_config
     from serving.client import parse_user_request
     from transforms.features import FeatureSpec
 

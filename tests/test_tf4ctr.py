@@ -8,7 +8,8 @@ import tensorflow as tf
 import tf_keras
 
 from models.layers import MLP
-from models.tf4ctr import TF4CTR, TF4CTRParams, VotingFusion, num_fields, twin_focus_loss
+from contract.model_params import TF4CTRParams
+from models.tf4ctr import TF4CTR, VotingFusion, num_fields, twin_focus_loss
 from tests import model_harness as h
 
 

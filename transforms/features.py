@@ -22,19 +22,27 @@ import dataclasses
 import functools
 from typing import Dict, Tuple
 
-FEEDBACK_TYPES: Tuple[str, ...] = ("click", "unclick", "like", "dislike")
-LABEL = "clicked"
-TIMESTAMP = "timestamp"
-CLICK_PROB = "click_prob"
-CONTEXT_FIELDS: Tuple[str, ...] = ("hour", "weekday")
-CONTEXT_SIZES: Dict[str, int] = {"hour": 24, "weekday": 7}
-PAD_INDEX = 0
+from contract.config import attribute_names
+from contract.serving import read_feature_spec
+from contract.features import (  # noqa: F401 (the vocabulary, imported here by the feature spec's users)
+    CLICK_PROB,
+    CONTEXT_FIELDS,
+    CONTEXT_SIZES,
+    FEEDBACK_TYPES,
+    GAP,
+    ITEM_ID,
+    LABEL,
+    PAD_INDEX,
+    TIMESTAMP,
+    USER_ID,
+    history_name,
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class FeatureSpec:
-    user_fields: Tuple[str, ...]  # "user_id" first
-    item_fields: Tuple[str, ...]  # "item_id" first
+    user_fields: Tuple[str, ...]  # USER_ID first
+    item_fields: Tuple[str, ...]  # ITEM_ID first
     max_length: int
     gap_buckets: int
     embedding_dim: int = 16
@@ -43,10 +51,10 @@ class FeatureSpec:
     feedback_types: Tuple[str, ...] = FEEDBACK_TYPES
 
     def __post_init__(self):
-        if not self.user_fields or self.user_fields[0] != "user_id":
-            raise ValueError(f"user_fields must start with 'user_id', got {self.user_fields}")
-        if not self.item_fields or self.item_fields[0] != "item_id":
-            raise ValueError(f"item_fields must start with 'item_id', got {self.item_fields}")
+        if not self.user_fields or self.user_fields[0] != USER_ID:
+            raise ValueError(f"user_fields must start with {USER_ID!r}, got {self.user_fields}")
+        if not self.item_fields or self.item_fields[0] != ITEM_ID:
+            raise ValueError(f"item_fields must start with {ITEM_ID!r}, got {self.item_fields}")
         names = list(self.user_fields) + list(self.item_fields)
         clash = {n for n in names if names.count(n) > 1} | (set(names) & set(self.reserved_names()))
         if clash:
@@ -61,13 +69,11 @@ class FeatureSpec:
 
     @classmethod
     def from_config(cls, config) -> "FeatureSpec":
-        """Builds the spec of a ``pipeline.config.PipelineConfig``."""
-        from transforms import sources
-
-        user_attributes, item_attributes = sources.attribute_names(config.data)
+        """Builds the spec of a ``contract.config.PipelineConfig``."""
+        user_attributes, item_attributes = attribute_names(config.data)
         return cls(
-            user_fields=("user_id",) + tuple(user_attributes),
-            item_fields=("item_id",) + tuple(item_attributes),
+            user_fields=(USER_ID,) + tuple(user_attributes),
+            item_fields=(ITEM_ID,) + tuple(item_attributes),
             max_length=config.sequences.max_length,
             gap_buckets=config.features.gap_buckets,
             embedding_dim=config.features.embedding_dim,
@@ -82,18 +88,24 @@ class FeatureSpec:
     def from_dict(cls, raw: dict) -> "FeatureSpec":
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
 
+    @classmethod
+    def from_model(cls, saved_model_dir: str) -> "FeatureSpec":
+        """The spec a SavedModel carries (``contract.serving.read_feature_spec``; its max_length
+        is the trained history length); ``FeatureSpecMissing`` for an older export."""
+        return cls.from_dict(read_feature_spec(saved_model_dir)["spec"])
+
     # ---- names -------------------------------------------------------------------------------
     @staticmethod
     def history(feedback: str, field: str) -> str:
-        return f"hist_{feedback}_{field}"
+        return history_name(feedback, field)
 
     @staticmethod
     def history_timestamp(feedback: str) -> str:
-        return f"hist_{feedback}_timestamp"
+        return history_name(feedback, TIMESTAMP)
 
     @staticmethod
     def history_gap(feedback: str) -> str:
-        return f"hist_{feedback}_gap"
+        return history_name(feedback, GAP)
 
     @staticmethod
     def vocabulary_name(field: str) -> str:

@@ -15,24 +15,25 @@ from typing import Deque, Dict, Iterable, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
-from transforms.features import FEEDBACK_TYPES, TIMESTAMP, FeatureSpec
+from contract.features import DISLIKED, FEEDBACK_TYPES, ITEM_ID, LABEL, LIKED, TIMESTAMP
+from transforms.features import FeatureSpec
 
 Event = Mapping[str, object]
 
 
 def feedback_types_of(event: Event) -> Tuple[str, ...]:
     """The sequences an event joins: click or unclick, plus like and/or dislike."""
-    kinds = ["click" if int(event["clicked"]) else "unclick"]
-    if int(event.get("liked", 0)):
+    kinds = ["click" if int(event[LABEL]) else "unclick"]
+    if int(event.get(LIKED, 0)):
         kinds.append("like")
-    if int(event.get("disliked", 0)):
+    if int(event.get(DISLIKED, 0)):
         kinds.append("dislike")
     return tuple(kinds)
 
 
 def event_order_key(event: Event) -> Tuple[int, str]:
     """A user's events are ordered by (timestamp, item_id)."""
-    return int(event[TIMESTAMP]), str(event["item_id"])
+    return int(event[TIMESTAMP]), str(event[ITEM_ID])
 
 
 class HistoryState:

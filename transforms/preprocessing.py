@@ -22,7 +22,8 @@ from typing import Dict
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from transforms.features import LABEL, PAD_INDEX, TIMESTAMP, FeatureSpec
+from contract.features import LABEL, PAD_INDEX, TIMESTAMP
+from transforms.features import FeatureSpec
 
 SPEC_KEY = "feature_spec"
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from tensorflow_metadata.proto.v0 import schema_pb2
 
-from transforms.features import CLICK_PROB, LABEL, FeatureSpec
+from contract.features import CLICK_PROB, LABEL
+from transforms.features import FeatureSpec
 
 TRAINING, SERVING = "TRAINING", "SERVING"
 

@@ -31,7 +31,8 @@ from tfx_bsl.coders import example_coder
 
 from transforms import history as hist
 from transforms import sources
-from transforms.features import CLICK_PROB, LABEL, TIMESTAMP, FeatureSpec
+from contract.features import CLICK_PROB, ITEM_ID, LABEL, TIMESTAMP, USER_ID
+from transforms.features import FeatureSpec
 
 SPLITS = ("train", "eval", "test")
 ALL = "all"  # the unsplit output of ``BuildExamples(split=False)``
@@ -67,17 +68,17 @@ class _ReadAndValidate(beam.DoFn):
                 yield beam.pvalue.TaggedOutput(QUARANTINE, quarantine_record(record))
                 continue
             event = record.as_dict()
-            if items is not None and event["item_id"] not in items:
+            if items is not None and event[ITEM_ID] not in items:
                 yield beam.pvalue.TaggedOutput(
                     QUARANTINE, _reference_error(record, "unknown_item", f"item_id {event['item_id']!r} is not in the items table")
                 )
                 continue
-            if users is not None and event["user_id"] not in users:
+            if users is not None and event[USER_ID] not in users:
                 yield beam.pvalue.TaggedOutput(
                     QUARANTINE, _reference_error(record, "unknown_user", f"user_id {event['user_id']!r} is not in the users table")
                 )
                 continue
-            event.update((items or {}).get(event["item_id"], {}))
+            event.update((items or {}).get(event[ITEM_ID], {}))
             key, event = self.window_key(event)
             pending.setdefault(key, []).append(event)
             held += 1
@@ -94,7 +95,7 @@ def _reference_error(event: sources.Event, reason: str, detail: str) -> dict:
 # ---- per (user, window) --------------------------------------------------------------------------
 def _window_key(window_seconds: float):
     def key(event):
-        return (event["user_id"], int(event[TIMESTAMP] // window_seconds)), event
+        return (event[USER_ID], int(event[TIMESTAMP] // window_seconds)), event
 
     return key
 
@@ -179,17 +180,17 @@ def _rows_of_window(joined, spec: FeatureSpec, users: Optional[dict]) -> WindowR
     past = {kind: list(carry.get(kind, ())) + window for kind, window in hist.split_by_feedback(spec, events).items()}
     times = np.fromiter((int(e[TIMESTAMP]) for e in events), dtype=np.int64, count=len(events))
     profile = (users or {}).get(user, {})
-    scalars = {"user_id": np.full(len(events), user, dtype=object)}
+    scalars = {USER_ID: np.full(len(events), user, dtype=object)}
     for field in spec.user_fields[1:]:
         scalars[field] = np.full(len(events), profile.get(field, ""), dtype=object)
     for field in spec.item_fields:
         scalars[field] = np.array([str(e.get(field, "")) for e in events], dtype=object)
     scalars[TIMESTAMP] = times
-    scalars[LABEL] = np.fromiter((int(e["clicked"]) for e in events), dtype=np.int64, count=len(events))
+    scalars[LABEL] = np.fromiter((int(e[LABEL]) for e in events), dtype=np.int64, count=len(events))
     click_prob = None
     if any(e.get(CLICK_PROB) is not None for e in events):
         click_prob = [None if e.get(CLICK_PROB) is None else float(e[CLICK_PROB]) for e in events]
-    keys = [(int(t), user, str(e["item_id"])) for t, e in zip(times, events)]
+    keys = [(int(t), user, str(e[ITEM_ID])) for t, e in zip(times, events)]
     return WindowRows(keys, scalars, click_prob, hist.history_tables(spec, past, times))
 
 

@@ -94,7 +94,8 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Un
 
 import pyarrow.parquet as pq
 
-from pipeline.config import ColumnMap, DataConfig
+from contract.features import DISLIKED, ITEM_ID, LABEL, LIKED, USER_ID
+from contract.config import ColumnMap, DataConfig, attribute_names
 
 Table = Dict[str, Dict[str, str]]
 
@@ -384,7 +385,7 @@ def _flag(values: Dict[str, str], field: str) -> int:
 
 
 def _flag_feedback(values: Dict[str, str]) -> Tuple[int, int, int]:
-    clicked, liked, disliked = (_flag(values, f) if f in values else 0 for f in ("clicked", "liked", "disliked"))
+    clicked, liked, disliked = (_flag(values, f) if f in values else 0 for f in (LABEL, LIKED, DISLIKED))
     return clicked, liked, disliked
 
 
@@ -403,7 +404,7 @@ def _rating_feedback(values: Dict[str, str]) -> Tuple[int, int, int]:
 def _label_feedback(values: Dict[str, str]) -> Tuple[int, int, int]:
     """KuaiRand: is_click gives the click, label 1 a like and label 0 a dislike."""
     liked = _flag(values, "label")
-    return _flag(values, "clicked"), liked, 1 - liked
+    return _flag(values, LABEL), liked, 1 - liked
 
 
 def _click_prob(text: str) -> float:
@@ -462,7 +463,7 @@ def _event(values: Dict[str, str], event_format: _EventFormat, max_timestamp: in
     timestamp = _timestamp(values["timestamp"], event_format.timestamp_format, max_timestamp)
     clicked, liked, disliked = event_format.feedback(values)
     click_prob = _click_prob(values["click_prob"]) if "click_prob" in values else None
-    return Event(values["user_id"], values["item_id"], timestamp, clicked, liked, disliked, click_prob, source)
+    return Event(values[USER_ID], values[ITEM_ID], timestamp, clicked, liked, disliked, click_prob, source)
 
 
 def read_events(path: str, data: DataConfig) -> Iterator[Union[Event, Quarantined]]:
@@ -480,37 +481,6 @@ def read_events(path: str, data: DataConfig) -> Iterator[Union[Event, Quarantine
 
 
 # ---- attributes and tables ---------------------------------------------------------------------
-
-_MOVIELENS_ATTRIBUTES = (("gender", "age", "occupation", "zip"), ("genre", "year"))
-_BUILTIN_ATTRIBUTES = {  # format -> (user attributes, item attributes)
-    "movielens-100k": _MOVIELENS_ATTRIBUTES,
-    "movielens-1m": _MOVIELENS_ATTRIBUTES,
-    "kuairand": ((), ("duration",)),
-}
-
-
-def _select(available: Sequence[str], requested: Sequence[str], kind: str, data_format: str) -> List[str]:
-    unknown = [name for name in requested if name not in available]
-    if unknown:
-        raise ValueError(
-            f"data.{kind}_attributes: {unknown} not available in format {data_format} "
-            f"(available: {list(available)})"
-        )
-    return list(requested or available)
-
-
-def attribute_names(data: DataConfig) -> Tuple[List[str], List[str]]:
-    """(user attribute fields, item attribute fields), without user_id/item_id."""
-    if data.format == "generic":
-        for kind in ("user", "item"):
-            if getattr(data, f"{kind}_attributes") and getattr(data, f"{kind}s") is None:
-                raise ValueError(f"data.{kind}_attributes is set but data.{kind}s names no {kind}s table")
-        return list(data.user_attributes), list(data.item_attributes)
-    users, items = _BUILTIN_ATTRIBUTES[data.format]
-    return (
-        _select(users, data.user_attributes, "user", data.format),
-        _select(items, data.item_attributes, "item", data.format),
-    )
 
 
 def _table_row(record: Record, key: str, kind: str, table: Table, attributes_of) -> Tuple[str, Dict[str, str]]:

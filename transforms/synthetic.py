@@ -49,7 +49,7 @@ from typing import Dict, Tuple
 import numpy as np
 import pandas as pd
 
-from pipeline.auc import auc
+from contract.auc import auc
 from transforms import click_model
 from transforms.click_model import DEFAULT_MECHANISMS, KNOWN_ANSWER_MECHANISMS, Mechanisms
 
