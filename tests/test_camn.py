@@ -336,6 +336,7 @@ def test_mean_attention_reports_entropy_one_and_the_diagnostics_are_logged():
     assert model(features)["probability"].shape == (32,)  # the serving path computes no diagnostic
 
 
+@pytest.mark.slow
 def test_known_answer_attention_sharpens_and_beats_mean_pooling():
     """Every target is in its click history and the label is whether that click was recent: CAMN
     must find the matching position (eq. 4 and the interest extractor) and read its gap. Both

@@ -468,6 +468,7 @@ def gender_category_recency_batch(batch: int, seed: int):
     return features, tf.constant((relevant_gap <= 3).astype(np.int64))
 
 
+@pytest.mark.slow
 def test_known_answer_profile_attention_sharpens_and_beats_mean_pooling():
     """FADIDN learns the case (held-out AUC > 0.9; mean pooling stays near 0.5), the logged profile
     entropy falls clearly below both 1 and its value at init, and the gender query gives the one
