@@ -45,6 +45,7 @@ def emptied(features, feedback, rows=None):
         {"num_heads": 1, "key_strength_init": 3.0, "context": True, "memory_slots": 8, "slot_dim": 4},
     ],
 )
+@pytest.mark.slow
 def test_standard_checks(params):
     h.run_standard_checks("dumn", params)
 
@@ -327,6 +328,7 @@ def test_the_model_mines_each_users_own_pools():
 
 
 # ---- the memory: model state, written only in training -----------------------------------------
+@pytest.mark.slow
 def test_memory_changes_in_a_fit_step_and_not_in_evaluate_or_predict():
     features, labels = h.random_batch()
     model = h.build("dumn")
@@ -446,6 +448,7 @@ def test_ctr_loss_trains_the_read_head_but_not_the_write_head():
         ({"memory": False}, set(), {"purification_entropy", "pooling_entropy"}),
     ],
 )
+@pytest.mark.slow
 def test_logged_loss_terms_and_diagnostics(params, terms, diagnostics):
     features, labels = h.random_batch()
     model = h.build("dumn", params)

@@ -27,6 +27,7 @@ TAU = 0.2
     ],
     ids=["default", "no_gate", "no_contrastive", "varied", "mean_detached"],
 )
+@pytest.mark.slow
 def test_standard_checks(params):
     h.run_standard_checks("fadidn", params)
 
@@ -275,6 +276,7 @@ def test_interest_module_computes_eq_1_to_4_with_pre_ln():
 
 
 # ---- diagnostics --------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_diagnostics_are_the_attention_entropies_and_only_on_the_loss_path():
     features, labels = h.random_batch(min_length=2)
     model = h.build("fadidn")
@@ -339,6 +341,7 @@ def test_contrastive_gradient_reaches_the_click_interest_module():
     )
 
 
+@pytest.mark.slow
 def test_contrastive_term_is_logged_and_switched_off_term_is_absent():
     features, labels = h.random_batch()
     on = h.logged_loss_terms(h.build("fadidn"), features, labels)
