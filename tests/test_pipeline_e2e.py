@@ -23,7 +23,7 @@ def _config(root, data_dir, auc_lower_bound):
         "data": synthetic.data_config(data_dir),
         "sequences": {"max_length": 8},
         "features": {"embedding_dim": 8, "gap_buckets": 8},
-        "training": {"models": {"dnn": {"mlp_units": [32]}}, "batch_size": 128, "epochs": 1, "learning_rate": 0.01},
+        "training": {"models": {"dnn": {"mlp_units": [32]}}, "batch_size": 128, "epochs": 2, "learning_rate": 0.005},
         "evaluation": {"auc_lower_bound": auc_lower_bound, "auc_max_drop": 0.5},
     }
     return parse_config(raw)
@@ -33,8 +33,7 @@ def _config(root, data_dir, auc_lower_bound):
 def first_run(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("e2e"))
     data_dir = os.path.join(root, "data")
-    # proves the wiring: as small as still learns something (test AUC above 0.5) in one epoch
-    synthetic.generate(data_dir, num_users=60, num_items=80, events_per_user=25, seed=3)
+    synthetic.generate(data_dir, num_users=100, num_items=150, events_per_user=30, seed=3)
     config = _config(root, data_dir, auc_lower_bound=0.5)
     run_local(config)
     return root, data_dir, config, report.collect(config, ["dnn"])
