@@ -1,5 +1,6 @@
 # ctr-pipeline: `make demo` sets up .venv and runs the local pipeline on synthetic logs;
-# `make test` runs the whole test suite. Both create the virtualenv on first use.
+# `make test` runs the whole test suite (what CI runs), `make test-fast` all but the tests marked
+# slow (pytest.ini). All create the virtualenv on first use.
 VENV        ?= .venv
 PY          := $(VENV)/bin/python
 CLI         := $(VENV)/bin/ctr-pipeline
@@ -9,7 +10,7 @@ DEMO_EVENTS ?= 60
 DEMO_DATA   := data/demo
 PYTEST_ARGS ?=
 
-.PHONY: demo test install clean-demo
+.PHONY: demo test test-fast install clean-demo
 
 install: $(STAMP)
 
@@ -27,6 +28,9 @@ demo: $(STAMP) $(DEMO_DATA)/events.csv
 
 test: $(STAMP)
 	TF_USE_LEGACY_KERAS=1 $(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	TF_USE_LEGACY_KERAS=1 $(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 clean-demo:
 	rm -rf $(DEMO_DATA) runs/demo serving_models

@@ -1,7 +1,9 @@
 """``ctr-pipeline``: the project's one command-line entry point.
 
-Subcommands import their heavy dependencies (TensorFlow, TFX) only when they run, so
-``--help`` is instant.
+Subcommands import their heavy dependencies (TensorFlow, TFX, Beam) only when they run, and the
+parser imports a subcommand's module only when that subcommand is named: ``ctr-pipeline --help``
+and the help of run, report, validate-config, generate-data and compile load neither TensorFlow
+nor Beam (serve, predict and score define their options in their serving modules, which do).
 """
 from __future__ import annotations
 
@@ -11,10 +13,12 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import argparse
+import importlib
 import json
 import sys
 import time
 import warnings
+from typing import Callable, Dict, NamedTuple, Optional, Sequence, Union
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -79,54 +83,84 @@ def cmd_generate_data(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from pipeline import kubeflow
-    from serving import batch_score, client, server
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="pipeline YAML config")
+    parser.add_argument("--models", default="", help="comma-separated subset of training.models to train")
 
+
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--models", default="")
+
+
+def add_validate_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True)
+
+
+def add_generate_data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output", required=True, help="directory for events.csv, items.csv, users.csv, request.json")
+    parser.add_argument("--preset", default="demo", choices=["demo", "known-answer"],
+                        help="demo: 400 users x 50 events; known-answer: 5,000 users x 80 events with strong "
+                             "sequence effects (transforms/synthetic.py PRESETS); the options below override its sizes")
+    parser.add_argument("--users", type=int, default=None)
+    parser.add_argument("--items", type=int, default=None)
+    parser.add_argument("--events-per-user", type=int, default=None)
+    parser.add_argument("--days", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=None)
+
+
+class Command(NamedTuple):
+    """A subcommand: its one-line help, the function adding its options and the function running
+    it; a function of another module is named "module:function" and imported only when needed."""
+
+    help: str
+    add_arguments: Union[Callable, str]
+    run: Union[Callable, str]
+
+
+COMMANDS: Dict[str, Command] = {
+    "run": Command("run the TFX pipeline locally (LocalDagRunner, Beam DirectRunner)",
+                   add_run_arguments, cmd_run),
+    "report": Command("print the result table of the latest run of a config",
+                      add_report_arguments, cmd_report),
+    "validate-config": Command("validate a YAML config (and its model parameters)",
+                               add_validate_config_arguments, cmd_validate_config),
+    "generate-data": Command("write seeded synthetic interaction logs (generic CSV format)",
+                             add_generate_data_arguments, cmd_generate_data),
+    "serve": Command("serve pushed models over TF Serving's gRPC API (development stand-in)",
+                     "serving.server:add_serve_arguments", "serving.server:run_serve"),
+    "predict": Command("score candidate items for one user through TF Serving's gRPC API",
+                       "serving.client:add_predict_arguments", "serving.client:run_predict"),
+    "score": Command("batch-score logs or raw tf.Examples with a pushed model (Beam RunInference)",
+                     "serving.batch_score:add_score_arguments", "serving.batch_score:run_score"),
+    "compile": Command("compile the pipeline for Kubeflow Pipelines v2 / Vertex (KFP spec)",
+                       "pipeline.kubeflow:add_compile_arguments", "pipeline.kubeflow:run_compile"),
+}
+
+
+def _function(where: Union[Callable, str]) -> Callable:
+    if callable(where):
+        return where
+    module, name = where.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def command_in(argv: Sequence[str]) -> Optional[str]:
+    """The subcommand ``argv`` names (its first positional argument), if it names one."""
+    first = next((a for a in argv if not a.startswith("-")), None)
+    return first if first in COMMANDS else None
+
+
+def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
+    """The ``ctr-pipeline`` parser: every subcommand with its help line, and the options of
+    ``command`` (imported from its module; the other subcommands' modules are not imported)."""
     parser = argparse.ArgumentParser(prog="ctr-pipeline", description="TFX pipeline for CTR prediction from user behaviour sequences.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    run = sub.add_parser("run", help="run the TFX pipeline locally (LocalDagRunner, Beam DirectRunner)")
-    run.add_argument("--config", required=True, help="pipeline YAML config")
-    run.add_argument("--models", default="", help="comma-separated subset of training.models to train")
-    run.set_defaults(func=cmd_run)
-
-    rep = sub.add_parser("report", help="print the result table of the latest run of a config")
-    rep.add_argument("--config", required=True)
-    rep.add_argument("--models", default="")
-    rep.set_defaults(func=cmd_report)
-
-    val = sub.add_parser("validate-config", help="validate a YAML config (and its model parameters)")
-    val.add_argument("--config", required=True)
-    val.set_defaults(func=cmd_validate_config)
-
-    gen = sub.add_parser("generate-data", help="write seeded synthetic interaction logs (generic CSV format)")
-    gen.add_argument("--output", required=True, help="directory for events.csv, items.csv, users.csv, request.json")
-    gen.add_argument("--preset", default="demo", choices=["demo", "known-answer"],
-                     help="demo: 400 users x 50 events; known-answer: 5,000 users x 80 events with strong "
-                          "sequence effects (transforms/synthetic.py PRESETS); the options below override its sizes")
-    gen.add_argument("--users", type=int, default=None)
-    gen.add_argument("--items", type=int, default=None)
-    gen.add_argument("--events-per-user", type=int, default=None)
-    gen.add_argument("--days", type=int, default=None)
-    gen.add_argument("--seed", type=int, default=None)
-    gen.set_defaults(func=cmd_generate_data)
-
-    serve = sub.add_parser("serve", help="serve pushed models over TF Serving's gRPC API (development stand-in)")
-    server.add_serve_arguments(serve)
-    serve.set_defaults(func=server.run_serve)
-
-    predict = sub.add_parser("predict", help="score candidate items for one user through TF Serving's gRPC API")
-    client.add_predict_arguments(predict)
-    predict.set_defaults(func=client.run_predict)
-
-    score = sub.add_parser("score", help="batch-score logs or raw tf.Examples with a pushed model (Beam RunInference)")
-    batch_score.add_score_arguments(score)
-    score.set_defaults(func=batch_score.run_score)
-
-    compile_ = sub.add_parser("compile", help="compile the pipeline for Kubeflow Pipelines v2 / Vertex (KFP spec)")
-    kubeflow.add_compile_arguments(compile_)
-    compile_.set_defaults(func=kubeflow.run_compile)
+    for name, spec in COMMANDS.items():
+        subparser = sub.add_parser(name, help=spec.help)
+        if name == command:
+            _function(spec.add_arguments)(subparser)
+            subparser.set_defaults(func=_function(spec.run))
     return parser
 
 
@@ -147,7 +181,8 @@ def _ignore_tensorflow_teardown_errors() -> None:
 def main(argv=None) -> int:
     from contract.config import ConfigError
 
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(command_in(argv)).parse_args(argv)
     _ignore_tensorflow_teardown_errors()
     try:
         return args.func(args) or 0

@@ -7,7 +7,7 @@
 - ``WarmupRequests``: the trained model plus TF Serving warmup requests from real examples.
 - ``ModelsConfig``: after a push, TF Serving's ``models.config`` listing every pushed model.
 - ``ThresholdCheck``: fails loudly when a blessing threshold names a metric that was never
-  computed (TFMA would only decline to bless).
+  computed, or when there is no threshold (TFMA would only decline to bless).
 """
 import hashlib
 import json
@@ -47,7 +47,7 @@ def SequenceExampleGen(
     """``input_fingerprint`` (paths, sizes, mtimes of the logs) and ``code_fingerprint`` (the
     sequence builder's source) make the cache see new data and new code."""
     del input_fingerprint, code_fingerprint  # only part of the cache key
-    from pipeline.config import parse_config
+    from contract.config import parse_config
     from transforms import sequences
     from transforms.features import FeatureSpec
 
@@ -166,12 +166,34 @@ def ThresholdCheck(evaluation: InputArtifact[standard_artifacts.ModelEvaluation]
     return {"blessed": int(result.validation_ok)}
 
 
+# TFMA's message for a threshold whose metric the evaluation never emitted (metrics_validator.py)
+METRIC_NOT_FOUND = "Metric not found."
+
+
+def _metric_label(key) -> str:
+    """A MetricKey proto as a reader names it: ``auc``, ``auc (change against the baseline)``."""
+    label = key.name + (f" of model {key.model_name}" if key.model_name else "")
+    return label + (" (change against the baseline)" if key.is_diff else "")
+
+
 def check_thresholds_were_evaluated(result, where: str) -> None:
-    """Raises when TFMA could not evaluate a threshold because its metric was never emitted."""
+    """Raises when TFMA could not evaluate the blessing thresholds: when the evaluation config
+    sets none (``missing_thresholds``), or when a threshold names a metric the evaluation never
+    computed. TFMA reports the latter as a validation failure ("Metric not found.") and would
+    only decline to bless, as if the model were worse than the bound. A threshold the model
+    misses is no error: ThresholdCheck reports ``blessed`` 0."""
     if result.missing_thresholds:
+        raise RuntimeError(f"the evaluation config sets no blessing threshold ({where}): no model can be blessed")
+    never_computed = sorted({
+        _metric_label(failure.metric_key)
+        for per_slice in result.metric_validations_per_slice
+        for failure in per_slice.failures
+        if failure.message == METRIC_NOT_FOUND
+    })
+    if never_computed:
         raise RuntimeError(
-            f"a blessing threshold names a metric the evaluation never computed ({where}); "
-            "check the metric names of the evaluation thresholds"
+            f"blessing thresholds name metrics the evaluation never computed: {', '.join(never_computed)} ({where}); "
+            "a threshold must use the name TFMA emits for a configured metric (e.g. binary_crossentropy for BinaryCrossEntropy)"
         )
 
 

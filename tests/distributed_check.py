@@ -1,50 +1,50 @@
-"""Trains models a few steps under MirroredStrategy on two logical CPU devices (run as a script).
+"""The one MirroredStrategy harness: runs a check on two logical CPU devices, in a fresh process.
 
-The logical devices must be configured before TensorFlow initialises, hence a separate process.
-Usage: python -m tests.distributed_check [--mixed-precision] MODEL...  -> JSON on stdout.
+The logical devices must be configured before TensorFlow initialises, hence the separate
+process. A check is a function ``check(*args) -> JSON-able`` in a test module, named
+``"module:function"``; its assertions fail the test, its result comes back:
+
+    result = distributed_check.run("tests.test_distributed:train_two_replicas", "dnn")
+
+Usage: python -m tests.distributed_check module:function [ARG...]  -> the result as JSON on stdout.
 """
+import importlib
+import json
 import os
+import subprocess
 import sys
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-import json
-
-import numpy as np
-import tensorflow as tf
-
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-
-import tf_keras  # noqa: E402
-
-from models import registry  # noqa: E402
-from models.trainer import distribution_strategy  # noqa: E402
-from tests import model_harness as h  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEVICES = ["/cpu:0", "/cpu:1"]
 
 
-def check(name: str, mixed_precision: bool) -> dict:
-    tf_keras.mixed_precision.set_global_policy("mixed_float16" if mixed_precision else "float32")
-    strategy = distribution_strategy(["/cpu:0", "/cpu:1"])
-    features, labels = h.random_batch(batch=64)
-    dataset = tf.data.Dataset.from_tensor_slices((features, labels)).batch(32).repeat(3)
-    with strategy.scope():
-        model = registry.build(name, h.SPEC, h.VOCAB_SIZES, None)
-        model.compile(optimizer=tf_keras.optimizers.Adam(1e-3))
-    history = model.fit(dataset, epochs=1, verbose=0)
-    out = model(features, training=False)
-    tf_keras.mixed_precision.set_global_policy("float32")
-    return {
-        "replicas": strategy.num_replicas_in_sync,
-        "loss": float(history.history["loss"][-1]),
-        "logit_dtype": out["logit"].dtype.name,
-        "finite": bool(np.all(np.isfinite(out["probability"].numpy()))),
-    }
+def strategy():
+    """The Trainer's MirroredStrategy (models.trainer.distribution_strategy) over the two CPU replicas."""
+    from models.trainer import distribution_strategy
+
+    return distribution_strategy(DEVICES)
+
+
+def run(check: str, *args: str, timeout: int = 1200):
+    """Runs ``check`` (``"module:function"``) with ``args`` under two CPU replicas; its result."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run([sys.executable, "-m", "tests.distributed_check", check, *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _main(check: str, *args: str) -> None:
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * len(DEVICES))
+    module, name = check.split(":")
+    result = getattr(importlib.import_module(module), name)(*args)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    mixed = "--mixed-precision" in args
-    names = [a for a in args if not a.startswith("--")]
-    print(json.dumps({name: check(name, mixed) for name in names}))
+    _main(*sys.argv[1:])

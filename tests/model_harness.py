@@ -209,16 +209,11 @@ def assert_serving_path_skips_the_loss_terms(model, features):
 
 
 # ---- SavedModel round trip through both serving signatures --------------------------------------
-_TFT_DIRS: Dict[str, str] = {}
-
-
 def transform_dir(spec: FeatureSpec = SPEC) -> str:
-    """A real transform graph (tf.Transform analysis of a small random log), made once per run."""
-    from tests import raw_data, tft_fixture
+    """A real transform graph (tf.Transform analysis of a small random log), made once per session."""
+    from tests import tft_fixture
 
-    if spec.max_length not in _TFT_DIRS:
-        _TFT_DIRS[spec.max_length] = tft_fixture.analyze(spec, raw_data.raw_examples(spec, seed=0))
-    return _TFT_DIRS[spec.max_length]
+    return tft_fixture.analyzed(spec, seed=0)[0]
 
 
 def dense_raw_tensors(examples, spec: FeatureSpec = SPEC, mixed_padding: bool = False) -> Dict[str, tf.Tensor]:

@@ -114,6 +114,7 @@ def _job(setup, input_path, output, **kwargs):
     return batch_score.ScoreJob(model=model, input_path=input_path, output_dir=str(output), **kwargs)
 
 
+@pytest.mark.slow
 def test_logs_scores_equal_the_saved_model_and_every_row_is_accounted_for(setup, tmp_path):
     counts = batch_score.score(_job(setup, setup["events"], tmp_path, config=setup["config"]))
     rows = _read_jsonl(str(tmp_path / "scores-*.jsonl"))
@@ -138,6 +139,7 @@ def test_logs_scores_equal_the_saved_model_and_every_row_is_accounted_for(setup,
     assert counts["sequence_builder"]["table_rows_quarantined"] == 1
 
 
+@pytest.mark.slow
 def test_tfrecords_with_malformed_records(setup, tmp_path):
     """Raw tf.Example TFRecords (CSV output); bad records become error rows with their reason."""
     good = setup["records"][:40]
@@ -207,6 +209,7 @@ def test_tfrecords_with_malformed_records(setup, tmp_path):
     assert counts["rows_in"] == len(good) + len(bad) == counts["rows_scored"] + counts["error_rows"]
 
 
+@pytest.mark.slow
 def test_a_batch_the_model_rejects_costs_only_its_bad_examples(setup, tmp_path):
     """RunInference failures: the batch is rescored one by one; only the bad example is an error."""
     good = setup["records"][:12]
@@ -241,6 +244,7 @@ def _raw_path_batch(spec):
     ]
 
 
+@pytest.mark.slow
 def test_logs_rows_score_through_serving_raw_as_through_serving_default(setup):
     """The logs path feeds the builder's columns to serving_raw, histories gathered in the graph."""
     spec = setup["spec"]
@@ -261,6 +265,7 @@ def test_logs_rows_score_through_serving_raw_as_through_serving_default(setup):
     np.testing.assert_allclose([x for _, scores, _ in results for x in scores], default, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_logs_rows_the_raw_signature_rejects_are_scored_as_tf_examples(setup, monkeypatch):
     spec = setup["spec"]
     batch = _raw_path_batch(spec)
@@ -285,6 +290,7 @@ def test_counts_that_do_not_balance_raise():
         batch_score.check_counts(counts)
 
 
+@pytest.mark.slow
 def test_model_resolution(setup, tmp_path):
     root = setup["config"].serving_root
     newer = os.path.join(root, MODEL, "10")
@@ -302,6 +308,7 @@ def test_model_resolution(setup, tmp_path):
         os.remove(newer)
 
 
+@pytest.mark.slow
 def test_input_checks(setup, tmp_path):
     with pytest.raises(ValueError, match="needs --config"):
         batch_score.score(_job(setup, setup["events"], tmp_path))
@@ -313,6 +320,7 @@ def test_input_checks(setup, tmp_path):
     assert not batch_score.is_tfrecord_name("events.csv.gz")
 
 
+@pytest.mark.slow
 def test_cli_arguments(setup):
     parser = argparse.ArgumentParser()
     batch_score.add_score_arguments(parser)

@@ -38,6 +38,7 @@ def _spread_embeddings(model, features):
         {"sequence_length": 3},
     ],
 )
+@pytest.mark.slow
 def test_standard_checks(params):
     h.run_standard_checks("camn", params)
 
@@ -256,6 +257,7 @@ def test_diversity_loss_reaches_the_attention_and_router_only(router):
     )
 
 
+@pytest.mark.slow
 def test_loss_terms_logged_and_switched_off():
     features, labels = h.random_batch()
     model = h.build("camn", {"alpha": 0.5})
@@ -340,6 +342,7 @@ def test_d_is_the_papers_18_unless_set():
     assert h.build("camn", {"embedding_dim": 8}).embedding_dim == 8
 
 
+@pytest.mark.slow
 def test_mean_attention_reports_entropy_one_and_the_diagnostics_are_logged():
     features, labels = h.random_batch(min_length=3)
     uniform = h.build("camn", {"attention": "mean"})
@@ -350,6 +353,7 @@ def test_mean_attention_reports_entropy_one_and_the_diagnostics_are_logged():
     assert model(features)["probability"].shape == (32,)  # the serving path computes no diagnostic
 
 
+@pytest.mark.slow
 def test_known_answer_attention_sharpens_and_beats_mean_pooling():
     """Every target is in its click history and the label is whether that click was recent: CAMN
     must find the matching position and read its gap. In the paper's form (eq. 5-6, no residual)

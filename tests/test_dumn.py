@@ -1,9 +1,6 @@
 """DUMN: shared checks, each equation on a hand-computed case, per-user triplet mining, the memory's
 state rules and diagnostics, gradients, and a toy stream on which the memory must learn."""
 import math
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,11 +12,11 @@ from models.dumn_memory import content_addressing, key_strength, mean_slot_cosin
 from models.dumn_purification import orthogonal_map
 from models.dumn_triplet import own_pool, triplet_loss
 from models.layers import normalized_entropy
+from tests import distributed_check
 from tests import model_harness as h
 from contract.features import CONTEXT_SIZES, FEEDBACK_TYPES
 from transforms.features import FeatureSpec
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRIPLET_TERMS = {f"triplet_{fb}" for fb in FEEDBACK_TYPES}
 DIAGNOSTICS = {"purification_entropy", "pooling_entropy", "slot_cosine", "read_entropy", "triplet_coverage"}
 
@@ -49,6 +46,7 @@ def emptied(features, feedback, rows=None):
         {"num_heads": 1, "key_strength_init": 3.0, "context": True, "memory_slots": 8, "slot_dim": 4},
     ],
 )
+@pytest.mark.slow
 def test_standard_checks(params):
     h.run_standard_checks("dumn", params)
 
@@ -331,6 +329,7 @@ def test_the_model_mines_each_users_own_pools():
 
 
 # ---- the memory: model state, written only in training -----------------------------------------
+@pytest.mark.slow
 def test_memory_changes_in_a_fit_step_and_not_in_evaluate_or_predict():
     features, labels = h.random_batch()
     model = h.build("dumn")
@@ -450,6 +449,7 @@ def test_ctr_loss_trains_the_read_head_but_not_the_write_head():
         ({"memory": False}, set(), {"purification_entropy", "pooling_entropy"}),
     ],
 )
+@pytest.mark.slow
 def test_logged_loss_terms_and_diagnostics(params, terms, diagnostics):
     features, labels = h.random_batch()
     model = h.build("dumn", params)
@@ -510,6 +510,7 @@ def toy_stream(examples: int, seed: int):
     return {k: tf.constant(v, tf.int64) for k, v in features.items()}, tf.constant(labels)
 
 
+@pytest.mark.slow
 def test_on_a_separable_toy_stream_the_triplet_loss_falls_and_the_slots_stay_distinct():
     margin = 0.5
     # the default memory (64 x 32, beta starting at 10); smaller controller and MLP for speed
@@ -536,45 +537,29 @@ def test_on_a_separable_toy_stream_the_triplet_loss_falls_and_the_slots_stay_dis
 
 
 # ---- MirroredStrategy: every replica stores the same, global-batch update ----------------------
-_MIRRORED_CHECK = r"""
-import os
-os.environ["TF_USE_LEGACY_KERAS"] = "1"
-os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
-import numpy as np
-import tensorflow as tf
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-import tf_keras
-from contract.features import FEEDBACK_TYPES
-from tests import model_harness as h
-
-features, labels = h.random_batch(batch=32)
-strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-with strategy.scope():
-    model = h.build("dumn")
-    model.compile(optimizer=tf_keras.optimizers.Adam(1e-2))
-    model.forward(features, training=False)  # builds every layer, the triplet heads too (call() skips them)
-reference = h.build("dumn")
-reference.forward(features, training=False)
-reference.set_weights(model.get_weights())
-before = {fb: model.memories[fb].M.numpy().copy() for fb in FEEDBACK_TYPES}
-reference.forward(features, training=True)  # the global batch's write with the pre-step weights
-model.fit(tf.data.Dataset.from_tensor_slices((features, labels)).batch(32), epochs=1, verbose=0)
-for fb in FEEDBACK_TYPES:
-    variable = model.memories[fb].M
-    replicas = [v.numpy() for v in variable.values]
-    assert len(replicas) == 2, replicas
-    np.testing.assert_array_equal(replicas[0], replicas[1])
-    assert np.abs(replicas[0] - before[fb]).max() > 1e-4, fb
-    np.testing.assert_allclose(replicas[0], reference.memories[fb].M.numpy(), rtol=1e-5, atol=1e-6)
-print("MIRRORED_OK")
-"""
+def mirrored_memory_check() -> str:
+    """(Runs in the MirroredStrategy harness's process.) After one step on the global batch,
+    both replicas hold the same memory, equal to a single-device model's write."""
+    features, labels = h.random_batch(batch=32)
+    with distributed_check.strategy().scope():
+        model = h.build("dumn")
+        model.compile(optimizer=tf_keras.optimizers.Adam(1e-2))
+        model.forward(features, training=False)  # builds every layer, the triplet heads too (call() skips them)
+    reference = h.build("dumn")
+    reference.forward(features, training=False)
+    reference.set_weights(model.get_weights())
+    before = memories(model)
+    reference.forward(features, training=True)  # the global batch's write with the pre-step weights
+    model.fit(tf.data.Dataset.from_tensor_slices((features, labels)).batch(32), epochs=1, verbose=0)
+    for fb in FEEDBACK_TYPES:
+        replicas = [v.numpy() for v in model.memories[fb].M.values]
+        assert len(replicas) == 2, replicas
+        np.testing.assert_array_equal(replicas[0], replicas[1])
+        assert np.abs(replicas[0] - before[fb]).max() > 1e-4, fb
+        np.testing.assert_allclose(replicas[0], reference.memories[fb].M.numpy(), rtol=1e-5, atol=1e-6)
+    return "MIRRORED_OK"
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_replicas_store_the_global_batch_update():
-    """Two logical CPUs need a fresh TF runtime, so the check runs in a subprocess."""
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    done = subprocess.run(
-        [sys.executable, "-c", _MIRRORED_CHECK], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0 and "MIRRORED_OK" in done.stdout, done.stderr[-4000:]
+    assert distributed_check.run("tests.test_dumn:mirrored_memory_check", timeout=600) == "MIRRORED_OK"

@@ -5,6 +5,8 @@ import pytest
 from models import registry
 from tests import model_harness as h
 
+pytestmark = pytest.mark.slow  # a transform analysis (Beam) and a SavedModel export per model
+
 
 @pytest.mark.parametrize("name", registry.names())
 def test_saved_model_round_trip(name, tmp_path):

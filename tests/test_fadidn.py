@@ -28,6 +28,7 @@ TAU = 0.2
     ],
     ids=["default", "no_gate", "no_contrastive", "varied", "mean_detached"],
 )
+@pytest.mark.slow
 def test_standard_checks(params):
     h.run_standard_checks("fadidn", params)
 
@@ -276,6 +277,7 @@ def test_interest_module_computes_eq_1_to_4_with_pre_ln():
 
 
 # ---- diagnostics --------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_diagnostics_are_the_attention_entropies_and_only_on_the_loss_path():
     features, labels = h.random_batch(min_length=2)
     model = h.build("fadidn")
@@ -340,6 +342,7 @@ def test_contrastive_gradient_reaches_the_click_interest_module():
     )
 
 
+@pytest.mark.slow
 def test_contrastive_term_is_logged_and_switched_off_term_is_absent():
     features, labels = h.random_batch()
     on = h.logged_loss_terms(h.build("fadidn"), features, labels)
@@ -469,6 +472,7 @@ def gender_category_recency_batch(batch: int, seed: int):
     return features, tf.constant((relevant_gap <= 3).astype(np.int64))
 
 
+@pytest.mark.slow
 def test_known_answer_profile_attention_sharpens_and_beats_mean_pooling():
     """FADIDN learns the case (held-out AUC > 0.9; mean pooling stays near 0.5), the logged profile
     entropy falls clearly below both 1 and its value at init, and the gender query gives the one

@@ -7,6 +7,7 @@ from models.dnn import DNN
 from tests import model_harness as h
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["dnn", "din"])
 def test_standard_checks(name):
     h.run_standard_checks(name)
@@ -43,6 +44,7 @@ def test_dnn_rejects_a_sequence_the_spec_lacks():
         h.build("dnn", {"sequences": ["click", "clicks"]})
 
 
+@pytest.mark.slow
 def test_ctr_and_regularization_terms_are_logged():
     features, labels = h.random_batch()
     terms = h.logged_loss_terms(h.build("dnn", {"embedding_l2": 1e-3}), features, labels)
@@ -101,6 +103,7 @@ REFERENCE = {"sequence_fields": ["item_id", "category"], "sequence_gap": False}
     ("dnn", {"sequences": ["click"], **REFERENCE}),
     ("din", {"attention_units": [8], "attention_activation": "dice", **REFERENCE}),
 ])
+@pytest.mark.slow
 def test_reference_forms_read_only_their_sequence_fields_and_no_gaps(name, params):
     h.run_standard_checks(name, params)
     features, _ = h.random_batch(min_length=2)

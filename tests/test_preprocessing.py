@@ -5,7 +5,8 @@ import tensorflow_transform as tft
 
 from tests import tft_fixture
 from tests.model_harness import SPEC
-from tests.raw_data import raw_examples
+
+pytestmark = pytest.mark.slow  # a tf.Transform analysis (Beam)
 
 
 def _example(user, item, ts, click_items=(), click_times=(), category="category0"):
@@ -22,8 +23,7 @@ def _example(user, item, ts, click_items=(), click_times=(), category="category0
 
 @pytest.fixture(scope="module")
 def analyzed():
-    train = raw_examples(SPEC, users=6, events_per_user=10, seed=1)
-    return tft_fixture.analyze(SPEC, train), train
+    return tft_fixture.analyzed(SPEC, seed=0)  # the graph the export round trips use (one analysis per session)
 
 
 def test_vocabularies_come_from_train_only_and_unseen_values_are_oov(analyzed):

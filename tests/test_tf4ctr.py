@@ -30,6 +30,7 @@ from tests import model_harness as h
     ],
     ids=["default", "gm", "moe", "share", "vf", "cf", "moef", "sum", "no_tf_loss", "no_tf_loss_cf", "varied"],
 )
+@pytest.mark.slow
 def test_standard_checks(params):
     # Keras' uniform init: the harness's single Adam step at lr 1e-2 is 100x the normal(0, 1e-4)
     # default's scale, and with batch norm's running statistics that one step can overshoot
@@ -103,6 +104,7 @@ def test_total_loss_is_ctr_plus_weighted_twin_focus_plus_l2():
 
 
 # ---- logged terms and gradients --------------------------------------------------------------------
+@pytest.mark.slow
 def test_twin_focus_terms_are_logged_and_absent_when_switched_off():
     features, labels = h.random_batch()
     terms = h.logged_loss_terms(h.build("tf4ctr"), features, labels)
@@ -241,6 +243,7 @@ def test_cf_without_tf_loss_builds_no_encoder_logit_layers():
 
 
 # ---- replaceable encoders --------------------------------------------------------------------------
+@pytest.mark.slow
 def test_encoders_are_replaceable():
     tf_keras.utils.set_random_seed(0)
     simple = MLP((7,), name="custom_simple")

@@ -1,14 +1,17 @@
 """The gates that stop a run: data anomalies before training, thresholds on missing metrics."""
 import os
+import types
 
 import pytest
 import tensorflow_data_validation as tfdv
-from tensorflow_model_analysis.proto import validation_result_pb2
 from tfx.utils import writer_utils
 
 from pipeline.components import anomaly_messages, check_thresholds_were_evaluated
+from contract.config import EvaluationConfig
+from pipeline.pipeline import AUC, LOGLOSS, PREDICTION_KEY, eval_config
 from tests.model_harness import SPEC
 from tests.raw_data import raw_examples
+from transforms.features import LABEL
 from transforms.schema import raw_schema
 
 
@@ -40,7 +43,73 @@ def test_anomalies_are_reported_by_feature(tmp_path):
     assert "'hist_click_item_id'" in text and "'clicked'" in text and "split eval" in text
 
 
-def test_threshold_on_a_metric_never_computed_fails_loudly():
-    check_thresholds_were_evaluated(validation_result_pb2.ValidationResult(validation_ok=False), "x")
-    with pytest.raises(RuntimeError, match="never computed"):
-        check_thresholds_were_evaluated(validation_result_pb2.ValidationResult(missing_thresholds=True), "x")
+# ---- blessing thresholds: TFMA's own evaluation and validation of scored examples -------------
+@pytest.fixture(scope="module")
+def scored():
+    """Scored test examples of a model a bit better than chance (AUC ~0.8), several per user."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, size=300)
+    scores = np.clip(0.5 + 0.25 * (labels - 0.5) + rng.normal(0, 0.2, size=labels.size), 0.01, 0.99)
+    return pd.DataFrame({LABEL: labels, PREDICTION_KEY: scores, "user_id": [f"u{i % 20}" for i in range(labels.size)]})
+
+
+def _validation_result(scored, tmp_path, auc_lower_bound=0.5, edit=None):
+    """TFMA evaluates and validates ``scored`` under the pipeline's eval config (``edit`` may change
+    it), as the Evaluator does on a first run (no baseline yet: no change thresholds); the result
+    is read back from the output as ThresholdCheck reads it."""
+    import tensorflow_model_analysis as tfma
+
+    config = eval_config(types.SimpleNamespace(evaluation=EvaluationConfig(auc_lower_bound=auc_lower_bound)))
+    for spec in config.model_specs:  # scores come with the data: no model to call
+        spec.ClearField("signature_name")
+        spec.ClearField("preprocessing_function_names")
+    if edit:
+        edit(config)
+    config = tfma.utils.update_eval_config_with_defaults(config, has_baseline=False, rubber_stamp=True)
+    tfma.analyze_raw_data(scored, config, str(tmp_path))
+    return tfma.load_validation_result(str(tmp_path))
+
+
+def _failed_metrics(result):
+    return sorted(f.metric_key.name for s in result.metric_validations_per_slice for f in s.failures)
+
+
+def test_the_pipelines_auc_bound_blesses_a_model_above_it(scored, tmp_path):
+    result = _validation_result(scored, tmp_path, auc_lower_bound=0.5)
+    assert result.validation_ok and _failed_metrics(result) == []
+    check_thresholds_were_evaluated(result, str(tmp_path))  # nothing to report
+
+
+def test_a_model_below_the_auc_bound_is_not_blessed_and_that_is_no_error(scored, tmp_path):
+    result = _validation_result(scored, tmp_path, auc_lower_bound=0.99)
+    assert not result.validation_ok and _failed_metrics(result) == [AUC]
+    check_thresholds_were_evaluated(result, str(tmp_path))  # a real failure: ThresholdCheck reports blessed=0
+
+
+def test_threshold_on_a_metric_never_computed_fails_loudly_naming_it(scored, tmp_path):
+    """A threshold under a name no configured metric emits (``logloss``; TFMA calls it
+    ``binary_crossentropy``): TFMA only declines to bless, with "Metric not found."."""
+
+    def threshold_on_logloss(config):
+        config.metrics_specs[0].thresholds["logloss"].value_threshold.upper_bound.value = 1.0
+
+    result = _validation_result(scored, tmp_path, edit=threshold_on_logloss)
+    assert not result.validation_ok and _failed_metrics(result) == ["logloss"]
+    with pytest.raises(RuntimeError, match=r"never computed: logloss\b") as raised:
+        check_thresholds_were_evaluated(result, str(tmp_path))
+    assert str(tmp_path) in str(raised.value) and LOGLOSS in str(raised.value)
+
+
+def test_an_eval_config_without_thresholds_fails_loudly(scored, tmp_path):
+    def without_thresholds(config):
+        for spec in config.metrics_specs:
+            for metric in spec.metrics:
+                metric.ClearField("per_slice_thresholds")
+
+    result = _validation_result(scored, tmp_path, edit=without_thresholds)
+    assert result.missing_thresholds and not result.validation_ok
+    with pytest.raises(RuntimeError, match="no blessing threshold"):
+        check_thresholds_were_evaluated(result, str(tmp_path))

@@ -1,8 +1,11 @@
 """Runs the real preprocessing_fn with tf.Transform's Beam implementation, in-process."""
 from __future__ import annotations
 
+import functools
+import json
 import os
 import tempfile
+from typing import Dict, List, Tuple
 
 import apache_beam as beam
 import tensorflow as tf
@@ -40,6 +43,21 @@ def analyze(spec: FeatureSpec, train: list, output_dir: str = None) -> str:
     return output_dir
 
 
+_ANALYZED: Dict[str, Tuple[str, List[dict]]] = {}
+
+
+def analyzed(spec: FeatureSpec, **raw_example_args) -> Tuple[str, List[dict]]:
+    """(transform output directory, train examples) for ``raw_data.raw_examples(spec, **raw_example_args)``,
+    analyzed once per test session: every test module asking for the same ones shares the graph."""
+    from tests.raw_data import raw_examples
+
+    key = json.dumps([spec.to_dict(), raw_example_args], sort_keys=True)
+    if key not in _ANALYZED:
+        train = raw_examples(spec, **raw_example_args)
+        _ANALYZED[key] = analyze(spec, train), train
+    return _ANALYZED[key]
+
+
 def parse(examples: list, spec: FeatureSpec, with_label: bool = True) -> dict:
     """Raw feature dicts -> the parsed raw tensors (what serving_default parses)."""
     feature_spec = dict(_feature_spec(spec))
@@ -50,7 +68,11 @@ def parse(examples: list, spec: FeatureSpec, with_label: bool = True) -> dict:
     return tf.io.parse_example(serialized, feature_spec)
 
 
+@functools.lru_cache(maxsize=None)
+def _transform_layer(tft_dir: str):
+    return tft.TFTransformOutput(tft_dir).transform_features_layer()  # loading it takes seconds: once per graph
+
+
 def transform(tft_dir: str, examples: list, spec: FeatureSpec) -> dict:
     """Transformed features of raw examples through the saved transform graph."""
-    layer = tft.TFTransformOutput(tft_dir).transform_features_layer()
-    return {k: v.numpy() for k, v in layer(parse(examples, spec)).items()}
+    return {k: v.numpy() for k, v in _transform_layer(tft_dir)(parse(examples, spec)).items()}
