@@ -6,9 +6,10 @@ import pytest
 import tensorflow_data_validation as tfdv
 from tfx.utils import writer_utils
 
-from pipeline.components import anomaly_messages, check_thresholds_were_evaluated
 from contract.config import EvaluationConfig
-from pipeline.pipeline import AUC, LOGLOSS, PREDICTION_KEY, eval_config
+from contract.serving import OUTPUT_KEY
+from pipeline.components import anomaly_messages, check_thresholds_were_evaluated
+from pipeline.pipeline import AUC, LOGLOSS, eval_config
 from tests.model_harness import SPEC
 from tests.raw_data import raw_examples
 from transforms.features import LABEL
@@ -53,7 +54,7 @@ def scored():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, size=300)
     scores = np.clip(0.5 + 0.25 * (labels - 0.5) + rng.normal(0, 0.2, size=labels.size), 0.01, 0.99)
-    return pd.DataFrame({LABEL: labels, PREDICTION_KEY: scores, "user_id": [f"u{i % 20}" for i in range(labels.size)]})
+    return pd.DataFrame({LABEL: labels, OUTPUT_KEY: scores, "user_id": [f"u{i % 20}" for i in range(labels.size)]})
 
 
 def _validation_result(scored, tmp_path, auc_lower_bound=0.5, edit=None):
