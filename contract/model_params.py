@@ -104,6 +104,9 @@ class DUMNParams(ModelParams):
     num_heads: int = pydantic.Field(2, ge=1)  # H of eq. 1-2
     head_dim: Optional[int] = pydantic.Field(None, ge=1)  # per-head width; default N*E // num_heads
     purification: bool = True  # eq. 6-7 orthogonal mapping; off (DUMN-FP): f_oc = f_c, f_ou = f_u
+    # eq. 3 also sees e_item (.) o_j, so the pooling can pick the positions that match the target
+    # (models/dumn.py); False: eq. 3 as printed, where e_item only shifts every position's score alike
+    pooling_interaction: bool = True
     memory: bool = True  # eq. 8-12 user memory network; off (DUMN-UMN): no r, no write, no triplet
     memory_slots: int = pydantic.Field(64, ge=1)  # m (paper: 256)
     slot_dim: int = pydantic.Field(32, ge=1)  # Z (paper: 64)

@@ -30,7 +30,7 @@ class FeedbackEncoder(tf_keras.layers.Layer):
     """Eq. 1-5 for one feedback sequence in two calls: self-attention (eq. 1-2, the user's side
     alone), then target-aware attention pooling -> f (eq. 3-5)."""
 
-    def __init__(self, num_heads: int, head_dim: int, width: int, name: Optional[str] = None):
+    def __init__(self, num_heads: int, head_dim: int, width: int, interaction: bool = True, name: Optional[str] = None):
         super().__init__(name=name)
         self.self_attention = MultiHeadAttention(num_heads, head_dim, output_dim=width, name="self_attention")
         # W_c of eq. 3 split by rows: Concat(e_user, e_item, o_j) W_c = [e_user, e_item] W_c^q + o_j W_c^o
@@ -38,13 +38,21 @@ class FeedbackEncoder(tf_keras.layers.Layer):
         self.W_c_sequence = tf_keras.layers.Dense(1, use_bias=False, name="W_c_sequence")
         # o_j enters the scores layer-normalised (MODELS.md "Attention numerics" applied to eq. 3)
         self.norm_o = PreLayerNorm(name="pre_ln_o")
+        self.interaction = interaction
+        if interaction:  # the rows of W_c for the extra block e_item (.) o_j (models.dumn.DUMN)
+            self.W_c_interaction = tf_keras.layers.Dense(1, use_bias=False, name="W_c_interaction")
+            self.norm_target = PreLayerNorm(name="pre_ln_target")
 
-    def call(self, x, mask, query=None):
+    def call(self, x, mask, query=None, target=None):
         """Without ``query``: eq. 1-2, ``x`` is e_x and the result (O_x [B, T, D], the attention
-        weights [B, H, T, T]) (the user's side alone). With ``query`` [B, Q]: eq. 3-5, ``x`` is O_x
-        and the result (f [B, D], alpha [B, T])."""
+        weights [B, H, T, T]) (the user's side alone). With ``query`` [B, Q] (= [e_user, e_item])
+        and ``target`` [B, D] (= e_item): eq. 3-5, ``x`` is O_x and the result (f [B, D], alpha [B, T])."""
         if query is None:
             return self.self_attention(x, x, x, key_mask=mask)  # eq. 1-2
-        scores = tf.nn.relu(self.W_c_query(query)[:, tf.newaxis, :] + self.W_c_sequence(self.norm_o(x)))  # eq. 3
+        o = self.norm_o(x)
+        logits = self.W_c_query(query)[:, tf.newaxis, :] + self.W_c_sequence(o)
+        if self.interaction:
+            logits += self.W_c_interaction(self.norm_target(target)[:, tf.newaxis, :] * o)
+        scores = tf.nn.relu(logits)  # eq. 3
         alpha = masked_softmax(tf.squeeze(scores, -1), mask)  # eq. 4
         return tf.einsum("bt,btd->bd", alpha, x), alpha  # eq. 5

@@ -563,3 +563,27 @@ def mirrored_memory_check() -> str:
 @pytest.mark.slow
 def test_mirrored_strategy_replicas_store_the_global_batch_update():
     assert distributed_check.run("tests.test_dumn:mirrored_memory_check", timeout=600) == "MIRRORED_OK"
+
+
+def test_pooling_follows_the_target_only_with_the_interaction_block():
+    """Eq. 3 as printed is linear in Concat(e_user, e_item, o_j): e_item shifts every position's
+    score alike, so which positions weigh most never depends on the target. With the interaction
+    block (the default) it does."""
+    from models.dumn_purification import FeedbackEncoder
+
+    rng = np.random.default_rng(0)
+    width, steps = 8, 6
+    o = tf.constant(rng.normal(size=(1, steps, width)), tf.float32)
+    mask = tf.ones((1, steps), tf.bool)
+    user = tf.constant(rng.normal(size=(1, 4)), tf.float32)
+    targets = [tf.constant(rng.normal(size=(1, width)), tf.float32) for _ in range(20)]
+    orders = {}
+    for interaction in (False, True):
+        encoder = FeedbackEncoder(2, 4, width, interaction, name=f"pool_{interaction}")
+        alphas = [encoder(o, mask, tf.concat([user, t], -1), t)[1].numpy()[0] for t in targets]
+        # positions whose score the ReLU did not clip, ranked by weight
+        orders[interaction] = {tuple(np.argsort(-a)[: int((a > a.min() + 1e-9).sum())]) for a in alphas}
+    assert all(len(set(order)) == len(order) for order in orders[False])
+    prefixes = {order[:2] for order in orders[False] if len(order) >= 2}
+    assert len(prefixes) <= 1, orders[False]  # one ranking whatever the target
+    assert len({order[:2] for order in orders[True] if len(order) >= 2}) > 1, orders[True]
