@@ -839,38 +839,6 @@ def format_counts(counts: dict) -> str:
 
 
 # ---- command line ------------------------------------------------------------------------------
-def add_score_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``ctr-pipeline score``."""
-    parser.add_argument("--model", required=True,
-                        help="a SavedModel directory, a model directory of versions (<serving_root>/<name>: newest "
-                             "version), or with --serving-root/--config a model name, optionally name@version")
-    parser.add_argument("--serving-root", default=None,
-                        help="where pushed models live (<root>/<name>/<version>); default: serving_root of --config")
-    parser.add_argument("--input", required=True,
-                        help="interaction logs (directory or events file; needs --config) or TFRecord files of raw "
-                             "tf.Examples (a file, a glob or a directory of *.tfrecord / *.gz)")
-    parser.add_argument("--input-format", choices=("auto", "logs", "tfrecord"), default="auto",
-                        help="auto (default): TFRecords when every input file is named *.tfrecord* or *.gz "
-                             "(not .csv.gz/.tsv.gz/...), logs otherwise")
-    parser.add_argument("--config", default=None,
-                        help="pipeline YAML config: data format, columns, tables and sequence settings for logs; "
-                             "also the Beam options and the serving root")
-    parser.add_argument("--output", required=True, help="output directory (scores-*, errors-*, counts.json)")
-    parser.add_argument("--format", dest="output_format", choices=("jsonl", "csv"), default="jsonl",
-                        help="format of the score rows (errors are always JSON lines); default jsonl")
-    parser.add_argument("--num-shards", type=int, default=0, help="output files per output (default: runner decides)")
-    parser.add_argument("--max-batch-size", type=int, default=1024, help="largest batch per model call (default 1024)")
-    parser.add_argument("--signature", default=SERVING_DEFAULT,
-                        help="SavedModel signature: serialized tf.Example in, score out (default serving_default; "
-                             "with the default, logs are scored through the model's serving_raw when it has one)")
-    parser.add_argument("--output-key", default=OUTPUT_KEY, help="the signature output holding the score")
-    parser.add_argument("--model-name", default=None, help="model name written in the rows (default: from the path)")
-    parser.add_argument("--model-version", default=None, help="model version written in the rows (default: from the path)")
-    parser.add_argument("--beam-arg", dest="beam_args", action="append", default=[], metavar="ARG",
-                        help="a Beam pipeline option, repeatable, e.g. --beam-arg=--runner=DataflowRunner "
-                             "(default: the config's beam options, else DirectRunner in_memory)")
-
-
 def run_score(args: argparse.Namespace) -> int:
     config = None
     if args.config:

@@ -384,33 +384,6 @@ def ranked(request: UserRequest, scores: List[float]) -> List[Tuple[Dict[str, st
 
 
 # ---- command line -----------------------------------------------------------------------------
-def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``ctr-pipeline predict``."""
-    parser.add_argument("--server", default="127.0.0.1:8500",
-                        help="TF Serving gRPC address host:port (default: 127.0.0.1:8500)")
-    parser.add_argument("--model", required=True, help="model name on the server")
-    parser.add_argument("--input", required=True,
-                        help="request JSON file for one user ('-' reads standard input)")
-    parser.add_argument("--signature", choices=PREDICTION_SIGNATURES, default=SERVING_DEFAULT,
-                        help="signature to call (default: serving_default; serving_candidates sends the user's "
-                             "history once: fastest for many candidates)")
-    parser.add_argument("--model-version", type=int, default=None,
-                        help="a specific loaded version (default: the latest)")
-    parser.add_argument("--max-history", type=_positive_int, default=None,
-                        help="most recent events kept per feedback type (default: the length the model "
-                             "was trained with, from the feature spec it carries)")
-    parser.add_argument("--timeout", type=float, default=10.0,
-                        help="seconds to wait for each call (default: 10)")
-    parser.add_argument("--json", action="store_true", help="print the ranking as JSON")
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def run_predict(args: argparse.Namespace) -> int:
     """Prints the user's candidates ranked by score.
 

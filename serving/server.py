@@ -583,21 +583,6 @@ def serve(
 
 
 # ---- command line ---------------------------------------------------------------------------
-def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``ctr-pipeline serve``."""
-    parser.add_argument("--model-base", required=True,
-                        help="directory laid out <model_name>/<version>/saved_model.pb")
-    parser.add_argument("--port", type=int, default=8500, help="gRPC port (default: 8500)")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to bind (default: 127.0.0.1; 0.0.0.0 exposes the server)")
-    parser.add_argument("--poll-seconds", type=float, default=1.0,
-                        help="how often to look for new model versions (default: 1)")
-    parser.add_argument("--max-batch-size", type=int, default=1000,
-                        help="largest batch one request may carry (default: 1000)")
-    parser.add_argument("--workers", type=int, default=8,
-                        help="threads answering requests (default: 8)")
-
-
 def run_serve(args: argparse.Namespace) -> int:
     """Serves until interrupted (Ctrl-C or SIGTERM); returns the exit code."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

@@ -18,7 +18,7 @@ import tensorflow as tf
 import tf_keras
 
 from contract.config import parse_config
-from serving import batch_score
+from serving import batch_score, cli_options
 from transforms import sequences, synthetic
 from transforms.features import FeatureSpec
 
@@ -323,7 +323,7 @@ def test_input_checks(setup, tmp_path):
 @pytest.mark.slow
 def test_cli_arguments(setup):
     parser = argparse.ArgumentParser()
-    batch_score.add_score_arguments(parser)
+    cli_options.add_score_arguments(parser)
     args = parser.parse_args(["--model", "dnn@3", "--serving-root", "/s", "--input", "x", "--output", "o",
                               "--beam-arg=--runner=DirectRunner", "--beam-arg=--direct_num_workers=2"])
     assert args.beam_args == ["--runner=DirectRunner", "--direct_num_workers=2"]

@@ -17,7 +17,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import get_model_metadata_pb2, prediction_service_pb2_grpc
 
 from contract.serving import PREDICTION_SIGNATURES, read_feature_spec
-from serving import client, server
+from serving import cli_options, client, server
 from tests import serving_fixtures as fx
 
 T = 1000
@@ -250,7 +250,7 @@ def test_predict_scores_fetches_the_contract_itself(stub, contract):
 # ---- the predict command ----------------------------------------------------------------------
 def _args(served, path, *extra):
     parser = argparse.ArgumentParser()
-    client.add_predict_arguments(parser)
+    cli_options.add_predict_arguments(parser)
     return parser.parse_args([
         "--server", f"127.0.0.1:{served[0].port}", "--model", fx.MODEL_NAME,
         "--input", str(path), "--max-history", str(MAX_HISTORY), *extra,
@@ -279,7 +279,7 @@ def test_predict_command_defaults_to_the_models_history_length(served, tmp_path,
     path = tmp_path / "request.json"
     path.write_text(json.dumps(REQUEST))
     parser = argparse.ArgumentParser()
-    client.add_predict_arguments(parser)
+    cli_options.add_predict_arguments(parser)
     args = parser.parse_args(["--server", f"127.0.0.1:{served[0].port}", "--model", fx.MODEL_NAME,
                               "--input", str(path), "--json"])
     assert args.max_history is None

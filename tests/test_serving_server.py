@@ -25,7 +25,7 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import model_config, server, warmup
+from serving import cli_options, model_config, server, warmup
 from tests import serving_fixtures as fx
 
 State = get_model_status_pb2.ModelVersionStatus.State
@@ -456,7 +456,7 @@ def test_serve_refuses_a_missing_base_and_a_busy_port(tmp_path, v1_server):
 
 def test_serve_arguments(tmp_path):
     parser = argparse.ArgumentParser()
-    server.add_serve_arguments(parser)
+    cli_options.add_serve_arguments(parser)
     args = parser.parse_args(["--model-base", str(tmp_path / "missing")])
     assert (args.port, args.host, args.poll_seconds, args.max_batch_size) == (
         8500, "127.0.0.1", 1.0, 1000)
