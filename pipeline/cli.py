@@ -131,7 +131,7 @@ COMMANDS: Dict[str, Command] = {
     "serve": Command("serve pushed models over TF Serving's gRPC API (development stand-in)",
                      "serving.cli_options:add_serve_arguments", "serving.server:run_serve"),
     "predict": Command("score candidate items for one user through TF Serving's gRPC API",
-                       "serving.cli_options:add_predict_arguments", "serving.client:run_predict"),
+                       "serving.cli_options:add_predict_arguments", "serving.grpc_client:run_predict"),
     "score": Command("batch-score logs or raw tf.Examples with a pushed model (Beam RunInference)",
                      "serving.cli_options:add_score_arguments", "serving.batch_score:run_score"),
     "compile": Command("compile the pipeline for Kubeflow Pipelines v2 / Vertex (KFP spec)",

@@ -2,7 +2,7 @@
 
 Light on purpose: importing this module loads neither TensorFlow, gRPC nor Beam, so
 ``ctr-pipeline serve --help`` (and predict's, score's) starts in a moment. The commands run in
-``serving.server.run_serve``, ``serving.client.run_predict`` and ``serving.batch_score.run_score``.
+``serving.server.run_serve``, ``serving.grpc_client.run_predict`` and ``serving.batch_score.run_score``.
 """
 from __future__ import annotations
 

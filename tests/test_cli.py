@@ -92,7 +92,8 @@ for argv in [["--help"]] + [[command, "--help"] for command in {commands}]:
         except SystemExit as exited:
             assert exited.code == 0, (argv, exited.code)
     assert out.getvalue().startswith("usage: ctr-pipeline"), argv
-heavy = sorted(m for m in ("tensorflow", "apache_beam", "tfx", "grpc", "serving.server", "serving.client", "serving.batch_score")
+heavy = sorted(m for m in ("tensorflow", "apache_beam", "tfx", "grpc", "serving.server", "serving.client",
+                          "serving.grpc_client", "serving.batch_score")
                if m in sys.modules)
 assert not heavy, heavy
 print("LIGHT_OK")
