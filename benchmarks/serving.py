@@ -72,7 +72,7 @@ from tensorflow_serving.apis import (  # noqa: E402
 )
 
 from contract import serving as contract_serving  # noqa: E402
-from serving import client  # noqa: E402
+from serving import client, grpc_client  # noqa: E402
 from contract.features import LABEL, TIMESTAMP  # noqa: E402
 from transforms.features import FeatureSpec  # noqa: E402
 
@@ -579,10 +579,11 @@ def breakdown(saved_model_dir: str, model: str, version: int, contract: client.M
     """Medians of the client's and the server's steps, run in this process on the same
     SavedModel while the server is idle. The steps of one configuration are interleaved
     (round robin) so that load from other jobs on the machine spreads over all of them."""
-    from serving import server
+    from serving.request_tensors import serialized_inputs
+    from serving.servable import Servable, predict
 
     started = time.perf_counter()
-    servable = server.Servable(model, version, saved_model_dir)
+    servable = Servable(model, version, saved_model_dir)
     load_seconds = time.perf_counter() - started
     started = time.perf_counter()
     servable.warm_up(10**6)
@@ -601,9 +602,9 @@ def breakdown(saved_model_dir: str, model: str, version: int, contract: client.M
                 contract, model, pool.signature, client.parse_user_request(text, contract.spec)
             ).SerializeToString(),
             "decode_and_call": lambda: servable.call_from_protos(
-                pool.signature, server.serialized_inputs(predict_pb2.PredictRequest.FromString(data), specs))["probability"].numpy(),
+                pool.signature, serialized_inputs(predict_pb2.PredictRequest.FromString(data), specs))["probability"].numpy(),
             "signature_call": lambda: function(**inputs)["probability"].numpy(),
-            "server_predict_in_process": lambda: server.predict(
+            "server_predict_in_process": lambda: predict(
                 servable, predict_pb2.PredictRequest.FromString(data), 10**6),
         }
         if pool.signature == "serving_default" and transform is not None:
@@ -917,7 +918,7 @@ def benchmark_model(args, address: str, base: str, name: str, versions: Dict[str
     print(f"\n== {name} (version {versions[name]})", flush=True)
     with grpc.insecure_channel(address) as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-        contract = client.fetch_contract(stub, name, args.max_history)
+        contract = grpc_client.fetch_contract(stub, name, args.max_history)
     spec = contract.spec
     saved_model_dir = os.path.join(base, name, str(versions[name]))
     rng = random.Random(f"{args.seed}-{name}")

@@ -1,9 +1,9 @@
 """``ctr-pipeline``: the project's one command-line entry point.
 
 Subcommands import their heavy dependencies (TensorFlow, TFX, Beam) only when they run, and the
-parser imports a subcommand's module only when that subcommand is named: ``ctr-pipeline --help``
-and the help of run, report, validate-config, generate-data and compile load neither TensorFlow
-nor Beam (serve, predict and score define their options in their serving modules, which do).
+parser imports a subcommand's options module only when that subcommand is named and its run
+function only when it runs: ``ctr-pipeline --help`` and the help of every subcommand load neither
+TensorFlow nor Beam (serve, predict and score take their options from ``serving.cli_options``).
 """
 from __future__ import annotations
 
@@ -111,7 +111,8 @@ def add_generate_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 class Command(NamedTuple):
     """A subcommand: its one-line help, the function adding its options and the function running
-    it; a function of another module is named "module:function" and imported only when needed."""
+    it; a function of another module is named "module:function" and imported only when needed
+    (the run function only when the subcommand runs, not for its help)."""
 
     help: str
     add_arguments: Union[Callable, str]
@@ -128,11 +129,11 @@ COMMANDS: Dict[str, Command] = {
     "generate-data": Command("write seeded synthetic interaction logs (generic CSV format)",
                              add_generate_data_arguments, cmd_generate_data),
     "serve": Command("serve pushed models over TF Serving's gRPC API (development stand-in)",
-                     "serving.server:add_serve_arguments", "serving.server:run_serve"),
+                     "serving.cli_options:add_serve_arguments", "serving.server:run_serve"),
     "predict": Command("score candidate items for one user through TF Serving's gRPC API",
-                       "serving.client:add_predict_arguments", "serving.client:run_predict"),
+                       "serving.cli_options:add_predict_arguments", "serving.grpc_client:run_predict"),
     "score": Command("batch-score logs or raw tf.Examples with a pushed model (Beam RunInference)",
-                     "serving.batch_score:add_score_arguments", "serving.batch_score:run_score"),
+                     "serving.cli_options:add_score_arguments", "serving.batch_score:run_score"),
     "compile": Command("compile the pipeline for Kubeflow Pipelines v2 / Vertex (KFP spec)",
                        "pipeline.kubeflow:add_compile_arguments", "pipeline.kubeflow:run_compile"),
 }
@@ -153,14 +154,15 @@ def command_in(argv: Sequence[str]) -> Optional[str]:
 
 def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     """The ``ctr-pipeline`` parser: every subcommand with its help line, and the options of
-    ``command`` (imported from its module; the other subcommands' modules are not imported)."""
+    ``command`` (imported from its module; the other subcommands' modules are not imported).
+    ``args.func`` is the run function as the table names it (``_function`` resolves it)."""
     parser = argparse.ArgumentParser(prog="ctr-pipeline", description="TFX pipeline for CTR prediction from user behaviour sequences.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, spec in COMMANDS.items():
         subparser = sub.add_parser(name, help=spec.help)
         if name == command:
             _function(spec.add_arguments)(subparser)
-            subparser.set_defaults(func=_function(spec.run))
+            subparser.set_defaults(func=spec.run)
     return parser
 
 
@@ -185,7 +187,7 @@ def main(argv=None) -> int:
     args = build_parser(command_in(argv)).parse_args(argv)
     _ignore_tensorflow_teardown_errors()
     try:
-        return args.func(args) or 0
+        return _function(args.func)(args) or 0
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,10 +1,11 @@
-"""Scores one user's candidate items through TF Serving's gRPC API.
+"""Requests for TF Serving's gRPC API: one user's candidate items as one PredictRequest.
 
-Works against real TF Serving and against ``serving.server`` alike: it only uses the standard
-``PredictionService`` calls. The model's input contract is the feature spec the model carries
-(``contract.serving``): ``GetModelMetadata`` lists the signatures, and the model's
-``feature_spec`` signature answers the spec it was trained with (user and item fields, feedback
-types, raw feature dtypes and the history length), checked against the ``serving_raw`` inputs.
+The gRPC calls and ``ctr-pipeline predict`` are ``serving.grpc_client``'s; requests built here
+work against real TF Serving and against ``serving.server`` alike. The model's input contract is
+the feature spec the model carries (``contract.serving``): ``GetModelMetadata`` lists the
+signatures, and the model's ``feature_spec`` signature answers the spec it was trained with
+(user and item fields, feedback types, raw feature dtypes and the history length), checked
+against the ``serving_raw`` inputs.
 
 Histories are built by ``transforms.history.user_histories_at`` (events strictly before the
 request's timestamp, most recent last, at most ``max_history`` per feedback type: the model's
@@ -32,26 +33,17 @@ import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-import argparse
 import dataclasses
-import datetime
 import json
-import sys
 import time
 from typing import Dict, List, Mapping, Optional, Tuple, Union
 
-import grpc
 import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.framework.tensor_pb2 import TensorProto
-from tensorflow_serving.apis import (
-    get_model_metadata_pb2,
-    predict_pb2,
-    prediction_service_pb2_grpc,
-)
+from tensorflow_serving.apis import predict_pb2
 
 from contract.serving import (
-    FEATURE_SPEC_OUTPUT,
     FEATURE_SPEC_SIGNATURE,
     OUTPUT_KEY,
     PREDICTION_SIGNATURES,
@@ -59,9 +51,8 @@ from contract.serving import (
     SERVING_CANDIDATES,
     SERVING_DEFAULT,
     SERVING_RAW,
-    parse_feature_spec,
 )
-from contract.features import DISLIKED, ITEM_ID, LABEL, LIKED, TIMESTAMP, USER_ID
+from contract.features import DISLIKED, LABEL, LIKED, TIMESTAMP
 from transforms.features import FeatureSpec
 from transforms.history import user_histories_at
 
@@ -84,36 +75,6 @@ class ModelContract:
 
     spec: FeatureSpec  # the model's feature spec; max_length = the histories' limit
     examples_input: str  # serving_default's one input (serialized tf.Examples)
-
-
-def fetch_contract(
-    stub: prediction_service_pb2_grpc.PredictionServiceStub,
-    model: str,
-    max_history: Optional[int] = None,
-    version: Optional[int] = None,
-    timeout: float = 10.0,
-) -> ModelContract:
-    """Reads the model's signatures (GetModelMetadata) and the feature spec it carries (its
-    ``feature_spec`` signature); ``max_history`` None keeps the model's trained history length."""
-    request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
-    request.model_spec.name = model
-    if version is not None:
-        request.model_spec.version.value = version
-    response = stub.GetModelMetadata(request, timeout=timeout)
-    signature_map = get_model_metadata_pb2.SignatureDefMap()
-    response.metadata["signature_def"].Unpack(signature_map)
-    feature_spec = None
-    if FEATURE_SPEC_SIGNATURE in signature_map.signature_def:
-        spec_request = predict_pb2.PredictRequest()
-        spec_request.model_spec.name = model
-        spec_request.model_spec.signature_name = FEATURE_SPEC_SIGNATURE
-        if response.model_spec.HasField("version"):  # the version whose signatures were just read
-            spec_request.model_spec.version.value = response.model_spec.version.value
-        answer = stub.Predict(spec_request, timeout=timeout)
-        text = tf.make_ndarray(answer.outputs[FEATURE_SPEC_OUTPUT]).reshape(-1)[0]
-        feature_spec = parse_feature_spec(text, f"model '{model}' signature '{FEATURE_SPEC_SIGNATURE}'")
-    return contract_from_signatures(model, signature_map.signature_def, feature_spec, max_history)
-
 
 def contract_from_signatures(
     model: str, signature_defs, feature_spec: Optional[dict], max_history: Optional[int] = None
@@ -336,127 +297,3 @@ def _tensor(dtype: str, values: list, shape: List[int]) -> TensorProto:
     )
     (proto.string_val if dtype == "string" else proto.int64_val).extend(values)
     return proto
-
-
-# ---- scoring ----------------------------------------------------------------------------------
-def score_candidates(
-    stub: prediction_service_pb2_grpc.PredictionServiceStub,
-    contract: ModelContract,
-    model: str,
-    signature: str,
-    request: UserRequest,
-    version: Optional[int] = None,
-    timeout: float = 10.0,
-) -> Tuple[List[float], int]:
-    """The candidates' scores (in candidate order) and the model version that answered."""
-    response = stub.Predict(
-        build_predict_request(contract, model, signature, request, version), timeout=timeout
-    )
-    scores = tf.make_ndarray(response.outputs[OUTPUT_KEY]).reshape(-1)
-    if len(scores) != len(request.candidates):
-        raise ContractError(
-            f"model '{model}' returned {len(scores)} scores "
-            f"for {len(request.candidates)} candidates"
-        )
-    return [float(s) for s in scores], response.model_spec.version.value
-
-
-def predict_scores(
-    stub: prediction_service_pb2_grpc.PredictionServiceStub,
-    model: str,
-    signature: str,
-    request_json: Union[str, Mapping],
-    contract: Optional[ModelContract] = None,
-    max_history: Optional[int] = None,
-    timeout: float = 10.0,
-) -> List[float]:
-    """Scores of a user's candidates, in candidate order (fetches the contract unless given)."""
-    if contract is None:
-        contract = fetch_contract(stub, model, max_history, timeout=timeout)
-    request = parse_user_request(request_json, contract.spec)
-    return score_candidates(stub, contract, model, signature, request, timeout=timeout)[0]
-
-
-def ranked(request: UserRequest, scores: List[float]) -> List[Tuple[Dict[str, str], float]]:
-    """(candidate, score) pairs, best first; ties keep the request's order."""
-    order = sorted(range(len(scores)), key=lambda i: -scores[i])
-    return [(request.candidates[i], scores[i]) for i in order]
-
-
-# ---- command line -----------------------------------------------------------------------------
-def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``ctr-pipeline predict``."""
-    parser.add_argument("--server", default="127.0.0.1:8500",
-                        help="TF Serving gRPC address host:port (default: 127.0.0.1:8500)")
-    parser.add_argument("--model", required=True, help="model name on the server")
-    parser.add_argument("--input", required=True,
-                        help="request JSON file for one user ('-' reads standard input)")
-    parser.add_argument("--signature", choices=PREDICTION_SIGNATURES, default=SERVING_DEFAULT,
-                        help="signature to call (default: serving_default; serving_candidates sends the user's "
-                             "history once: fastest for many candidates)")
-    parser.add_argument("--model-version", type=int, default=None,
-                        help="a specific loaded version (default: the latest)")
-    parser.add_argument("--max-history", type=_positive_int, default=None,
-                        help="most recent events kept per feedback type (default: the length the model "
-                             "was trained with, from the feature spec it carries)")
-    parser.add_argument("--timeout", type=float, default=10.0,
-                        help="seconds to wait for each call (default: 10)")
-    parser.add_argument("--json", action="store_true", help="print the ranking as JSON")
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def run_predict(args: argparse.Namespace) -> int:
-    """Prints the user's candidates ranked by score.
-
-    Returns the exit code: 0, 1 (server or model error) or 2 (bad request file).
-    """
-    try:
-        raw = decode_json(sys.stdin.read() if args.input == "-" else _read(args.input))
-        with grpc.insecure_channel(args.server) as channel:
-            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-            contract = fetch_contract(
-                stub, args.model, args.max_history, args.model_version, args.timeout
-            )
-            request = parse_user_request(raw, contract.spec)
-            scores, version = score_candidates(
-                stub, contract, args.model, args.signature, request, args.model_version,
-                args.timeout,
-            )
-    except RequestError as e:
-        print(f"error: {args.input}: {e}", file=sys.stderr)
-        return 2
-    except ContractError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except grpc.RpcError as e:
-        print(f"error: {args.server}: {e.code().name}: {e.details()}", file=sys.stderr)
-        return 1
-    ranking = ranked(request, scores)
-    if args.json:
-        print(json.dumps({
-            "model": args.model, "version": version, "signature": args.signature,
-            USER_ID: request.user[USER_ID], TIMESTAMP: request.timestamp,
-            "ranking": [{ITEM_ID: c[ITEM_ID], "score": s} for c, s in ranking],
-        }, indent=2))
-    else:
-        when = datetime.datetime.fromtimestamp(request.timestamp, datetime.timezone.utc)
-        print(f"model {args.model} version {version} ({args.signature}), "
-              f"user {request.user[USER_ID]} at {when:%Y-%m-%d %H:%M:%S} UTC")
-        print(f"{'rank':>4}  {'score':>8}  {ITEM_ID}")
-        for rank, (candidate, score) in enumerate(ranking, start=1):
-            print(f"{rank:>4}  {score:8.6f}  {candidate[ITEM_ID]}")
-    return 0
-
-
-def _read(path: str) -> str:
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError as e:
-        raise RequestError(f"cannot read: {e.strerror}") from e

@@ -18,7 +18,7 @@ import tensorflow as tf
 import tf_keras
 
 from contract.config import parse_config
-from serving import batch_score
+from serving import batch_handlers, batch_inputs, batch_model, batch_outputs, batch_score, cli_options
 from transforms import sequences, synthetic
 from transforms.features import FeatureSpec
 
@@ -110,7 +110,7 @@ def setup(tmp_path_factory):
 
 
 def _job(setup, input_path, output, **kwargs):
-    model = batch_score.resolve_model(MODEL, setup["config"].serving_root)
+    model = batch_model.resolve_model(MODEL, setup["config"].serving_root)
     return batch_score.ScoreJob(model=model, input_path=input_path, output_dir=str(output), **kwargs)
 
 
@@ -190,8 +190,8 @@ def test_tfrecords_with_malformed_records(setup, tmp_path):
     counts = batch_score.score(_job(setup, str(tmp_path / "in"), output, output_format="csv"))
 
     lines = _read_lines(str(output / "scores-*.csv"))
-    assert lines[0].strip() == ",".join(batch_score.SCORE_FIELDS)
-    rows = [dict(zip(batch_score.SCORE_FIELDS, line.strip().split(","))) for line in lines[1:]]
+    assert lines[0].strip() == ",".join(batch_outputs.SCORE_FIELDS)
+    rows = [dict(zip(batch_outputs.SCORE_FIELDS, line.strip().split(","))) for line in lines[1:]]
     assert len(rows) == len(good)
     for row in rows:
         key = (row["user_id"], row["item_id"], int(row["timestamp"]))
@@ -217,7 +217,7 @@ def test_a_batch_the_model_rejects_costs_only_its_bad_examples(setup, tmp_path):
     keyed.insert(5, (("bad", "bad", -1, "s-bad"), b"garbage"))
     chunks = [([key for key, _ in part], [record for _, record in part]) for part in (keyed[:4], keyed[4:9], keyed[9:])]
     with beam.Pipeline() as pipeline:
-        out = pipeline | beam.Create(chunks) | batch_score.ScoreExamples(batch_score.SignatureModelHandler(
+        out = pipeline | beam.Create(chunks) | batch_handlers.ScoreExamples(batch_handlers.SignatureModelHandler(
             setup["model_dir"], "serving_default", "probability", max_batch_size=64))
         out["scored"] | "S" >> beam.FlatMap(lambda ks: [json.dumps([key[3], score]) for key, score in zip(*ks)]) | "WS" >> beam.io.WriteToText(str(tmp_path / "s"))
         out["errors"] | "E" >> beam.Map(json.dumps) | "WE" >> beam.io.WriteToText(str(tmp_path / "e"))
@@ -249,10 +249,10 @@ def test_logs_rows_score_through_serving_raw_as_through_serving_default(setup):
     """The logs path feeds the builder's columns to serving_raw, histories gathered in the graph."""
     spec = setup["spec"]
     batch = _raw_path_batch(spec)
-    handler = batch_score.WindowRowsModelHandler(setup["model_dir"], "serving_default", "probability", 64, None, spec)
+    handler = batch_handlers.WindowRowsModelHandler(setup["model_dir"], "serving_default", "probability", 64, None, spec)
     scorer = handler.load_model()
     assert scorer.raw is not None, "the exported model has serving_raw: the logs path must use it"
-    scalars, columns, positions = batch_score.raw_columns(batch, spec)
+    scalars, columns, positions = batch_handlers.raw_columns(batch, spec)
     assert positions["click"].shape == (12 + 1 + 3, spec.max_length)
     assert positions["dislike"].shape[1] == 3  # u1's last rows see its three dislikes
     raw = scorer.raw(scalars, columns, positions).numpy()
@@ -269,7 +269,7 @@ def test_logs_rows_score_through_serving_raw_as_through_serving_default(setup):
 def test_logs_rows_the_raw_signature_rejects_are_scored_as_tf_examples(setup, monkeypatch):
     spec = setup["spec"]
     batch = _raw_path_batch(spec)
-    handler = batch_score.WindowRowsModelHandler(setup["model_dir"], "serving_default", "probability", 64, None, spec)
+    handler = batch_handlers.WindowRowsModelHandler(setup["model_dir"], "serving_default", "probability", 64, None, spec)
     scorer = handler.load_model()
     expected, _ = scorer.score(batch)
 
@@ -283,11 +283,11 @@ def test_logs_rows_the_raw_signature_rejects_are_scored_as_tf_examples(setup, mo
 
 
 def test_counts_that_do_not_balance_raise():
-    counts = batch_score.summarize({"rows_in": 5, "scored": 3, "errors.model_error": 1}, {}, "tfrecord",
-                                   batch_score.ModelRef("/m/1", "m", "1"))
+    counts = batch_outputs.summarize({"rows_in": 5, "scored": 3, "errors.model_error": 1}, {}, "tfrecord",
+                                     batch_model.ModelRef("/m/1", "m", "1"))
     assert not counts["balanced"]
     with pytest.raises(RuntimeError, match="does not balance"):
-        batch_score.check_counts(counts)
+        batch_outputs.check_counts(counts)
 
 
 @pytest.mark.slow
@@ -296,14 +296,14 @@ def test_model_resolution(setup, tmp_path):
     newer = os.path.join(root, MODEL, "10")
     os.symlink(setup["model_dir"], newer)
     try:
-        assert batch_score.resolve_model(os.path.join(root, MODEL)) == batch_score.ModelRef(newer, MODEL, "10")
-        assert batch_score.resolve_model(MODEL, root).version == "10"  # numeric order, not text order
-        assert batch_score.resolve_model(f"{MODEL}@{VERSION}", root) == batch_score.ModelRef(setup["model_dir"], MODEL, VERSION)
-        assert batch_score.resolve_model(setup["model_dir"]) == batch_score.ModelRef(setup["model_dir"], MODEL, VERSION)
+        assert batch_model.resolve_model(os.path.join(root, MODEL)) == batch_model.ModelRef(newer, MODEL, "10")
+        assert batch_model.resolve_model(MODEL, root).version == "10"  # numeric order, not text order
+        assert batch_model.resolve_model(f"{MODEL}@{VERSION}", root) == batch_model.ModelRef(setup["model_dir"], MODEL, VERSION)
+        assert batch_model.resolve_model(setup["model_dir"]) == batch_model.ModelRef(setup["model_dir"], MODEL, VERSION)
         with pytest.raises(FileNotFoundError, match="version 3 not found"):
-            batch_score.resolve_model(f"{MODEL}@3", root)
+            batch_model.resolve_model(f"{MODEL}@3", root)
         with pytest.raises(FileNotFoundError, match="--serving-root"):
-            batch_score.resolve_model(MODEL)
+            batch_model.resolve_model(MODEL)
     finally:
         os.remove(newer)
 
@@ -315,15 +315,15 @@ def test_input_checks(setup, tmp_path):
     other = setup["config"].model_copy(update={"data": setup["config"].data.model_copy(update={"item_attributes": ["brand"]})})
     with pytest.raises(ValueError, match="do not match the config"):
         batch_score.score(_job(setup, setup["events"], tmp_path, config=other))
-    assert batch_score.is_tfrecord_name("data_tfrecord-00000-of-00001.gz")
-    assert batch_score.is_tfrecord_name("x.tfrecord")
-    assert not batch_score.is_tfrecord_name("events.csv.gz")
+    assert batch_inputs.is_tfrecord_name("data_tfrecord-00000-of-00001.gz")
+    assert batch_inputs.is_tfrecord_name("x.tfrecord")
+    assert not batch_inputs.is_tfrecord_name("events.csv.gz")
 
 
 @pytest.mark.slow
 def test_cli_arguments(setup):
     parser = argparse.ArgumentParser()
-    batch_score.add_score_arguments(parser)
+    cli_options.add_score_arguments(parser)
     args = parser.parse_args(["--model", "dnn@3", "--serving-root", "/s", "--input", "x", "--output", "o",
                               "--beam-arg=--runner=DirectRunner", "--beam-arg=--direct_num_workers=2"])
     assert args.beam_args == ["--runner=DirectRunner", "--direct_num_workers=2"]

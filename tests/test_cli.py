@@ -13,8 +13,6 @@ from pipeline import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMANDS = ["run", "report", "validate-config", "generate-data", "serve", "predict", "score", "compile"]
-# commands whose options are defined in modules that import neither TensorFlow nor Beam
-LIGHT_COMMANDS = ["run", "report", "validate-config", "generate-data", "compile"]
 
 
 def _exit_code_and_output(argv, capsys):
@@ -55,7 +53,7 @@ def test_each_subcommand_runs_its_own_function_and_requires_its_options(command,
     required = [a for a in _subparser(command)._actions if a.required]
     argv = [command] + [x for a in required for x in (a.option_strings[0], "x")]
     args = cli.build_parser(command).parse_args(argv)
-    assert args.command == command and args.func is cli._function(cli.COMMANDS[command].run)
+    assert args.command == command and cli._function(args.func) is cli._function(cli.COMMANDS[command].run)
     if required:
         code, _, err = _exit_code_and_output([command], capsys)
         assert code == 2 and "the following arguments are required" in err
@@ -87,14 +85,15 @@ def test_invalid_config_exits_2_and_names_the_key(tmp_path, capsys):
 _HELP_WITHOUT_TENSORFLOW = """
 import contextlib, io, sys
 import pipeline.cli as c
-for argv in [["--help"]] + [[command, "--help"] for command in {light}]:
+for argv in [["--help"]] + [[command, "--help"] for command in {commands}]:
     with contextlib.redirect_stdout(io.StringIO()) as out:
         try:
             c.main(argv)
         except SystemExit as exited:
             assert exited.code == 0, (argv, exited.code)
     assert out.getvalue().startswith("usage: ctr-pipeline"), argv
-heavy = sorted(m for m in ("tensorflow", "apache_beam", "tfx", "serving.server", "serving.client", "serving.batch_score")
+heavy = sorted(m for m in ("tensorflow", "apache_beam", "tfx", "grpc", "serving.server", "serving.client",
+                          "serving.grpc_client", "serving.batch_score")
                if m in sys.modules)
 assert not heavy, heavy
 print("LIGHT_OK")
@@ -102,8 +101,9 @@ print("LIGHT_OK")
 
 
 def test_help_imports_neither_tensorflow_nor_beam():
-    """A fresh interpreter (this one has TensorFlow loaded by other tests)."""
-    done = subprocess.run([sys.executable, "-c", _HELP_WITHOUT_TENSORFLOW.format(light=LIGHT_COMMANDS)],
+    """Every subcommand's help, serve, predict and score included, in a fresh interpreter (this
+    one has TensorFlow loaded by other tests)."""
+    done = subprocess.run([sys.executable, "-c", _HELP_WITHOUT_TENSORFLOW.format(commands=COMMANDS)],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "LIGHT_OK" in done.stdout, done.stderr[-4000:]
 

@@ -16,7 +16,8 @@ from contract.serving import FEATURE_SPEC_FILE, SERVING_RAW, WARMUP_FILE, read_f
 from models import registry
 from models.export import export_serving_model
 from models.trainer import vocabulary_sizes
-from serving import client, server, warmup
+from serving import client, grpc_client, server, warmup
+from serving.servable import Servable
 from tests import model_harness as h
 from tests import raw_data
 from contract.features import ITEM_ID, LABEL, TIMESTAMP, USER_ID
@@ -61,15 +62,15 @@ def _request(clicks: int) -> dict:
 
 
 def test_the_client_queries_at_the_trained_length_without_a_flag(stub):
-    contract = client.fetch_contract(stub, MODEL)  # no max_history
+    contract = grpc_client.fetch_contract(stub, MODEL)  # no max_history
     assert contract.spec.max_length == TRAINED_LENGTH
     request = client.parse_user_request(_request(clicks=TRAINED_LENGTH + 15), contract.spec)
     predict = client.build_predict_request(contract, MODEL, SERVING_RAW, request)
     width = [d.size for d in predict.inputs[SPEC.history("click", ITEM_ID)].tensor_shape.dim]
     assert width == [2, TRAINED_LENGTH]
-    scores, version = client.score_candidates(stub, contract, MODEL, SERVING_RAW, request)
+    scores, version = grpc_client.score_candidates(stub, contract, MODEL, SERVING_RAW, request)
     assert len(scores) == 2 and version == 1
-    assert client.fetch_contract(stub, MODEL, max_history=5).spec.max_length == 5  # an explicit flag still wins
+    assert grpc_client.fetch_contract(stub, MODEL, max_history=5).spec.max_length == 5  # an explicit flag still wins
 
 
 def test_warmup_requests_are_built_from_the_carried_spec(model_dir, tmp_path):
@@ -79,6 +80,6 @@ def test_warmup_requests_are_built_from_the_carried_spec(model_dir, tmp_path):
     shutil.copytree(model_dir, target)
     path = warmup.write_warmup_requests(target, MODEL, serialized)
     assert path == os.path.join(target, WARMUP_FILE) and os.path.getsize(path) > 0
-    servable = server.Servable(MODEL, 1, target)
+    servable = Servable(MODEL, 1, target)
     servable.warm_up(max_batch_size=100)
     assert servable.warmup_count == 2 * 3  # serving_default, serving_raw, serving_candidates per example

@@ -17,7 +17,8 @@ import tensorflow as tf
 from tensorflow_serving.apis import get_model_metadata_pb2, prediction_service_pb2_grpc
 
 from contract.serving import PREDICTION_SIGNATURES, read_feature_spec
-from serving import client, server
+from serving import cli_options, client, grpc_client, server
+from serving.servable import read_signature_defs
 from tests import serving_fixtures as fx
 
 T = 1000
@@ -78,7 +79,7 @@ def stub(served):
 
 @pytest.fixture(scope="module")
 def contract(served):
-    return client.fetch_contract(served[1], fx.MODEL_NAME, max_history=MAX_HISTORY)
+    return grpc_client.fetch_contract(served[1], fx.MODEL_NAME, max_history=MAX_HISTORY)
 
 
 # ---- the contract -----------------------------------------------------------------------------
@@ -92,7 +93,7 @@ def test_contract_comes_from_the_metadata(contract):
 
 
 def test_contract_refuses_models_it_cannot_feed(model_dir):
-    signatures = server.read_signature_defs(model_dir).signature_def
+    signatures = read_signature_defs(model_dir).signature_def
     feature_spec = read_feature_spec(model_dir)
     raw_only = {"serving_raw": signatures["serving_raw"]}
     with pytest.raises(client.ContractError, match="lacks the signature"):
@@ -108,15 +109,15 @@ def test_contract_refuses_models_it_cannot_feed(model_dir):
 
 
 def test_the_history_length_is_the_models_unless_overridden(stub, model_dir):
-    assert client.fetch_contract(stub, fx.MODEL_NAME).spec.max_length == fx.SPEC.max_length
-    signatures = server.read_signature_defs(model_dir).signature_def
+    assert grpc_client.fetch_contract(stub, fx.MODEL_NAME).spec.max_length == fx.SPEC.max_length
+    signatures = read_signature_defs(model_dir).signature_def
     contract = client.contract_from_signatures("m", signatures, read_feature_spec(model_dir))
     assert contract.spec == fx.SPEC  # the whole spec the model was exported with
     assert client.contract_from_signatures("m", signatures, read_feature_spec(model_dir), 3).spec.max_length == 3
 
 
 def test_a_model_without_a_feature_spec_is_refused_clearly(model_dir):
-    signatures = server.read_signature_defs(model_dir).signature_def
+    signatures = read_signature_defs(model_dir).signature_def
     with pytest.raises(client.ContractError, match="carries no feature spec.*re-export"):
         client.contract_from_signatures("old", signatures, None)
 
@@ -236,21 +237,21 @@ def test_scores_are_the_models_scores_of_the_expected_features(
 ):
     request = REQUEST if with_events else {**REQUEST, "events": []}
     histories = HISTORIES if with_events else {k: [] for k in HISTORIES}
-    scores = client.predict_scores(stub, fx.MODEL_NAME, signature, request, contract=contract)
+    scores = grpc_client.predict_scores(stub, fx.MODEL_NAME, signature, request, contract=contract)
     expected = fx.direct_scores(model_dir, expected_rows(request, histories), "serving_default")
     np.testing.assert_allclose(scores, expected, rtol=0, atol=1e-7)
 
 
 def test_predict_scores_fetches_the_contract_itself(stub, contract):
     text = json.dumps(REQUEST)
-    assert client.predict_scores(stub, fx.MODEL_NAME, "serving_raw", text, max_history=2) == \
-        client.predict_scores(stub, fx.MODEL_NAME, "serving_raw", REQUEST, contract=contract)
+    assert grpc_client.predict_scores(stub, fx.MODEL_NAME, "serving_raw", text, max_history=2) == \
+        grpc_client.predict_scores(stub, fx.MODEL_NAME, "serving_raw", REQUEST, contract=contract)
 
 
 # ---- the predict command ----------------------------------------------------------------------
 def _args(served, path, *extra):
     parser = argparse.ArgumentParser()
-    client.add_predict_arguments(parser)
+    cli_options.add_predict_arguments(parser)
     return parser.parse_args([
         "--server", f"127.0.0.1:{served[0].port}", "--model", fx.MODEL_NAME,
         "--input", str(path), "--max-history", str(MAX_HISTORY), *extra,
@@ -261,15 +262,15 @@ def _args(served, path, *extra):
 def test_predict_command_ranks_candidates(served, contract, tmp_path, capsys, signature):
     path = tmp_path / "request.json"
     path.write_text(json.dumps(REQUEST))
-    assert client.run_predict(_args(served, path, "--json", "--signature", signature)) == 0
+    assert grpc_client.run_predict(_args(served, path, "--json", "--signature", signature)) == 0
     output = json.loads(capsys.readouterr().out)
-    scores = client.predict_scores(served[1], fx.MODEL_NAME, signature, REQUEST, contract=contract)
+    scores = grpc_client.predict_scores(served[1], fx.MODEL_NAME, signature, REQUEST, contract=contract)
     by_item = dict(zip(["c1", "42", "c3"], scores))
     ranking = [(r["item_id"], r["score"]) for r in output["ranking"]]
     assert ranking == sorted(by_item.items(), key=lambda item: -item[1])
     assert (output["version"], output["user_id"], output["timestamp"]) == (1, "u1", T)
 
-    assert client.run_predict(_args(served, path, "--signature", signature)) == 0
+    assert grpc_client.run_predict(_args(served, path, "--signature", signature)) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "version 1" in lines[0] and "user u1" in lines[0]
     assert [line.split()[-1] for line in lines[2:]] == [item for item, _ in ranking]
@@ -279,34 +280,34 @@ def test_predict_command_defaults_to_the_models_history_length(served, tmp_path,
     path = tmp_path / "request.json"
     path.write_text(json.dumps(REQUEST))
     parser = argparse.ArgumentParser()
-    client.add_predict_arguments(parser)
+    cli_options.add_predict_arguments(parser)
     args = parser.parse_args(["--server", f"127.0.0.1:{served[0].port}", "--model", fx.MODEL_NAME,
                               "--input", str(path), "--json"])
     assert args.max_history is None
-    assert client.run_predict(args) == 0
+    assert grpc_client.run_predict(args) == 0
     scores = [r["score"] for r in json.loads(capsys.readouterr().out)["ranking"]]
-    at_model_length = client.fetch_contract(served[1], fx.MODEL_NAME, max_history=fx.SPEC.max_length)
-    expected = client.predict_scores(served[1], fx.MODEL_NAME, "serving_default", REQUEST, contract=at_model_length)
+    at_model_length = grpc_client.fetch_contract(served[1], fx.MODEL_NAME, max_history=fx.SPEC.max_length)
+    expected = grpc_client.predict_scores(served[1], fx.MODEL_NAME, "serving_default", REQUEST, contract=at_model_length)
     assert scores == sorted(expected, reverse=True)
 
 
 def test_predict_command_reports_errors(served, tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({**REQUEST, "candidates": [{"item_id": "c1"}]}))
-    assert client.run_predict(_args(served, bad)) == 2
+    assert grpc_client.run_predict(_args(served, bad)) == 2
     assert "candidates[0].genre: missing" in capsys.readouterr().err
 
     bad.write_text("{\"user\": ")
-    assert client.run_predict(_args(served, bad)) == 2
+    assert grpc_client.run_predict(_args(served, bad)) == 2
     assert "not valid JSON" in capsys.readouterr().err
 
-    assert client.run_predict(_args(served, tmp_path / "absent.json")) == 2
+    assert grpc_client.run_predict(_args(served, tmp_path / "absent.json")) == 2
     assert "absent.json: cannot read" in capsys.readouterr().err
 
     bad.write_text(json.dumps(REQUEST))
     args = _args(served, bad)
     args.model = "nope"
-    assert client.run_predict(args) == 1
+    assert grpc_client.run_predict(args) == 1
     assert "NOT_FOUND" in capsys.readouterr().err
 
 

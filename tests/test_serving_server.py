@@ -25,7 +25,8 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import model_config, server, warmup
+from serving import cli_options, model_config, server, warmup
+from serving.servable import predict, read_signature_defs
 from tests import serving_fixtures as fx
 
 State = get_model_status_pb2.ModelVersionStatus.State
@@ -157,7 +158,7 @@ def test_metadata_is_the_signature_def_map(stubs, templates):
     assert response.model_spec.version.value == 1
     signature_map = get_model_metadata_pb2.SignatureDefMap()
     assert response.metadata["signature_def"].Unpack(signature_map)
-    assert signature_map == server.read_signature_defs(templates[1])
+    assert signature_map == read_signature_defs(templates[1])
     signatures = signature_map.signature_def
     assert list(signatures["serving_default"].inputs) == ["examples"]
     raw = signatures["serving_raw"]
@@ -316,7 +317,7 @@ def test_old_version_unloads_only_after_its_requests_finish(tmp_path, templates)
             manager.poll_once()
             assert stubs.scores(fx.examples_request(rows))[1] == 2
             assert stubs.status()[1].state == State.UNLOADING
-            response = server.predict(in_flight, fx.examples_request(rows), MAX_BATCH)
+            response = predict(in_flight, fx.examples_request(rows), MAX_BATCH)
             assert response.model_spec.version.value == 1
         assert stubs.status()[1].state == State.END
         error = rpc_error(stubs.prediction.Predict, fx.examples_request(rows, version=1))
@@ -456,7 +457,7 @@ def test_serve_refuses_a_missing_base_and_a_busy_port(tmp_path, v1_server):
 
 def test_serve_arguments(tmp_path):
     parser = argparse.ArgumentParser()
-    server.add_serve_arguments(parser)
+    cli_options.add_serve_arguments(parser)
     args = parser.parse_args(["--model-base", str(tmp_path / "missing")])
     assert (args.port, args.host, args.poll_seconds, args.max_batch_size) == (
         8500, "127.0.0.1", 1.0, 1000)

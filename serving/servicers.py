@@ -1,0 +1,88 @@
+"""The gRPC stand-in server (``serving.server``): the ``PredictionService`` and ``ModelService``
+servicers, answering each call from the version manager (any error becomes a gRPC status)."""
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import grpc
+from google.protobuf import any_pb2
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    prediction_service_pb2_grpc,
+)
+
+from serving.request_tensors import ServingError
+from serving.servable import predict
+from serving.versions import ModelManager
+
+log = logging.getLogger("serving.server")  # one logger for the whole server, as before its split
+
+
+def _answer(context: grpc.ServicerContext, call):
+    """Runs ``call``; a ServingError or any unexpected error becomes a gRPC status."""
+    try:
+        return call()
+    except ServingError as e:
+        context.abort(e.code, e.message)
+    except Exception as e:  # never let a request take the server down
+        log.exception("unexpected error while answering a request")
+        context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}: {e}")
+
+
+def _requested_version(model_spec) -> Optional[int]:
+    if model_spec.WhichOneof("version_choice") == "version_label":
+        raise ServingError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"version label '{model_spec.version_label}' given but no labels are configured",
+        )
+    return model_spec.version.value if model_spec.HasField("version") else None
+
+
+class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, manager: ModelManager):
+        self.manager = manager
+
+    def Predict(self, request, context):
+        def call():
+            spec = request.model_spec
+            with self.manager.acquire(spec.name, _requested_version(spec)) as servable:
+                return predict(servable, request, self.manager.max_batch_size)
+
+        return _answer(context, call)
+
+    def GetModelMetadata(self, request, context):
+        def call():
+            fields = list(request.metadata_field)
+            if fields != ["signature_def"]:
+                raise ServingError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"metadata_field must be ['signature_def'] (the only one supported), "
+                    f"got {fields}",
+                )
+            spec = request.model_spec
+            with self.manager.acquire(spec.name, _requested_version(spec)) as servable:
+                response = get_model_metadata_pb2.GetModelMetadataResponse()
+                response.model_spec.name = servable.name
+                response.model_spec.version.value = servable.version
+                packed = any_pb2.Any()
+                packed.Pack(servable.signature_defs)
+                response.metadata["signature_def"].CopyFrom(packed)
+                return response
+
+        return _answer(context, call)
+
+
+class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(self, manager: ModelManager):
+        self.manager = manager
+
+    def GetModelStatus(self, request, context):
+        def call():
+            spec = request.model_spec
+            statuses = self.manager.version_statuses(spec.name, _requested_version(spec))
+            return get_model_status_pb2.GetModelStatusResponse(model_version_status=statuses)
+
+        return _answer(context, call)
