@@ -670,7 +670,7 @@ def _model_raw_features(job: ScoreJob, spec) -> Dict[str, Tuple[str, int]]:
 def _model_spec(model_path: str, config_spec):
     """The feature spec the model carries (its trained history length: the logs' histories are
     built at that length); its fields must be the config's."""
-    from transforms.features import FeatureSpec
+    from contract.feature_spec import FeatureSpec
 
     spec = FeatureSpec.from_model(model_path)
     fields = ("user_fields", "item_fields", "feedback_types")
@@ -687,8 +687,8 @@ def _model_spec(model_path: str, config_spec):
 def build_scoring(pipeline: beam.Pipeline, job: ScoreJob) -> dict:
     """Adds the scoring steps; returns the PCollections {"scored" (chunks ``(keys, scores)``),
     "errors", "counts"[, "table_quarantine"]}."""
-    from transforms import sequences, sources
-    from transforms.features import FeatureSpec
+    from ingest import sequences, sources
+    from contract.feature_spec import FeatureSpec
 
     input_format = detect_input_format(job.input_path) if job.input_format == "auto" else job.input_format
     if input_format == "logs" and job.config is None:

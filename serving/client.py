@@ -62,8 +62,8 @@ from contract.serving import (
     parse_feature_spec,
 )
 from contract.features import DISLIKED, ITEM_ID, LABEL, LIKED, TIMESTAMP, USER_ID
-from transforms.features import FeatureSpec
-from transforms.history import user_histories_at
+from contract.feature_spec import FeatureSpec
+from ingest.history import user_histories_at
 
 REQUIRED_SIGNATURES = (SERVING_DEFAULT, SERVING_RAW)  # the contract is checked against these
 _DT = {"string": types_pb2.DT_STRING, "int64": types_pb2.DT_INT64}

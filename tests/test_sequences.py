@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from contract.config import parse_config
-from transforms import history as hist
-from transforms import sequences
-from transforms.features import FeatureSpec
+from ingest import history as hist
+from ingest import sequences
+from contract.feature_spec import FeatureSpec
 
 SPEC = FeatureSpec(user_fields=("user_id",), item_fields=("item_id", "genre"), max_length=3, gap_buckets=4)
 

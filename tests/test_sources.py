@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from contract.config import DataConfig
-from transforms import sources
-from transforms.sources import Event, Quarantined
+from ingest import sources
+from ingest.sources import Event, Quarantined
 
 FLAG_HEADER = "user_id,item_id,timestamp,clicked,liked,disliked,click_prob"
 KUAIRAND_HEADER = (

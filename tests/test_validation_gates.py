@@ -11,7 +11,7 @@ from contract.config import EvaluationConfig
 from pipeline.pipeline import AUC, LOGLOSS, PREDICTION_KEY, eval_config
 from tests.model_harness import SPEC
 from tests.raw_data import raw_examples
-from transforms.features import LABEL
+from contract.features import LABEL
 from transforms.schema import raw_schema
 
 

@@ -29,10 +29,10 @@ import numpy as np
 import pyarrow as pa
 from tfx_bsl.coders import example_coder
 
-from transforms import history as hist
-from transforms import sources
+from ingest import history as hist
+from ingest import sources
 from contract.features import CLICK_PROB, ITEM_ID, LABEL, TIMESTAMP, USER_ID
-from transforms.features import FeatureSpec
+from contract.feature_spec import FeatureSpec
 
 SPLITS = ("train", "eval", "test")
 ALL = "all"  # the unsplit output of ``BuildExamples(split=False)``
