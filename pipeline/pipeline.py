@@ -77,7 +77,10 @@ def _data_files(path: str) -> List[str]:
 
 EXAMPLE_SECTIONS = {"data", "sequences", "split", "features"}
 # the code behind each cached step (see components.code_fingerprint)
-EXAMPLE_CODE = ("ingest.sequences", "ingest.history", "ingest.sources", "contract")
+EXAMPLE_CODE = (
+    "ingest.sequences", "ingest.history", "ingest.sources", "ingest.log_files", "ingest.log_values", "ingest.log_tables",
+    "contract",
+)
 TRANSFORM_CODE = ("transforms.preprocessing", "contract")
 TRAINER_CODE = ("models", "contract")
 CODE_FINGERPRINT = "code_fingerprint"
