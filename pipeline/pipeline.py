@@ -78,8 +78,8 @@ def _data_files(path: str) -> List[str]:
 EXAMPLE_SECTIONS = {"data", "sequences", "split", "features"}
 # the code behind each cached step (see components.code_fingerprint)
 EXAMPLE_CODE = (
-    "ingest.sequences", "ingest.history", "ingest.sources", "ingest.log_files", "ingest.log_values", "ingest.log_tables",
-    "contract",
+    "ingest.sequences", "ingest.splits", "ingest.history", "ingest.sources", "ingest.log_files", "ingest.log_values",
+    "ingest.log_tables", "contract",
 )
 TRANSFORM_CODE = ("transforms.preprocessing", "contract")
 TRAINER_CODE = ("models", "contract")
