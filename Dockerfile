@@ -34,6 +34,7 @@ COPY setup.py README.md ./
 COPY contract/ contract/
 COPY pipeline/ pipeline/
 COPY models/ models/
+COPY ingest/ ingest/
 COPY transforms/ transforms/
 COPY serving/ serving/
 RUN pip install --no-deps . \

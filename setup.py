@@ -20,7 +20,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10,<3.11",
-    packages=find_packages(include=["contract*", "pipeline*", "models*", "transforms*", "serving*"]),
+    packages=find_packages(include=["contract*", "pipeline*", "models*", "ingest*", "transforms*", "serving*"]),
     install_requires=read_pins("constraints-top.txt") + ["PyYAML>=6", "pydantic>=2,<3"],
     extras_require={"test": ["pytest", "hypothesis"], "bench": ["matplotlib"]},
     entry_points={"console_scripts": ["ctr-pipeline=pipeline.cli:main"]},

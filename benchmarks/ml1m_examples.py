@@ -21,8 +21,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from contract.config import load_config  # noqa: E402
-from transforms import sequences  # noqa: E402
-from transforms.features import FeatureSpec  # noqa: E402
+from ingest import sequences  # noqa: E402
+from contract.feature_spec import FeatureSpec  # noqa: E402
 
 
 def main() -> None:

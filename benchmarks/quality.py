@@ -32,7 +32,7 @@ a few minutes). Their click depends strongly on the recent same-category/brand c
 time gaps and on recent dislikes, so quality.md reports two ceilings on the test split: the oracle
 AUC (the true click probability) and the no-sequence oracle AUC (``click_prob_static``: the click
 probability expected without the feedback history, the best a model that reads no sequence can
-do, computed from events.csv by ``transforms.synthetic.oracles_on_test_split``). A sequence
+do, computed from events.csv by ``ingest.synthetic.oracles_on_test_split``). A sequence
 model should land between the two, well above the second.
 
 Results are appended to ``<output>/quality.json`` as they come (a re-run skips what is there,
@@ -204,7 +204,7 @@ def synthetic_oracles(base_config: str, data_path: str) -> dict:
     split, from events.csv (``click_prob_static``; {} for logs written before it existed)."""
     import pandas as pd
 
-    from transforms import synthetic
+    from ingest import synthetic
 
     with open(base_config, encoding="utf-8") as handle:
         split = yaml.safe_load(handle).get("split", {})

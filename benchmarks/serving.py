@@ -74,7 +74,7 @@ from tensorflow_serving.apis import (  # noqa: E402
 from contract import serving as contract_serving  # noqa: E402
 from serving import client, grpc_client  # noqa: E402
 from contract.features import LABEL, TIMESTAMP  # noqa: E402
-from transforms.features import FeatureSpec  # noqa: E402
+from contract.feature_spec import FeatureSpec  # noqa: E402
 
 PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
 TARGETS_MS = {1: 10.0, 100: 30.0}  # p99 targets per candidate count (2-core machine)

@@ -42,7 +42,7 @@ from models import registry  # noqa: E402
 from models.trainer import ThroughputLogger, distribution_strategy, make_dataset, vocabulary_sizes  # noqa: E402
 from contract.config import load_config, validate_model_params  # noqa: E402
 from pipeline.report import PipelineRun  # noqa: E402
-from transforms.features import FeatureSpec  # noqa: E402
+from contract.feature_spec import FeatureSpec  # noqa: E402
 
 
 def transform_outputs(config) -> Dict[str, str]:

@@ -2,7 +2,7 @@
 
 The logs are read into events with these names, the sequence builder writes raw tf.Examples with
 them, the transform, the models, the serving signatures, the client and batch scoring look their
-inputs up by them. ``transforms.features.FeatureSpec`` builds a run's full list of names from
+inputs up by them. ``contract.feature_spec.FeatureSpec`` builds a run's full list of names from
 them (with the configured attribute fields and the history length).
 """
 from __future__ import annotations

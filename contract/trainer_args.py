@@ -18,7 +18,7 @@ class TrainerArgs(pydantic.BaseModel):
     model_name: str  # the entry of training.models (the pushed model's name)
     architecture: str  # the model class (contract.model_params.PARAMS key)
     model_params: Dict[str, Any]  # validated by PARAMS[architecture], as JSON
-    feature_spec: Dict[str, Any]  # transforms.features.FeatureSpec.to_dict()
+    feature_spec: Dict[str, Any]  # contract.feature_spec.FeatureSpec.to_dict()
     training: TrainingConfig
     code_fingerprint: str = ""  # the trainer code's hash: a code change reruns the Trainer
 

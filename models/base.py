@@ -30,7 +30,7 @@ import tf_keras
 
 from contract.model_params import ModelParams, SequenceInputParams
 from models.inputs import FeatureEmbeddings
-from transforms.features import FeatureSpec
+from contract.feature_spec import FeatureSpec
 
 
 def check_sequence_fields(spec: FeatureSpec, params: SequenceInputParams, name: str) -> Optional[Tuple[str, ...]]:

@@ -37,7 +37,7 @@ from contract.serving import (
     feature_spec_document,
 )
 from contract.features import CLICK_PROB, ITEM_ID, LABEL
-from transforms.features import FeatureSpec
+from contract.feature_spec import FeatureSpec
 
 _DTYPES = {"string": tf.string, "int64": tf.int64}
 

@@ -18,7 +18,7 @@ import tf_keras
 
 from models.layers import masked_mean
 from contract.features import CONTEXT_FIELDS, CONTEXT_SIZES, ITEM_ID, PAD_INDEX
-from transforms.features import FeatureSpec
+from contract.feature_spec import FeatureSpec
 
 GAP_TABLE = "gap"
 

@@ -41,7 +41,7 @@ from models.base import CTRModel, ModelOutput
 from models.inputs import FeatureEmbeddings
 from models.layers import MLP
 from contract.features import CONTEXT_FIELDS
-from transforms.features import FeatureSpec
+from contract.feature_spec import FeatureSpec
 
 
 # ---- loss (eq. 7) --------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from contract.trainer_args import TrainerArgs
 from models import registry
 from models.export import export_serving_model
 from contract.features import LABEL
-from transforms.features import FeatureSpec
+from contract.feature_spec import FeatureSpec
 
 TRAINING_STATS = "training_stats.json"
 

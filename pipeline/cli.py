@@ -72,7 +72,7 @@ def cmd_validate_config(args) -> int:
 
 # ---- generate-data ---------------------------------------------------------------------------------
 def cmd_generate_data(args) -> int:
-    from transforms import synthetic
+    from ingest import synthetic
 
     summary = synthetic.generate(args.output, **synthetic.preset_arguments(
         args.preset, num_users=args.users, num_items=args.items, events_per_user=args.events_per_user,
@@ -101,7 +101,7 @@ def add_generate_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, help="directory for events.csv, items.csv, users.csv, request.json")
     parser.add_argument("--preset", default="demo", choices=["demo", "known-answer"],
                         help="demo: 400 users x 50 events; known-answer: 5,000 users x 80 events with strong "
-                             "sequence effects (transforms/synthetic.py PRESETS); the options below override its sizes")
+                             "sequence effects (ingest/synthetic.py PRESETS); the options below override its sizes")
     parser.add_argument("--users", type=int, default=None)
     parser.add_argument("--items", type=int, default=None)
     parser.add_argument("--events-per-user", type=int, default=None)

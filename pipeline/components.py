@@ -1,7 +1,7 @@
 """The project's own TFX components (Python-function components, tracked in ML Metadata).
 
 - ``SequenceExampleGen``: logs -> raw tf.Examples with behaviour histories, split
-  train/eval/test, plus the quarantine and the row accounting (Beam, ``transforms.sequences``).
+  train/eval/test, plus the quarantine and the row accounting (Beam, ``ingest.sequences``).
 - ``FeatureSpecSchemaGen``: the raw schema derived from the feature spec (``transforms.schema``).
 - ``AnomalyGate``: stops the run before Transform/Trainer when ExampleValidator found anomalies.
 - ``WarmupRequests``: the trained model plus TF Serving warmup requests from real examples.
@@ -48,8 +48,8 @@ def SequenceExampleGen(
     sequence builder's source) make the cache see new data and new code."""
     del input_fingerprint, code_fingerprint  # only part of the cache key
     from contract.config import parse_config
-    from transforms import sequences
-    from transforms.features import FeatureSpec
+    from ingest import sequences
+    from contract.feature_spec import FeatureSpec
 
     config = parse_config(json.loads(config_json))
     spec = FeatureSpec.from_config(config)
@@ -88,7 +88,7 @@ def report_counts(counts: dict, quarantine_dir: str) -> None:
 def FeatureSpecSchemaGen(feature_spec_json: Parameter[str], with_click_prob: Parameter[int], schema: OutputArtifact[standard_artifacts.Schema]):
     from tfx.utils import io_utils
 
-    from transforms.features import FeatureSpec
+    from contract.feature_spec import FeatureSpec
     from transforms.schema import raw_schema
 
     spec = FeatureSpec.from_dict(json.loads(feature_spec_json))

@@ -23,7 +23,7 @@ from contract.serving import OUTPUT_KEY, SERVING_DEFAULT, TRANSFORM_FEATURES
 from contract.trainer_args import TrainerArgs
 from pipeline import components
 from contract.features import LABEL, USER_ID
-from transforms.features import FeatureSpec
+from contract.feature_spec import FeatureSpec
 from transforms.preprocessing import SPEC_KEY
 
 PREPROCESSING_FN = "transforms.preprocessing.preprocessing_fn"
@@ -77,9 +77,12 @@ def _data_files(path: str) -> List[str]:
 
 EXAMPLE_SECTIONS = {"data", "sequences", "split", "features"}
 # the code behind each cached step (see components.code_fingerprint)
-EXAMPLE_CODE = ("transforms.sequences", "transforms.history", "transforms.sources", "transforms.features", "contract")
-TRANSFORM_CODE = ("transforms.preprocessing", "transforms.features", "contract")
-TRAINER_CODE = ("models", "transforms.features", "contract")
+EXAMPLE_CODE = (
+    "ingest.sequences", "ingest.splits", "ingest.history", "ingest.sources", "ingest.log_files", "ingest.log_values",
+    "ingest.log_tables", "contract",
+)
+TRANSFORM_CODE = ("transforms.preprocessing", "contract")
+TRAINER_CODE = ("models", "contract")
 CODE_FINGERPRINT = "code_fingerprint"
 
 

@@ -170,7 +170,7 @@ def _gather_and_score(raw_signature, spec, output_key: str):
 @dataclasses.dataclass
 class _RawColumnsScorer:
     examples: "_SignatureScorer"  # tf.Examples through the job's signature: the fallback
-    spec: object  # transforms.features.FeatureSpec
+    spec: object  # contract.feature_spec.FeatureSpec
     raw: Optional[object]  # _gather_and_score's function; None: the model has no serving_raw
 
     def score(self, batch) -> Tuple[List[Optional[float]], Dict[int, Tuple[str, str]]]:

@@ -3,7 +3,7 @@
 Inputs (``--input``):
 
 * interaction logs (with ``--config`` for the data format, columns, tables and sequence
-  settings): the examples are built by ``transforms.sequences.BuildExamples(split=False)``, the
+  settings): the examples are built by ``ingest.sequences.BuildExamples(split=False)``, the
   sequence builder the pipeline trains on, with the feature spec the model carries (its fields
   must be the config's; the history length is the model's), so every event is scored with
   exactly the features (behaviour histories included) training would have given it. ``--input`` replaces
@@ -33,7 +33,7 @@ Outputs in ``--output``:
   ``timestamp``, ``score``, ``model``, ``model_version``.
 * ``errors-*.jsonl``: one row per input row that could not be scored: ``source``, ``reason``,
   ``detail``, the ids when known and ``raw`` (the log line) for quarantined log rows. Reasons
-  are the quarantine reasons of ``transforms.sources``/``transforms.sequences`` for logs, and
+  are the quarantine reasons of ``ingest.sources``/``ingest.sequences`` for logs, and
   ``malformed_example`` (not a tf.Example), ``missing_feature``, ``wrong_feature_type``,
   ``wrong_value_count``, ``unreadable_tfrecord`` (the unreadable rest of a corrupt file, one row)
   and ``model_error`` (the model refused the example).
@@ -71,7 +71,7 @@ from serving.batch_model import ModelRef, resolve_model, signature_inputs
 from serving.batch_outputs import ERRORS, check_counts, error_row, format_counts, summarize, write_outputs
 from serving.batch_records import ID_FEATURES, CheckExamples, ReadRecords
 
-# quarantine reasons only the items/users tables produce (see transforms.sources)
+# quarantine reasons only the items/users tables produce (see ingest.sources)
 TABLE_REASONS = frozenset({"duplicate_item", "duplicate_user", "invalid_attribute", "conflicting_item_attribute"})
 
 
@@ -130,7 +130,7 @@ def _model_raw_features(job: ScoreJob, spec) -> Dict[str, Tuple[str, int]]:
 def _model_spec(model_path: str, config_spec):
     """The feature spec the model carries (its trained history length: the logs' histories are
     built at that length); its fields must be the config's."""
-    from transforms.features import FeatureSpec
+    from contract.feature_spec import FeatureSpec
 
     spec = FeatureSpec.from_model(model_path)
     fields = ("user_fields", "item_fields", "feedback_types")
@@ -147,8 +147,8 @@ def _model_spec(model_path: str, config_spec):
 def build_scoring(pipeline: beam.Pipeline, job: ScoreJob) -> dict:
     """Adds the scoring steps; returns the PCollections {"scored" (chunks ``(keys, scores)``),
     "errors", "counts"[, "table_quarantine"]}."""
-    from transforms import sequences, sources
-    from transforms.features import FeatureSpec
+    from ingest import sequences, sources
+    from contract.feature_spec import FeatureSpec
 
     input_format = detect_input_format(job.input_path) if job.input_format == "auto" else job.input_format
     if input_format == "logs" and job.config is None:

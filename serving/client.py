@@ -7,7 +7,7 @@ signatures, and the model's ``feature_spec`` signature answers the spec it was t
 (user and item fields, feedback types, raw feature dtypes and the history length), checked
 against the ``serving_raw`` inputs.
 
-Histories are built by ``transforms.history.user_histories_at`` (events strictly before the
+Histories are built by ``ingest.history.user_histories_at`` (events strictly before the
 request's timestamp, most recent last, at most ``max_history`` per feedback type: the model's
 trained length unless ``--max-history`` says otherwise), the code that built the training
 examples. One PredictRequest scores all candidates of the user, through
@@ -53,8 +53,8 @@ from contract.serving import (
     SERVING_RAW,
 )
 from contract.features import DISLIKED, LABEL, LIKED, TIMESTAMP
-from transforms.features import FeatureSpec
-from transforms.history import user_histories_at
+from contract.feature_spec import FeatureSpec
+from ingest.history import user_histories_at
 
 REQUIRED_SIGNATURES = (SERVING_DEFAULT, SERVING_RAW)  # the contract is checked against these
 _DT = {"string": types_pb2.DT_STRING, "int64": types_pb2.DT_INT64}

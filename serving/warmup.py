@@ -28,7 +28,7 @@ from contract.serving import (
     read_signature_defs,
 )
 from serving import client
-from transforms.features import FeatureSpec
+from contract.feature_spec import FeatureSpec
 
 
 def write_warmup_requests(

@@ -17,7 +17,7 @@ import tf_keras
 
 from models import registry
 from contract.features import CONTEXT_SIZES, LABEL
-from transforms.features import FeatureSpec
+from contract.feature_spec import FeatureSpec
 
 SPEC = FeatureSpec(
     user_fields=("user_id", "gender", "age"),

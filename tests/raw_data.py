@@ -6,13 +6,13 @@ from typing import Dict
 import numpy as np
 from tensorflow.core.example import example_pb2, feature_pb2
 
-from transforms import history as hist
+from ingest import history as hist
 from contract.features import CLICK_PROB, LABEL, TIMESTAMP
-from transforms.features import FeatureSpec
+from contract.feature_spec import FeatureSpec
 
 
 def raw_examples(spec: FeatureSpec, users: int = 12, events_per_user: int = 15, items: int = 25, seed: int = 0, start: int = 1_600_000_000):
-    """Raw feature dicts (one per event) of a random log, histories built by transforms.history."""
+    """Raw feature dicts (one per event) of a random log, histories built by ingest.history."""
     rng = np.random.default_rng(seed)
     attributes = {
         f"i{i}": {f: f"{f}{rng.integers(0, 4)}" for f in spec.item_fields[1:]} for i in range(items)

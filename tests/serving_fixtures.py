@@ -19,7 +19,7 @@ from tensorflow_serving.apis import predict_pb2
 from contract.serving import FEATURE_SPEC_SIGNATURE
 from models.export import feature_spec_function, write_feature_spec
 from contract.features import TIMESTAMP
-from transforms.features import FeatureSpec
+from contract.feature_spec import FeatureSpec
 
 MODEL_NAME = "ctr"
 SPEC = FeatureSpec(

@@ -19,8 +19,8 @@ import tf_keras
 
 from contract.config import parse_config
 from serving import batch_handlers, batch_inputs, batch_model, batch_outputs, batch_score, cli_options
-from transforms import sequences, synthetic
-from transforms.features import FeatureSpec
+from ingest import sequences, synthetic
+from contract.feature_spec import FeatureSpec
 
 MODEL = "dnn"
 VERSION = "7"

@@ -112,7 +112,7 @@ def test_pip_installs_match_the_makefile():
 
 def test_package_files_read_by_setup_py_are_copied():
     copied = " ".join(a for k, a in _stage("pipeline") if k == "COPY")
-    for needed in ("setup.py", "README.md", "pipeline/", "models/", "transforms/", "serving/"):
+    for needed in ("setup.py", "README.md", "pipeline/", "models/", "ingest/", "transforms/", "serving/"):
         assert needed in copied.split(), needed
 
 

@@ -15,7 +15,7 @@ from models.layers import normalized_entropy
 from tests import distributed_check
 from tests import model_harness as h
 from contract.features import CONTEXT_SIZES, FEEDBACK_TYPES
-from transforms.features import FeatureSpec
+from contract.feature_spec import FeatureSpec
 
 TRIPLET_TERMS = {f"triplet_{fb}" for fb in FEEDBACK_TYPES}
 DIAGNOSTICS = {"purification_entropy", "pooling_entropy", "slot_cosine", "read_entropy", "triplet_coverage"}

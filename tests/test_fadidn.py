@@ -11,7 +11,7 @@ from models.fadidn import FineGrainedInterest
 from models.fadidn_contrastive import hard_sample_pairs, info_nce, sample_random_negatives
 from models.fadidn_gate import AttributeGate, gate_ids
 from models.layers import normalized_entropy
-from transforms.features import FeatureSpec
+from contract.feature_spec import FeatureSpec
 from tests import model_harness as h
 
 TAU = 0.2

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from pipeline import kubeflow
-from transforms import synthetic
+from ingest import synthetic
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEMO = os.path.join(HERE, os.pardir, "configs", "demo.yaml")

@@ -21,7 +21,7 @@ from serving.servable import Servable
 from tests import model_harness as h
 from tests import raw_data
 from contract.features import ITEM_ID, LABEL, TIMESTAMP, USER_ID
-from transforms.features import FeatureSpec
+from contract.feature_spec import FeatureSpec
 
 TRAINED_LENGTH = 20  # configs/demo.yaml's sequences.max_length; the client used to guess 50
 SPEC = dataclasses.replace(h.SPEC, max_length=TRAINED_LENGTH)

@@ -10,7 +10,7 @@ import tensorflow as tf
 from pipeline import report
 from contract.config import parse_config
 from pipeline.runner import run_local
-from transforms import synthetic
+from ingest import synthetic
 
 pytestmark = pytest.mark.slow
 

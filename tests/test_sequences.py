@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from contract.config import parse_config
-from transforms import history as hist
-from transforms import sequences
-from transforms.features import FeatureSpec
+from contract.feature_spec import FeatureSpec
+from ingest import history as hist
+from ingest import sequences, splits
 
 SPEC = FeatureSpec(user_fields=("user_id",), item_fields=("item_id", "genre"), max_length=3, gap_buckets=4)
 
@@ -123,8 +123,8 @@ def test_hand_written_log_gives_the_four_feedback_sequences():
 
 def test_time_cuts_are_exact_ranks():
     # buckets 0..3 with 5 examples each: 20 examples, cuts at ranks 16 and 18
-    assert sequences.time_cuts([(0, 5), (1, 5), (2, 5), (3, 5)], (0.8, 0.9)) == [(3, 1), (3, 3)]
-    assert sequences.time_cuts([(7, 10)], (0.5, 1.0)) == [(7, 5), (8, 0)]
+    assert splits.time_cuts([(0, 5), (1, 5), (2, 5), (3, 5)], (0.8, 0.9)) == [(3, 1), (3, 3)]
+    assert splits.time_cuts([(7, 10)], (0.5, 1.0)) == [(7, 5), (8, 0)]
 
 
 BAD_ROWS = {

@@ -9,9 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from contract.config import DataConfig
-from transforms import sources
-from transforms.sources import Event, Quarantined
+from contract.config import DataConfig, attribute_names
+from ingest import sources
+from ingest.sources import Event, Quarantined
 
 FLAG_HEADER = "user_id,item_id,timestamp,clicked,liked,disliked,click_prob"
 KUAIRAND_HEADER = (
@@ -64,7 +64,7 @@ def test_generic_csv_with_flags_and_tables(tmp_path):
     ]
     assert sources.load_items(data) == ({"i1": {"brand": "b1", "category": "c1"}, "i2": {"brand": "", "category": "c2"}}, [])
     assert sources.load_users(data) == ({"u1": {"region": "north"}, "u2": {"region": "south"}}, [])
-    assert sources.attribute_names(data) == (["region"], ["brand", "category"])
+    assert attribute_names(data) == (["region"], ["brand", "category"])
 
 
 def test_event_as_dict():
@@ -266,11 +266,11 @@ def test_unreadable_header_is_a_clear_error(tmp_path):
 
 def test_attribute_names_errors(tmp_path):
     with pytest.raises(ValueError, match="data.item_attributes is set but data.items"):
-        sources.attribute_names(generic(tmp_path, item_attributes=["genre"]))
+        attribute_names(generic(tmp_path, item_attributes=["genre"]))
     with pytest.raises(ValueError, match=r"\['budget'\] not available in format movielens-1m"):
-        sources.attribute_names(DataConfig(format="movielens-1m", path=str(tmp_path), item_attributes=["budget"]))
+        attribute_names(DataConfig(format="movielens-1m", path=str(tmp_path), item_attributes=["budget"]))
     with pytest.raises(ValueError, match="user_attributes"):
-        sources.attribute_names(DataConfig(format="kuairand", path=str(tmp_path), user_attributes=["age"]))
+        attribute_names(DataConfig(format="kuairand", path=str(tmp_path), user_attributes=["age"]))
 
 
 # ---- MovieLens ----------------------------------------------------------------------------------
@@ -316,7 +316,7 @@ def test_movielens_100k_standard_genres_and_attribute_subset(tmp_path):
     flags[4] = flags[8] = "1"
     write(str(tmp_path / "u.item"), "|".join(["10", "Kids (1990)", "01-Jan-1990", "", "http://k", *flags]) + "\n")
     data = DataConfig(format="movielens-100k", path=str(tmp_path), item_attributes=["genre"], user_attributes=["age"])
-    assert sources.attribute_names(data) == (["age"], ["genre"])
+    assert attribute_names(data) == (["age"], ["genre"])
     assert sources.load_items(data) == ({"10": {"genre": "Children's"}}, [])
 
 
@@ -382,7 +382,7 @@ def test_kuairand(tmp_path):
         (f"{path}:6", "conflicting_item_attribute"), (f"{path}:7", "invalid_attribute"),
     ]  # fmt: skip
     assert sources.load_users(data) == (None, [])
-    assert sources.attribute_names(data) == ([], ["duration"])
+    assert attribute_names(data) == ([], ["duration"])
 
 
 @pytest.mark.parametrize(

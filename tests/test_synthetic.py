@@ -11,7 +11,7 @@ import pytest
 from contract.auc import auc
 
 from contract.config import DataConfig
-from transforms import click_model, sources, synthetic
+from ingest import click_model, sources, synthetic
 
 FILES = ("events.csv", "items.csv", "users.csv", synthetic.REQUEST_FILE)
 
@@ -60,7 +60,7 @@ def test_files_read_back_through_the_sources_readers(dataset):
 def test_example_request_is_a_valid_predict_request_for_the_most_active_user(dataset):
     from contract.config import parse_config
     from serving.client import parse_user_request
-    from transforms.features import FeatureSpec
+    from contract.feature_spec import FeatureSpec
 
     path, _, events = dataset
     config = parse_config({"pipeline_name": "t", "data": synthetic.data_config(path)})

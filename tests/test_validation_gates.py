@@ -12,7 +12,7 @@ from pipeline.components import anomaly_messages, check_thresholds_were_evaluate
 from pipeline.pipeline import AUC, LOGLOSS, eval_config
 from tests.model_harness import SPEC
 from tests.raw_data import raw_examples
-from transforms.features import LABEL
+from contract.features import LABEL
 from transforms.schema import raw_schema
 
 

@@ -14,7 +14,7 @@ import tensorflow_transform.beam as tft_beam
 from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io, schema_utils
 
 from transforms import preprocessing
-from transforms.features import FeatureSpec
+from contract.feature_spec import FeatureSpec
 from transforms.schema import raw_schema
 from tests.raw_data import to_tf_example
 

@@ -1,0 +1,2 @@
+"""tensorflow-transform: the ``preprocessing_fn`` (``preprocessing``) and the raw schema
+(``schema``). Imports ``contract`` only."""

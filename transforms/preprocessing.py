@@ -23,7 +23,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from contract.features import LABEL, PAD_INDEX, TIMESTAMP
-from transforms.features import FeatureSpec
+from contract.feature_spec import FeatureSpec
 
 SPEC_KEY = "feature_spec"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from contract.features import CLICK_PROB, LABEL
-from transforms.features import FeatureSpec
+from contract.feature_spec import FeatureSpec
 
 TRAINING, SERVING = "TRAINING", "SERVING"
 

@@ -1,4 +1,4 @@
-"""The click model of ``transforms.synthetic``'s logs: what is simulated, and how.
+"""The click model of ``ingest.synthetic``'s logs: what is simulated, and how.
 
 The generative story, chosen so that a model reading behaviour sequences with their time gaps
 can beat one that sees only the user and the target item (the weights and time scales are a
@@ -33,7 +33,7 @@ can beat one that sees only the user and the target item (the weights and time s
   sigmoid(-1 + 1.5 * affinity) and disliked with sigmoid(-2.5 - 1.5 * affinity); a misclick is
   liked with probability 0.02 and disliked with 0.5.
 
-The no-sequence oracle (``static_oracle``; ``transforms.synthetic`` says what it is for) re-walks
+The no-sequence oracle (``static_oracle``; ``ingest.synthetic`` says what it is for) re-walks
 each user's timeline with ``samples`` independent histories on its own random streams and
 weights each history's click probability of the logged item by how likely that history was to
 expose the item (self-normalised importance sampling).

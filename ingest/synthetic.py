@@ -8,7 +8,7 @@ for the most active user (see ``example_request``). The same arguments always gi
 files.
 
 The click model behind them (the generative story, its weights ``Mechanisms`` and the
-simulation) is ``transforms.click_model``.
+simulation) is ``ingest.click_model``.
 
 Two oracles. ``click_prob`` is the true click probability (the ceiling of any model).
 ``click_prob_static`` is the no-sequence oracle: the expected click probability given everything
@@ -50,8 +50,8 @@ import numpy as np
 import pandas as pd
 
 from contract.auc import auc
-from transforms import click_model
-from transforms.click_model import DEFAULT_MECHANISMS, KNOWN_ANSWER_MECHANISMS, Mechanisms
+from ingest import click_model
+from ingest.click_model import DEFAULT_MECHANISMS, KNOWN_ANSWER_MECHANISMS, Mechanisms
 
 REQUEST_FILE = "request.json"
 REQUEST_EVENTS = 30

@@ -16,7 +16,7 @@ from typing import Deque, Dict, Iterable, List, Mapping, Sequence, Tuple
 import numpy as np
 
 from contract.features import DISLIKED, FEEDBACK_TYPES, ITEM_ID, LABEL, LIKED, TIMESTAMP
-from transforms.features import FeatureSpec
+from contract.feature_spec import FeatureSpec
 
 Event = Mapping[str, object]
 

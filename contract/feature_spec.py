@@ -1,4 +1,4 @@
-"""The one feature specification (FuxiCTR's FeatureMap idea).
+"""The one feature specification (FuxiCTR's FeatureMap idea), over the names of ``contract.features``.
 
 ``FeatureSpec`` names every feature once. The Beam sequence builder writes raw examples with these
 names, ``preprocessing_fn`` turns them into model inputs with these names, the models look their
@@ -23,20 +23,10 @@ import functools
 from typing import Dict, Tuple
 
 from contract.config import attribute_names
+from contract.features import (
+    CLICK_PROB, CONTEXT_FIELDS, FEEDBACK_TYPES, GAP, ITEM_ID, LABEL, TIMESTAMP, USER_ID, history_name,
+)  # fmt: skip
 from contract.serving import read_feature_spec
-from contract.features import (  # noqa: F401 (the vocabulary, imported here by the feature spec's users)
-    CLICK_PROB,
-    CONTEXT_FIELDS,
-    CONTEXT_SIZES,
-    FEEDBACK_TYPES,
-    GAP,
-    ITEM_ID,
-    LABEL,
-    PAD_INDEX,
-    TIMESTAMP,
-    USER_ID,
-    history_name,
-)
 
 
 @dataclasses.dataclass(frozen=True)
