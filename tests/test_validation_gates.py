@@ -10,7 +10,8 @@ from contract.config import EvaluationConfig
 from contract.features import ITEM_ID, LABEL, USER_ID
 from contract.serving import OUTPUT_KEY
 from pipeline.components import anomaly_messages, check_thresholds_were_evaluated
-from pipeline.pipeline import AUC, LOGLOSS, eval_config
+from pipeline.metrics import AUC, LOGLOSS
+from pipeline.pipeline import eval_config
 from tests.model_harness import SPEC
 from tests.raw_data import raw_examples
 from transforms.schema import raw_schema
