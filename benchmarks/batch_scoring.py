@@ -80,7 +80,7 @@ def main(argv: List[str] = None) -> int:
                         help="a Beam pipeline option for every job, repeatable (as ctr-pipeline score --beam-arg)")
     args = parser.parse_args(argv)
     workdir = tempfile.mkdtemp(prefix="batch-scoring-")
-    load_start = [round(x, 2) for x in os.getloadavg()]
+    load_start = machine.load_average()
     result = {
         "command": "python benchmarks/batch_scoring.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -96,7 +96,7 @@ def main(argv: List[str] = None) -> int:
                 result["jobs"].append(row)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    result["load_end"] = [round(x, 2) for x in os.getloadavg()]
+    result["load_end"] = machine.load_average()
     os.makedirs(args.output, exist_ok=True)
     with open(os.path.join(args.output, "batch_scoring.json"), "w", encoding="utf-8") as handle:
         json.dump(result, handle, indent=2)

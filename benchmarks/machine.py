@@ -1,9 +1,17 @@
-"""The machine a benchmark ran on, for its results header (figures from different CPUs do not compare)."""
+"""The machine a benchmark ran on, for its results header (figures from different CPUs do not compare),
+and the machine-level measures a benchmark takes while it runs (load average, CPU times).
+
+TensorFlow-free: a benchmark passes the versions of its own heavy libraries to ``machine_facts``.
+"""
 from __future__ import annotations
 
 import os
 import platform
-from typing import Optional
+import socket
+import subprocess
+from typing import Dict, List, Optional, Tuple
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def cpu_model() -> Optional[str]:
@@ -20,3 +28,65 @@ def cpu_model() -> Optional[str]:
 def describe() -> str:
     """E.g. ``2 CPUs, Intel(R) Xeon(R) Processor``."""
     return f"{os.cpu_count()} CPUs, {cpu_model() or platform.machine()}"
+
+
+def load_average() -> List[float]:
+    """The 1, 5 and 15 minute load averages, to two decimals."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def memory_gb() -> Optional[float]:
+    """Total memory in GiB, to one decimal (Linux /proc/meminfo)."""
+    try:
+        with open("/proc/meminfo") as f:
+            kb = int(f.readline().split()[1])
+        return round(kb / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def git(*args: str) -> Optional[str]:
+    """``git ARGS`` in the project's checkout: its stripped output, None when it fails."""
+    try:
+        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def machine_facts(versions: Optional[Dict[str, str]] = None) -> Dict[str, object]:
+    """Host, CPUs, memory, load at the start, Python and ``versions`` (library -> version, from
+    the caller: e.g. tensorflow, grpcio), platform and the git commit the benchmark ran at."""
+    return {
+        "host": socket.gethostname(),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpu_model": cpu_model(),
+        "load_average_start": load_average(),
+        "memory_gb": memory_gb(),
+        "python": platform.python_version(),
+        **(versions or {}),
+        "platform": platform.platform(),
+        "git_commit": git("rev-parse", "HEAD"),
+        "git_dirty": bool(git("status", "--porcelain")),
+    }
+
+
+def process_cpu_seconds(pid: int) -> Optional[float]:
+    """User + system CPU time of a process (Linux /proc), all threads."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def cpu_times() -> Optional[Tuple[float, float]]:
+    """(idle, total) jiffies of the whole machine (Linux /proc/stat)."""
+    try:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        return float(values[3] + values[4]), float(sum(values[:8]))  # idle + iowait
+    except (OSError, ValueError, IndexError):
+        return None

@@ -44,12 +44,10 @@ import dataclasses
 import datetime
 import glob
 import json
-import platform
 import random
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -59,7 +57,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from benchmarks.machine import cpu_model  # noqa: E402
+from benchmarks import machine  # noqa: E402
 
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
@@ -85,62 +83,6 @@ TARGET_CONFIGS = {("serving_default", 1), ("serving_default", 100), ("serving_ra
 LATENCY_CONFIGS = (("serving_default", 1), ("serving_default", 100), ("serving_raw", 1),
                    ("serving_raw", 100), ("serving_candidates", 1), ("serving_candidates", 100))
 State = get_model_status_pb2.ModelVersionStatus.State
-
-
-# ---- machine facts --------------------------------------------------------------------------
-def machine_facts() -> Dict[str, object]:
-    facts: Dict[str, object] = {
-        "host": socket.gethostname(),
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "cpu_model": cpu_model(),
-        "load_average_start": [round(x, 2) for x in os.getloadavg()],
-        "memory_gb": _memory_gb(),
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "grpcio": grpc.__version__,
-        "platform": platform.platform(),
-        "git_commit": _git("rev-parse", "HEAD"),
-        "git_dirty": bool(_git("status", "--porcelain")),
-    }
-    return facts
-
-
-def _memory_gb() -> Optional[float]:
-    try:
-        with open("/proc/meminfo") as f:
-            kb = int(f.readline().split()[1])
-        return round(kb / 2**20, 1)
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _git(*args: str) -> Optional[str]:
-    try:
-        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _process_cpu_seconds(pid: int) -> Optional[float]:
-    """User + system CPU time of a process (Linux /proc), all threads."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _cpu_times() -> Optional[Tuple[float, float]]:
-    """(idle, total) jiffies of the whole machine (Linux /proc/stat)."""
-    try:
-        with open("/proc/stat") as f:
-            values = [int(v) for v in f.readline().split()[1:]]
-        return float(values[3] + values[4]), float(sum(values[:8]))  # idle + iowait
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 # ---- the model base -------------------------------------------------------------------------
@@ -260,7 +202,7 @@ class Server:
             return ""
 
     def cpu_seconds(self) -> Optional[float]:
-        return _process_cpu_seconds(self.process.pid) if self.process else None
+        return machine.process_cpu_seconds(self.process.pid) if self.process else None
 
     @property
     def pid(self) -> Optional[int]:
@@ -470,7 +412,7 @@ def measure_throughput(address: str, pool: RequestPool, clients: int, duration: 
         t.start()
     load = os.getloadavg()[0]
     cpu_before, own_before, machine_before = (server.cpu_seconds(), time.process_time(),
-                                              _cpu_times())
+                                              machine.cpu_times())
     start_barrier.wait()
     t0 = time.perf_counter()
     swap_info: Dict[str, object] = {}
@@ -503,7 +445,7 @@ def measure_throughput(address: str, pool: RequestPool, clients: int, duration: 
     for t in threads:
         t.join(timeout=120)
     elapsed = time.perf_counter() - t0
-    cpu_after, own_after, machine_after = server.cpu_seconds(), time.process_time(), _cpu_times()
+    cpu_after, own_after, machine_after = server.cpu_seconds(), time.process_time(), machine.cpu_times()
     for channel in channels:
         channel.close()
 
@@ -837,11 +779,11 @@ def main(argv=None) -> int:
                          + (sys.argv[1:] if argv is None else list(argv)))
     started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     wall_start = time.perf_counter()
-    machine = machine_facts()
+    facts = machine.machine_facts({"tensorflow": tf.__version__, "grpcio": grpc.__version__})
     levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
     models = source_models(args)
     print(f"models: {', '.join(f'{n} ({p})' for n, p in models.items())}", flush=True)
-    print(f"load average at start: {machine['load_average_start']} on {machine['cpu_count']} CPUs",
+    print(f"load average at start: {facts['load_average_start']} on {facts['cpu_count']} CPUs",
           flush=True)
 
     temp = tempfile.mkdtemp(prefix="serving-bench-")
@@ -881,8 +823,8 @@ def main(argv=None) -> int:
         "command": command,
         "started_at": started_at,
         "wall_seconds": round(time.perf_counter() - wall_start, 1),
-        "machine": machine,
-        "load_average_end": [round(x, 2) for x in os.getloadavg()],
+        "machine": facts,
+        "load_average_end": machine.load_average(),
         "server": {"mode": "in-process" if args.in_process else "subprocess (ctr-pipeline serve)",
                    "command": server.command if server else None, "workers": args.server_workers,
                    "poll_seconds": args.poll_seconds,

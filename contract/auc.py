@@ -1,5 +1,5 @@
-"""ROC AUC and gAUC in plain numpy: one implementation for the generator's oracle AUC, the TFMA
-gAUC metric, the run report and the benchmarks."""
+"""ROC AUC in plain numpy: one implementation for the generator's oracle AUC, the TFMA gAUC metric
+(``pipeline.metrics``: the AUC of each user) and the run report."""
 from __future__ import annotations
 
 import numpy as np
@@ -18,15 +18,3 @@ def auc(labels, scores) -> float:
     ranks = (tie_end - (tie_counts - 1) / 2.0)[inverse]  # average 1-based ranks
     return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
-
-def grouped_auc(groups, labels, scores) -> float:
-    """gAUC: per-group AUC weighted by group size, over groups holding both labels."""
-    groups, labels, scores = np.asarray(groups), np.asarray(labels), np.asarray(scores)
-    total, weight = 0.0, 0
-    for group in np.unique(groups):
-        member = groups == group
-        value = auc(labels[member], scores[member])
-        if not np.isnan(value):
-            total += value * member.sum()
-            weight += member.sum()
-    return total / weight if weight else float("nan")

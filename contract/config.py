@@ -3,10 +3,12 @@
 Every section is a pydantic model with ``extra="forbid"``: an unknown key or a value of the wrong
 type is rejected with the dotted path of the key at fault (``ConfigError``). Everything a run
 would refuse is refused at load (``validate-config`` catches it), without TensorFlow: attribute
-names the data format does not have, and model hyper-parameters, validated by the chosen model's
-own ``Params`` class (``contract.model_params``), so a typo in
-``training.models.din.attention_units`` fails here, not deep inside Keras. An entry may name a
-variant of an architecture (``architecture: fadidn``), so ablations train beside the model.
+names the data format does not have (the generic format's are column names: ``validate-config``
+also checks them against the tables' headers, ``check_attribute_columns``), and model
+hyper-parameters, validated by the chosen model's own ``Params`` class
+(``contract.model_params``), so a typo in ``training.models.din.attention_units`` fails here, not
+deep inside Keras. An entry may name a variant of an architecture (``architecture: fadidn``), so
+ablations train beside the model.
 """
 from __future__ import annotations
 
@@ -78,13 +80,10 @@ BUILTIN_ATTRIBUTES = {  # format -> (user attributes, item attributes) its reade
 }
 
 
-def _select(available: Sequence[str], requested: Sequence[str], kind: str, data_format: str) -> List[str]:
+def _select(available: Sequence[str], requested: Sequence[str], kind: str, where: str) -> List[str]:
     unknown = [name for name in requested if name not in available]
     if unknown:
-        raise ValueError(
-            f"data.{kind}_attributes: {unknown} not available in format {data_format} "
-            f"(available: {list(available)})"
-        )
+        raise ValueError(f"data.{kind}_attributes: {unknown} not available in {where} (available: {list(available)})")
     return list(requested or available)
 
 
@@ -97,9 +96,19 @@ def attribute_names(data: "DataConfig") -> Tuple[List[str], List[str]]:
         return list(data.user_attributes), list(data.item_attributes)
     users, items = BUILTIN_ATTRIBUTES[data.format]
     return (
-        _select(users, data.user_attributes, "user", data.format),
-        _select(items, data.item_attributes, "item", data.format),
+        _select(users, data.user_attributes, "user", f"format {data.format}"),
+        _select(items, data.item_attributes, "item", f"format {data.format}"),
     )
+
+
+def check_attribute_columns(data: "DataConfig", kind: str, path: str, columns: Sequence[str]) -> None:
+    """A generic ``kind`` ("item" or "user") table's attributes must be columns of its file
+    ``path``, whose header holds ``columns`` (read by ``ingest.log_tables.check_table_attributes``:
+    the names themselves are free in the generic format, so only the files can refuse them)."""
+    try:
+        _select(columns, getattr(data, f"{kind}_attributes"), kind, f"the {kind}s table {path}")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 class SequenceConfig(_Strict):

@@ -167,14 +167,26 @@ def _kind_from_name(name: str) -> Optional[str]:
     return None
 
 
+def _generic_kind(path: str, data: DataConfig) -> str:
+    kind = data.file_format if data.file_format != "auto" else _kind_from_name(path)
+    if kind is None:
+        raise ValueError(f"{path}: cannot tell CSV from Parquet by the name; set data.file_format")
+    return kind
+
+
 def generic_rows(data: DataConfig) -> RowReader:
     def read(path: str, needed: Sequence[str]) -> Iterator[Row]:
-        kind = data.file_format if data.file_format != "auto" else _kind_from_name(path)
-        if kind is None:
-            raise ValueError(f"{path}: cannot tell CSV from Parquet by the name; set data.file_format")
-        return _parquet_rows(path, needed) if kind == "parquet" else text_rows(path, needed, _CSV)
+        return _parquet_rows(path, needed) if _generic_kind(path, data) == "parquet" else text_rows(path, needed, _CSV)
 
     return read
+
+
+def generic_columns(path: str, data: DataConfig) -> Tuple[str, ...]:
+    """The column names of a generic CSV or Parquet file: its header row or its schema."""
+    if _generic_kind(path, data) == "parquet":
+        return tuple(pq.ParquetFile(path).schema_arrow.names)
+    with _open_binary(path) as handle:
+        return _header(path, handle.readline(), _CSV, ())
 
 
 # ---- files -------------------------------------------------------------------------------------

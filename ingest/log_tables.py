@@ -9,14 +9,16 @@ import os
 import re
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from contract.config import DataConfig, attribute_names
+from contract.config import DataConfig, attribute_names, check_attribute_columns
+from contract.features import ITEM_ID, USER_ID
 from ingest.log_files import (
-    KUAIRAND, Quarantined, Record, Reject, RowReader, TextLayout, generic_rows, list_event_files, quarantine, split_on,
-    table_files, text_rows,
+    KUAIRAND, Quarantined, Record, Reject, RowReader, TextLayout, generic_columns, generic_rows, list_event_files,
+    quarantine, split_on, table_files, text_rows,
 )  # fmt: skip
 from ingest.log_values import INTEGER
 
 Table = Dict[str, Dict[str, str]]
+_KEY = {"item": ITEM_ID, "user": USER_ID}  # a table kind -> its key column (the headerless layouts name it so)
 
 
 def _table_row(record: Record, key: str, kind: str, table: Table, attributes_of) -> Tuple[str, Dict[str, str]]:
@@ -89,7 +91,7 @@ def _ml1m_item(record: Dict[str, str]) -> Dict[str, str]:
 
 def _ml100k_item_parser(directory: str) -> Tuple[TextLayout, Callable[[Dict[str, str]], Dict[str, str]]]:
     genres = _ml100k_genres(directory)
-    names = ("item_id", "title", "release_date", "video_release_date", "url") + genres
+    names = (ITEM_ID, "title", "release_date", "video_release_date", "url") + genres
 
     def attributes(record: Dict[str, str]) -> Dict[str, str]:
         year = _YEAR_AT_END.search(record["release_date"])
@@ -99,23 +101,23 @@ def _ml100k_item_parser(directory: str) -> Tuple[TextLayout, Callable[[Dict[str,
     return TextLayout(split_on("|"), "latin-1", names), attributes
 
 
-_ML_USER_COLUMNS = ("user_id", "gender", "age", "occupation", "zip")
+_ML_USER_COLUMNS = (USER_ID, "gender", "age", "occupation", "zip")
 
 
 def _movielens_table(data: DataConfig, kind: str, selected: Sequence[str]) -> Tuple[Table, List[Quarantined]]:
     if data.format == "movielens-100k" and kind == "item":
         file, (layout, attributes_of) = "u.item", _ml100k_item_parser(data.path)
     elif data.format == "movielens-100k":
-        layout = TextLayout(split_on("|"), "latin-1", ("user_id", "age", "gender", "occupation", "zip"))
+        layout = TextLayout(split_on("|"), "latin-1", (USER_ID, "age", "gender", "occupation", "zip"))
         file, attributes_of = "u.user", _ml100k_user
     elif kind == "item":
-        layout = TextLayout(split_on("::"), "latin-1", ("item_id", "title", "genres"))
+        layout = TextLayout(split_on("::"), "latin-1", (ITEM_ID, "title", "genres"))
         file, attributes_of = "movies.dat", _ml1m_item
     else:
         layout = TextLayout(split_on("::"), "latin-1", _ML_USER_COLUMNS)
         file, attributes_of = "users.dat", _ml1m_user
     rows = functools.partial(text_rows, layout=layout)
-    return _load_table([os.path.join(data.path, file)], rows, f"{kind}_id", kind, attributes_of, selected)
+    return _load_table([os.path.join(data.path, file)], rows, _KEY[kind], kind, attributes_of, selected)
 
 
 _DURATION_BOUNDS_S = (7, 15, 30, 60, 120, 300)
@@ -158,7 +160,7 @@ def _generic_table(
     files = table_files(data, kind)
     if not files:
         return None, []
-    key = getattr(data.columns, f"{kind}_id")
+    key = getattr(data.columns, _KEY[kind])
     return _load_table(files, generic_rows(data), key, kind, lambda record: record, selected)
 
 
@@ -180,3 +182,15 @@ def load_users(data: DataConfig) -> Tuple[Optional[Table], List[Quarantined]]:
     if data.format == "kuairand":
         return None, []
     return _movielens_table(data, "user", selected)
+
+
+def check_table_attributes(data: DataConfig) -> None:
+    """Refuses (``ConfigError``, naming ``data.<kind>_attributes``) generic item/user attributes
+    that are not columns of every file of their table, reading only the headers; raises
+    ``FileNotFoundError`` when a configured table is not there. The built-in formats' attributes
+    are checked by the config itself."""
+    if data.format != "generic":
+        return
+    for kind in ("item", "user"):
+        for path in table_files(data, kind):
+            check_attribute_columns(data, kind, path, generic_columns(path, data))

@@ -7,7 +7,7 @@ import math
 import re
 from typing import Dict, Tuple
 
-from contract.features import DISLIKED, LABEL, LIKED
+from contract.features import CLICK_PROB, DISLIKED, LABEL, LIKED
 from ingest.log_files import Reject
 
 INTEGER = re.compile(r"[+-]?[0-9]+")
@@ -82,7 +82,7 @@ def label_feedback(values: Dict[str, str]) -> Tuple[int, int, int]:
 
 
 def parse_click_prob(text: str) -> float:
-    prob = _number("click_prob", text)
+    prob = _number(CLICK_PROB, text)
     if not 0 <= prob <= 1:
         raise Reject("click_prob_out_of_range", f"click_prob {text!r} is outside [0, 1]")
     return prob

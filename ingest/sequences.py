@@ -65,12 +65,12 @@ class _ReadAndValidate(beam.DoFn):
             event = record.as_dict()
             if items is not None and event[ITEM_ID] not in items:
                 yield beam.pvalue.TaggedOutput(
-                    QUARANTINE, _reference_error(record, "unknown_item", f"item_id {event['item_id']!r} is not in the items table")
+                    QUARANTINE, _reference_error(record, "unknown_item", f"{ITEM_ID} {event[ITEM_ID]!r} is not in the items table")
                 )
                 continue
             if users is not None and event[USER_ID] not in users:
                 yield beam.pvalue.TaggedOutput(
-                    QUARANTINE, _reference_error(record, "unknown_user", f"user_id {event['user_id']!r} is not in the users table")
+                    QUARANTINE, _reference_error(record, "unknown_user", f"{USER_ID} {event[USER_ID]!r} is not in the users table")
                 )
                 continue
             event.update((items or {}).get(event[ITEM_ID], {}))
@@ -110,7 +110,7 @@ def _dedupe_window(keyed_batches, spec: FeatureSpec):
                 {
                     "source": event["source"],
                     "reason": "duplicate_event",
-                    "detail": f"user {user!r} item {event['item_id']!r} at {event[TIMESTAMP]} already seen at {ordered[-1]['source']}",
+                    "detail": f"user {user!r} item {event[ITEM_ID]!r} at {event[TIMESTAMP]} already seen at {ordered[-1]['source']}",
                     "raw": json.dumps(event),
                 },
             )

@@ -88,7 +88,7 @@ import functools
 from typing import Callable, Dict, Iterator, Optional, Tuple, Union
 
 from contract.config import ColumnMap, DataConfig
-from contract.features import ITEM_ID, USER_ID
+from contract.features import CLICK_PROB, DISLIKED, ITEM_ID, LABEL, LIKED, TIMESTAMP, USER_ID
 from ingest.log_files import (  # noqa: F401 (list_event_files: the readers' API is this module)
     KUAIRAND, Quarantined, Reject, RowReader, TextLayout, generic_rows, list_event_files, quarantine, split_on,
     text_rows,
@@ -126,16 +126,16 @@ class _EventFormat:
 
 
 def _generic_columns(columns: ColumnMap) -> Dict[str, str]:
-    fields = ["user_id", "item_id", "timestamp"]
-    fields += ["rating"] if columns.rating else ["clicked", "liked", "disliked"]
-    fields += ["click_prob"]
+    fields = [USER_ID, ITEM_ID, TIMESTAMP]
+    fields += ["rating"] if columns.rating else [LABEL, LIKED, DISLIKED]
+    fields += [CLICK_PROB]
     return {field: getattr(columns, field) for field in fields if getattr(columns, field)}
 
 
-_RATING_COLUMNS = ("user_id", "item_id", "rating", "timestamp")
+_RATING_COLUMNS = (USER_ID, ITEM_ID, "rating", TIMESTAMP)  # MovieLens: user, item, rating, seconds
 _IDENTITY = {name: name for name in _RATING_COLUMNS}
-_KUAIRAND_COLUMNS = {
-    "user_id": "user_id", "item_id": "video_id", "timestamp": "time_ms", "clicked": "is_click", "label": "label",
+_KUAIRAND_COLUMNS = {  # canonical field -> KuaiRand's column
+    USER_ID: "user_id", ITEM_ID: "video_id", TIMESTAMP: "time_ms", LABEL: "is_click", "label": "label",
 }  # fmt: skip
 
 
@@ -155,9 +155,9 @@ def _event(values: Dict[str, str], event_format: _EventFormat, max_timestamp: in
     empty = [field for field, value in values.items() if not value]
     if empty:
         raise Reject("missing_field", f"empty: {', '.join(empty)}")
-    timestamp = parse_timestamp(values["timestamp"], event_format.timestamp_format, max_timestamp)
+    timestamp = parse_timestamp(values[TIMESTAMP], event_format.timestamp_format, max_timestamp)
     clicked, liked, disliked = event_format.feedback(values)
-    click_prob = parse_click_prob(values["click_prob"]) if "click_prob" in values else None
+    click_prob = parse_click_prob(values[CLICK_PROB]) if CLICK_PROB in values else None
     return Event(values[USER_ID], values[ITEM_ID], timestamp, clicked, liked, disliked, click_prob, source)
 
 

@@ -50,6 +50,7 @@ import numpy as np
 import pandas as pd
 
 from contract.auc import auc
+from contract.features import CLICK_PROB, DISLIKED, ITEM_ID, LABEL, LIKED, TIMESTAMP, USER_ID
 from ingest import click_model
 from ingest.click_model import DEFAULT_MECHANISMS, KNOWN_ANSWER_MECHANISMS, Mechanisms
 
@@ -80,7 +81,7 @@ def _tables(items: click_model.Items, users: click_model.Users) -> Tuple[pd.Data
     activity_names = np.array(list(click_model.ACTIVITY))
     items_table = pd.DataFrame(
         {
-            "item_id": [f"i{n}" for n in range(len(items.category))],
+            ITEM_ID: [f"i{n}" for n in range(len(items.category))],
             "category": [f"c{c}" for c in items.category],
             "brand": [f"b{b}" for b in items.brand],
             "price_bucket": [f"p{p}" for p in items.price],
@@ -88,7 +89,7 @@ def _tables(items: click_model.Items, users: click_model.Users) -> Tuple[pd.Data
     )
     users_table = pd.DataFrame(
         {
-            "user_id": [f"u{n}" for n in range(len(users.age))],
+            USER_ID: [f"u{n}" for n in range(len(users.age))],
             "age_bucket": np.array(click_model.AGE_BUCKETS)[users.age],
             "region": np.array(click_model.REGIONS)[users.region],
             "activity": activity_names[users.activity],
@@ -103,18 +104,18 @@ def example_request(events: pd.DataFrame, items_table: pd.DataFrame, users_table
     events, one second after their last one: their profile, their last ``num_events`` events with
     feedback and item fields, and the ``num_candidates`` items with the most impressions in the
     logs that the user has not seen, as candidates."""
-    user_id = events["user_id"].value_counts(sort=False).idxmax()
-    mine = events[events["user_id"] == user_id]
-    item_fields = items_table.set_index("item_id")
-    recent = mine.tail(num_events).join(item_fields, on="item_id")
-    unseen = events.loc[~events["item_id"].isin(mine["item_id"]), "item_id"].value_counts()
-    candidates = items_table[items_table["item_id"].isin(unseen.index[:num_candidates])]
-    profile = users_table[users_table["user_id"] == user_id].iloc[0]
-    event_columns = ["item_id", "timestamp", "clicked", "liked", "disliked", *item_fields.columns]
+    user_id = events[USER_ID].value_counts(sort=False).idxmax()
+    mine = events[events[USER_ID] == user_id]
+    item_fields = items_table.set_index(ITEM_ID)
+    recent = mine.tail(num_events).join(item_fields, on=ITEM_ID)
+    unseen = events.loc[~events[ITEM_ID].isin(mine[ITEM_ID]), ITEM_ID].value_counts()
+    candidates = items_table[items_table[ITEM_ID].isin(unseen.index[:num_candidates])]
+    profile = users_table[users_table[USER_ID] == user_id].iloc[0]
+    event_columns = [ITEM_ID, TIMESTAMP, LABEL, LIKED, DISLIKED, *item_fields.columns]
     return {
         "user": {k: str(v) for k, v in profile.items()},
-        "timestamp": int(mine["timestamp"].max()) + 1,
-        "events": [{k: (int(v) if k in ("timestamp", "clicked", "liked", "disliked") else str(v)) for k, v in row.items()}
+        TIMESTAMP: int(mine[TIMESTAMP].max()) + 1,
+        "events": [{k: (int(v) if k in (TIMESTAMP, LABEL, LIKED, DISLIKED) else str(v)) for k, v in row.items()}
                    for row in recent[event_columns].to_dict("records")],
         "candidates": candidates.astype(str).to_dict("records"),
     }
@@ -145,13 +146,13 @@ def generate(
     user = np.repeat(np.arange(num_users), counts)
     events = pd.DataFrame(
         {
-            "user_id": np.char.add("u", user.astype(str)),
-            "item_id": np.char.add("i", item.astype(str)),
-            "timestamp": timestamp,
-            "clicked": clicked,
-            "liked": liked,
-            "disliked": disliked,
-            "click_prob": prob,
+            USER_ID: np.char.add("u", user.astype(str)),
+            ITEM_ID: np.char.add("i", item.astype(str)),
+            TIMESTAMP: timestamp,
+            LABEL: clicked,
+            LIKED: liked,
+            DISLIKED: disliked,
+            CLICK_PROB: prob,
             STATIC_COLUMN: static,
         }
     ).iloc[np.lexsort((user, timestamp))]
@@ -178,11 +179,11 @@ def oracles_on_test_split(events: pd.DataFrame, train: float = 0.8, eval_: float
     """Both oracle AUCs on the rows a time split puts into test (the pipeline's rule: rows sorted
     by (timestamp, user_id, item_id), test from rank floor((train + eval) * n)), from the events
     table as ``generate`` wrote it (``events.csv``)."""
-    ordered = events.sort_values(["timestamp", "user_id", "item_id"], kind="stable")
+    ordered = events.sort_values([TIMESTAMP, USER_ID, ITEM_ID], kind="stable")
     test = ordered.iloc[int(np.floor((train + eval_) * len(ordered))):]
-    result = {"test_rows": int(len(test)), "oracle_auc": auc(test["clicked"], test["click_prob"])}
+    result = {"test_rows": int(len(test)), "oracle_auc": auc(test[LABEL], test[CLICK_PROB])}
     if STATIC_COLUMN in test:
-        result["no_sequence_oracle_auc"] = auc(test["clicked"], test[STATIC_COLUMN])
+        result["no_sequence_oracle_auc"] = auc(test[LABEL], test[STATIC_COLUMN])
     return result
 
 
@@ -197,13 +198,13 @@ def data_config(path: str) -> dict:
         "file_format": "csv",
         "timestamp_format": "seconds",
         "columns": {
-            "user_id": "user_id",
-            "item_id": "item_id",
-            "timestamp": "timestamp",
-            "clicked": "clicked",
-            "liked": "liked",
-            "disliked": "disliked",
-            "click_prob": "click_prob",
+            USER_ID: USER_ID,
+            ITEM_ID: ITEM_ID,
+            TIMESTAMP: TIMESTAMP,
+            LABEL: LABEL,
+            LIKED: LIKED,
+            DISLIKED: DISLIKED,
+            CLICK_PROB: CLICK_PROB,
         },
         "item_attributes": ["category", "brand", "price_bucket"],
         "user_attributes": ["age_bucket", "region", "activity"],

@@ -63,10 +63,16 @@ def cmd_report(args) -> int:
 
 def cmd_validate_config(args) -> int:
     from contract.config import validate_model_params
+    from ingest.log_tables import check_table_attributes
 
     config = _load(args.config)
     validate_model_params(config)
-    print(f"{args.config}: valid ({len(config.training.models)} models: {', '.join(config.training.models)})")
+    try:  # generic attributes are column names: only the tables' headers can refuse a misspelt one
+        check_table_attributes(config.data)
+        unchecked = ""
+    except FileNotFoundError as exc:
+        unchecked = f"; the attributes are not checked against the tables: {exc}"
+    print(f"{args.config}: valid ({len(config.training.models)} models: {', '.join(config.training.models)}){unchecked}")
     return 0
 
 

@@ -16,6 +16,8 @@ from tensorflow_model_analysis.proto import config_pb2
 from contract.auc import auc
 
 GAUC_NAME = "gauc"
+# the names TFMA emits for the other metrics ``pipeline.eval_config`` configures (thresholds may only use these)
+AUC, LOGLOSS, EXAMPLE_COUNT = "auc", "binary_crossentropy", "example_count"
 
 
 class GAUC(metric_types.Metric):

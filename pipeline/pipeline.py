@@ -28,8 +28,6 @@ from transforms.preprocessing import SPEC_KEY
 
 PREPROCESSING_FN = "transforms.preprocessing.preprocessing_fn"
 RUN_FN = "models.trainer.run_fn"
-# metric names TFMA emits for the metrics configured below (thresholds may only use these)
-AUC, LOGLOSS = "auc", "binary_crossentropy"
 
 
 def eval_config(config: PipelineConfig) -> tfma.EvalConfig:

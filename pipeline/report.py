@@ -18,7 +18,7 @@ from ml_metadata.proto import metadata_store_pb2
 
 from contract.features import LABEL
 from contract.auc import auc
-from pipeline.metrics import GAUC_NAME
+from pipeline.metrics import AUC, EXAMPLE_COUNT, GAUC_NAME, LOGLOSS
 
 REPORT_FILE = "report.json"
 _OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
@@ -152,10 +152,10 @@ def collect(config, models: List[str]) -> dict:
                     stats = json.load(handle)
         rows.append({
             "model": name,
-            "auc": metrics.get("auc"),
+            "auc": metrics.get(AUC),
             "gauc": metrics.get(GAUC_NAME),
-            "logloss": metrics.get("binary_crossentropy"),
-            "examples": metrics.get("example_count"),
+            "logloss": metrics.get(LOGLOSS),
+            "examples": metrics.get(EXAMPLE_COUNT),
             "blessed": bool(blessed) if blessed is not None else None,
             "pushed": (_prop(pushed, "pushed_destination") if pushed is not None and _prop(pushed, "pushed") == 1 else None),
             "train_examples_per_second": stats.get("train_examples_per_second"),

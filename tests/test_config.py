@@ -62,3 +62,46 @@ def test_missing_and_invalid_yaml(tmp_path):
         load_config(str(tmp_path / "missing.yaml"))
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(_write(tmp_path, "data: [unclosed\n"))
+
+
+def _generic_config(tmp_path, item_attributes, file_format="csv"):
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    (data / "events.csv").write_text("user_id,item_id,timestamp,clicked\nu1,i1,1700000000,1\n")
+    if file_format == "csv":
+        (data / "items.csv").write_text("item_id,genre,brand\ni1,g1,b1\n")
+    return _write(tmp_path, (
+        f"data: {{path: data, events: events.csv, items: items.{file_format}, file_format: {file_format},\n"
+        f"       columns: {{liked: null, disliked: null}}, item_attributes: {item_attributes}}}\n"
+    ))
+
+
+def test_validate_config_refuses_a_generic_attribute_its_table_lacks(tmp_path, capsys):
+    """The generic format's attributes are column names: the config alone cannot refuse a
+    misspelt one, validate-config reads the table's header."""
+    from pipeline import cli
+
+    path = _generic_config(tmp_path, "[genere]")
+    assert cli.main(["validate-config", "--config", path]) == 2
+    error = capsys.readouterr().err
+    items = tmp_path / "data" / "items.csv"
+    assert f"data.item_attributes: ['genere'] not available in the items table {items}" in error
+    assert "(available: ['item_id', 'genre', 'brand'])" in error
+
+    path = _generic_config(tmp_path, "[genre, brand]")
+    assert cli.main(["validate-config", "--config", path]) == 0
+    assert "valid" in capsys.readouterr().out
+
+
+def test_validate_config_reads_a_parquet_tables_schema_and_says_when_the_tables_are_missing(tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline import cli
+
+    path = _generic_config(tmp_path, "[genere]", file_format="parquet")
+    assert cli.main(["validate-config", "--config", path]) == 0  # no items table yet: not checked, said so
+    assert "not checked against the tables" in capsys.readouterr().out
+    pq.write_table(pa.table({"item_id": ["i1"], "genre": ["g1"]}), str(tmp_path / "data" / "items.parquet"))
+    assert cli.main(["validate-config", "--config", path]) == 2
+    assert "data.item_attributes: ['genere'] not available in the items table" in capsys.readouterr().err

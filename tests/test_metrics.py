@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 from tensorflow_model_analysis.metrics import metric_types
 
-from contract.auc import auc, grouped_auc
+from contract.auc import auc
+from contract.features import USER_ID
 from pipeline.metrics import GAUC
 
 
@@ -15,17 +16,10 @@ def test_auc_counts_ties_as_half():
     assert np.isnan(auc([1, 1], [0.1, 0.2]))
 
 
-def test_gauc_weights_users_by_examples_and_skips_one_label_users():
-    groups = ["a", "a", "a", "b", "b", "c"]
-    labels = [1, 0, 0, 1, 0, 1]
-    scores = [0.9, 0.1, 0.95, 0.2, 0.8, 0.5]
-    # a: AUC 0.5 over 3 examples, b: 0.0 over 2, c: one label only -> skipped
-    assert grouped_auc(groups, labels, scores) == pytest.approx((0.5 * 3 + 0.0 * 2) / 5)
-
-
-def test_tfma_gauc_metric_matches_grouped_auc():
-    computation = GAUC().computations(query_key="user_id")[0]
+def test_tfma_gauc_weights_users_by_examples_and_skips_one_label_users():
+    computation = GAUC().computations(query_key=USER_ID)[0]
     combiner = computation.combiner
+    # a: AUC 0.5 over 3 examples, b: 0.0 over 2, c: one label only -> skipped
     queries = {"a": ([1, 0, 0], [0.9, 0.1, 0.95]), "b": ([1, 0], [0.2, 0.8]), "c": ([1], [0.5])}
     acc = combiner.create_accumulator()
     for labels, scores in queries.values():
@@ -57,7 +51,7 @@ def test_the_report_takes_the_candidates_metrics_not_the_baselines():
         kv.key.name, kv.key.model_name, kv.key.is_diff = "auc", model_name, is_diff
         kv.value.double_value.value = value
     sliced = metrics_for_slice_pb2.MetricsForSlice()
-    sliced.slice_key.single_slice_keys.add(column="user_id", bytes_value=b"u1")
+    sliced.slice_key.single_slice_keys.add(column=USER_ID, bytes_value=b"u1")
     kv = sliced.metric_keys_and_values.add()
     kv.key.name = "auc"
     kv.value.double_value.value = 0.5

@@ -7,12 +7,13 @@ import tensorflow_data_validation as tfdv
 from tfx.utils import writer_utils
 
 from contract.config import EvaluationConfig
+from contract.features import ITEM_ID, LABEL, USER_ID
 from contract.serving import OUTPUT_KEY
 from pipeline.components import anomaly_messages, check_thresholds_were_evaluated
-from pipeline.pipeline import AUC, LOGLOSS, eval_config
+from pipeline.metrics import AUC, LOGLOSS
+from pipeline.pipeline import eval_config
 from tests.model_harness import SPEC
 from tests.raw_data import raw_examples
-from contract.features import LABEL
 from transforms.schema import raw_schema
 
 
@@ -36,12 +37,13 @@ def test_valid_examples_have_no_anomalies(tmp_path):
 
 def test_anomalies_are_reported_by_feature(tmp_path):
     examples = raw_examples(SPEC, users=3)
+    history = SPEC.history("click", ITEM_ID)
     for e in examples:
-        e["hist_click_item_id"] = ["x"] * (SPEC.max_length + 5)  # longer than the schema allows
-        e["clicked"] = 7  # outside {0, 1}
+        e[history] = ["x"] * (SPEC.max_length + 5)  # longer than the schema allows
+        e[LABEL] = 7  # outside {0, 1}
     lines = anomaly_messages(_anomalies_dir(tmp_path, examples), ["eval"])
-    text = "\n".join(lines)
-    assert "'hist_click_item_id'" in text and "'clicked'" in text and "split eval" in text
+    assert [line.split(":")[0] for line in lines] == sorted(
+        f"split eval, feature {name!r}" for name in (history, LABEL))  # one line per anomalous feature
 
 
 # ---- blessing thresholds: TFMA's own evaluation and validation of scored examples -------------
@@ -54,7 +56,7 @@ def scored():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, size=300)
     scores = np.clip(0.5 + 0.25 * (labels - 0.5) + rng.normal(0, 0.2, size=labels.size), 0.01, 0.99)
-    return pd.DataFrame({LABEL: labels, OUTPUT_KEY: scores, "user_id": [f"u{i % 20}" for i in range(labels.size)]})
+    return pd.DataFrame({LABEL: labels, OUTPUT_KEY: scores, USER_ID: [f"u{i % 20}" for i in range(labels.size)]})
 
 
 def _validation_result(scored, tmp_path, auc_lower_bound=0.5, edit=None):
