@@ -79,7 +79,7 @@ EXAMPLE_SECTIONS = {"data", "sequences", "split", "features"}
 # the code behind each cached step (see components.code_fingerprint)
 EXAMPLE_CODE = (
     "ingest.sequences", "ingest.splits", "ingest.history", "ingest.sources", "ingest.log_files", "ingest.log_values",
-    "ingest.log_tables", "contract",
+    "ingest.timestamps", "ingest.log_tables", "contract",
 )
 TRANSFORM_CODE = ("transforms.preprocessing", "contract")
 TRAINER_CODE = ("models", "contract")
