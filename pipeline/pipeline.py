@@ -12,6 +12,7 @@ import os
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import json
+import sys
 from typing import List, Optional
 
 import tensorflow_model_analysis as tfma
@@ -32,8 +33,20 @@ RUN_FN = "models.trainer.run_fn"
 AUC, LOGLOSS = "auc", "binary_crossentropy"
 
 
+def _overall(threshold: tfma.MetricThreshold) -> list:
+    return [tfma.PerSliceMetricThreshold(slicing_specs=[tfma.SlicingSpec()], threshold=threshold)]
+
+
+# TFMA blesses when lower <= value <= upper for every threshold, which nan and +-inf fail: with
+# these bounds logloss and gAUC must be finite, as AUC must be to pass its lower bound.
+FINITE = tfma.MetricThreshold(value_threshold=tfma.GenericValueThreshold(
+    lower_bound={"value": -sys.float_info.max}, upper_bound={"value": sys.float_info.max}
+))
+
+
 def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
-    """AUC, logloss, gAUC and example count; blessing thresholds on the overall slice only."""
+    """AUC, logloss, gAUC and example count; blessing thresholds on the overall slice only: AUC's
+    bounds, and every metric but the example count finite."""
     bound = config.evaluation
     auc_threshold = tfma.MetricThreshold(
         value_threshold=tfma.GenericValueThreshold(lower_bound={"value": bound.auc_lower_bound}),
@@ -55,14 +68,13 @@ def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
             tfma.MetricsSpec(
                 metrics=[
                     tfma.MetricConfig(class_name="ExampleCount"),
-                    tfma.MetricConfig(class_name="AUC", per_slice_thresholds=[
-                        tfma.PerSliceMetricThreshold(slicing_specs=[tfma.SlicingSpec()], threshold=auc_threshold)
-                    ]),
-                    tfma.MetricConfig(class_name="BinaryCrossEntropy", module="tensorflow_model_analysis.metrics"),
+                    tfma.MetricConfig(class_name="AUC", per_slice_thresholds=_overall(auc_threshold)),
+                    tfma.MetricConfig(class_name="BinaryCrossEntropy", module="tensorflow_model_analysis.metrics",
+                                      per_slice_thresholds=_overall(FINITE)),
                 ]
             ),
             tfma.MetricsSpec(
-                metrics=[tfma.MetricConfig(class_name="GAUC", module="pipeline.metrics")],
+                metrics=[tfma.MetricConfig(class_name="GAUC", module="pipeline.metrics", per_slice_thresholds=_overall(FINITE))],
                 query_key=USER_ID,
             ),
         ],
