@@ -62,7 +62,7 @@ ACCEPTED = {
             f"the unit by magnitude: below 1e11 seconds, below 1e14 milliseconds, else microseconds) "
             f"or an ISO-8601 / RFC 3339 date or date and time (e.g. {_ISO_FORMS}; no offset = UTC)",
     "iso8601": f"an ISO-8601 / RFC 3339 date or date and time (e.g. {_ISO_FORMS}; no offset = UTC)",
-    **{unit: f"unix epoch {unit} as a decimal number (e.g. 1391904000 or 1391904000.5 {unit})" for unit in UNITS},
+    **{unit: f"unix epoch {unit} as a decimal number (digits, an optional sign and . fraction)" for unit in UNITS},
 }  # fmt: skip
 
 
