@@ -57,7 +57,7 @@ class DataConfig(_Strict):
     columns: ColumnMap = ColumnMap()
     item_attributes: List[str] = []  # item table columns used as item fields
     user_attributes: List[str] = []  # user table columns used as user fields
-    timestamp_format: Literal["auto", "seconds", "milliseconds", "iso8601"] = "auto"
+    timestamp_format: Literal["auto", "seconds", "milliseconds", "microseconds", "iso8601"] = "auto"  # ingest.timestamps
     max_timestamp: int = 4102444800  # 2100-01-01: later timestamps are quarantined as absurd
 
     @pydantic.model_validator(mode="after")

@@ -1,8 +1,8 @@
-"""Parsing the values of a log row: timestamps, feedback (rating, flags, KuaiRand's label) and
-click_prob. Each raises ``Reject`` with the quarantine reason of ``ingest.sources``."""
+"""Parsing the values of a log row: feedback (rating, flags, KuaiRand's label) and click_prob
+(timestamps: ``ingest.timestamps``). Each raises ``Reject`` with the quarantine reason of
+``ingest.sources``."""
 from __future__ import annotations
 
-import datetime
 import math
 import re
 from typing import Dict, Tuple
@@ -11,36 +11,6 @@ from contract.features import CLICK_PROB, DISLIKED, LABEL, LIKED
 from ingest.log_files import Reject
 
 INTEGER = re.compile(r"[+-]?[0-9]+")
-_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
-
-
-def _iso_seconds(text: str) -> int:
-    try:
-        moment = datetime.datetime.fromisoformat(text[:-1] + "+00:00" if text[-1] in "Zz" else text)
-    except ValueError:
-        raise Reject("unparsable_timestamp", f"timestamp {text!r} is neither an integer nor ISO-8601") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.timezone.utc)
-    return (moment - _EPOCH) // datetime.timedelta(seconds=1)
-
-
-def parse_timestamp(text: str, timestamp_format: str, max_timestamp: int) -> int:
-    if timestamp_format == "auto":
-        if not INTEGER.fullmatch(text):
-            timestamp_format = "iso8601"
-        else:
-            timestamp_format = "milliseconds" if int(text) > 10**11 else "seconds"
-    if timestamp_format == "iso8601":
-        seconds = _iso_seconds(text)
-    elif not INTEGER.fullmatch(text):
-        raise Reject("unparsable_timestamp", f"timestamp {text!r} is not an integer number of {timestamp_format}")
-    else:
-        seconds = int(text) // 1000 if timestamp_format == "milliseconds" else int(text)
-    if seconds < 0:
-        raise Reject("negative_timestamp", f"timestamp {text!r} is before 1970")
-    if seconds > max_timestamp:
-        raise Reject("absurd_timestamp", f"timestamp {text!r} is after data.max_timestamp={max_timestamp}")
-    return seconds
 
 
 def _flag(values: Dict[str, str], field: str) -> int:

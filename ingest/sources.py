@@ -2,7 +2,7 @@
 
 This module is the readers' API: ``read_events``, ``list_event_files``, ``load_items``,
 ``load_users``, ``Event``, ``Quarantined``. Rows and files are read in ``log_files``, values
-parsed in ``log_values``, the items/users tables built in ``log_tables``.
+parsed in ``log_values`` and ``timestamps``, the items/users tables built in ``log_tables``.
 
 Nothing is dropped silently: a row that cannot be used is returned as ``Quarantined`` with a
 short reason code, a human-readable detail naming the field and value at fault, and the raw row.
@@ -49,11 +49,11 @@ For the built-in formats the attributes above are all used when ``item_attribute
 Feedback: with a rating (1..5), rating >= 4 is a click, 5 also a like, <= 2 also a dislike.
 With flags, ``clicked``/``liked``/``disliked`` are read as given (absent from the config -> 0).
 
-Timestamps become integer unix seconds (UTC). ``timestamp_format: auto`` reads an integer as
-seconds, or as milliseconds when it exceeds 1e11, and anything else as ISO-8601 (Python's
-``datetime.fromisoformat`` plus a trailing ``Z``; naive times are UTC). Milliseconds and
-fractional ISO seconds are floored. MovieLens timestamps are seconds, KuaiRand's milliseconds,
-whatever ``timestamp_format`` says.
+Timestamps become integer unix seconds (UTC, floored), read as ``ingest.timestamps`` says:
+``timestamp_format: auto`` reads a decimal number as epoch seconds, milliseconds or microseconds
+by its magnitude and anything else as ISO-8601 / RFC 3339 (naive times are UTC); ``seconds``,
+``milliseconds``, ``microseconds`` and ``iso8601`` read only that. MovieLens timestamps are
+seconds, KuaiRand's milliseconds, whatever ``timestamp_format`` says.
 
 Quarantine reasons. Each row gets the first problem found, checking in this order:
 
@@ -65,7 +65,7 @@ Quarantine reasons. Each row gets the first problem found, checking in this orde
 ``missing_field``      an empty required value: user_id, item_id, timestamp, the feedback
                        columns read (rating, or clicked/liked/disliked, or label) and click_prob
                        when configured; for tables an empty id; the detail lists all of them
-``unparsable_timestamp`` not an integer (seconds/milliseconds) or not ISO-8601
+``unparsable_timestamp`` not an epoch number nor ISO-8601 / RFC 3339 (as ``timestamp_format`` allows)
 ``negative_timestamp`` before 1970-01-01
 ``absurd_timestamp``   later than ``data.max_timestamp``
 ``unparsable_rating``  not a number
@@ -94,7 +94,8 @@ from ingest.log_files import (  # noqa: F401 (list_event_files: the readers' API
     text_rows,
 )  # fmt: skip
 from ingest.log_tables import load_items, load_users  # noqa: F401 (the readers' API is this module)
-from ingest.log_values import flag_feedback, label_feedback, parse_click_prob, parse_timestamp, rating_feedback
+from ingest.log_values import flag_feedback, label_feedback, parse_click_prob, rating_feedback
+from ingest.timestamps import parse_timestamp
 
 
 @dataclasses.dataclass(frozen=True)

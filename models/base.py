@@ -41,6 +41,18 @@ def check_sequence_fields(spec: FeatureSpec, params: SequenceInputParams, name: 
     return params.sequence_fields
 
 
+# Probabilities stay this far from 0 and 1. TensorFlow's float32 sigmoid is exactly 1.0 from a
+# logit of about 17 and exactly 0.0 below about -88, and one such prediction makes logloss inf or
+# nan (a label-1 example at 1.0 gives 0 * log(0)). 1 - 1e-7 is 0.99999988 in float32, below 1.
+PROBABILITY_EPSILON = 1e-7
+
+
+def probability(logit: tf.Tensor) -> tf.Tensor:
+    """The click probability of a logit, clipped to [1e-7, 1 - 1e-7]: every model's serving
+    output goes through here. Training never does: its loss takes the logit itself."""
+    return tf.clip_by_value(tf.sigmoid(logit), PROBABILITY_EPSILON, 1.0 - PROBABILITY_EPSILON)
+
+
 @dataclasses.dataclass
 class ModelOutput:
     logit: tf.Tensor  # [B] float32
@@ -107,7 +119,7 @@ class CTRModel(tfrs.models.Model):
     # ---- shared behaviour ----------------------------------------------------------------------
     def call(self, features, training=False):
         logit = self.forward(features, training=training, losses=False).logit
-        return {"logit": logit, "probability": tf.sigmoid(logit)}
+        return {"logit": logit, "probability": probability(logit)}
 
     def loss_terms(self, features, labels, training: bool = False) -> Tuple[ModelOutput, Dict[str, tf.Tensor]]:
         """The forward output and every declared auxiliary term (unweighted, float32)."""

@@ -64,7 +64,7 @@ import tf_keras
 
 from contract.features import FEEDBACK_TYPES, ITEM_ID
 from contract.model_params import DUMNParams
-from models.base import CTRModel, ModelOutput
+from models.base import CTRModel, ModelOutput, probability
 from models.dumn_memory import UserMemory, mean_slot_cosine
 from models.dumn_purification import FeedbackEncoder, orthogonal_map
 from models.dumn_triplet import TripletSamples, own_pool
@@ -366,4 +366,4 @@ class DUMN(CTRModel):
         short = self.purified(repeat(flatten_fields(emb.user(user_features))), e_item, encoded)
         r, _, _ = self.long_term(short, training=False, losses=False)
         context = repeat(flatten_fields(emb.context(user_features))) if self.params.context else None
-        return tf.sigmoid(self._logit(short, r, context, training=False))
+        return probability(self._logit(short, r, context, training=False))

@@ -44,7 +44,7 @@ import tf_keras
 
 from contract.features import USER_ID
 from contract.model_params import FADIDNParams
-from models.base import CTRModel, ModelOutput
+from models.base import CTRModel, ModelOutput, probability
 from models.fadidn_contrastive import hard_sample_pairs, info_nce, sample_random_negatives
 from models.fadidn_gate import AttributeGate, gate_ids
 from models.layers import (
@@ -300,7 +300,7 @@ class FADIDN(CTRModel):
             o, _ = self.interest[feedback].profile(E_u, E_cp, mask, self._gate_ids(user_features, feedback, mask))
             interests[feedback], _ = self.interest[feedback].target(tf.repeat(o, count, axis=0), e_tar)
         repeat = lambda x: tf.repeat(x, count, axis=0)  # noqa: E731
-        return tf.sigmoid(self._logit(repeat(E_u), e_tar, interests, repeat(emb.context(user_features)), False))
+        return probability(self._logit(repeat(E_u), e_tar, interests, repeat(emb.context(user_features)), False))
 
     def contrastive_loss(self, features, f_c, masks, training) -> tf.Tensor:
         """Section 2.4: L_cl of eq. 5 around the anchor f_c [B, ffn_units[-1]] (pairs from the click and

@@ -7,10 +7,12 @@
 - ``WarmupRequests``: the trained model plus TF Serving warmup requests from real examples.
 - ``ModelsConfig``: after a push, TF Serving's ``models.config`` listing every pushed model.
 - ``ThresholdCheck``: fails loudly when a blessing threshold names a metric that was never
-  computed, or when there is no threshold (TFMA would only decline to bless).
+  computed, or when there is no threshold (TFMA would only decline to bless); says which metric
+  is nan or infinite when that refused the blessing.
 """
 import hashlib
 import json
+import math
 import os
 from typing import TypedDict
 
@@ -163,6 +165,8 @@ def ThresholdCheck(evaluation: InputArtifact[standard_artifacts.ModelEvaluation]
 
     result = tfma.load_validation_result(evaluation.uri)
     check_thresholds_were_evaluated(result, evaluation.uri)
+    for line in non_finite_refusals(result):
+        print(f"[ThresholdCheck] {line} ({evaluation.uri})", flush=True)
     return {"blessed": int(result.validation_ok)}
 
 
@@ -195,6 +199,21 @@ def check_thresholds_were_evaluated(result, where: str) -> None:
             f"blessing thresholds name metrics the evaluation never computed: {', '.join(never_computed)} ({where}); "
             "a threshold must use the name TFMA emits for a configured metric (e.g. binary_crossentropy for BinaryCrossEntropy)"
         )
+
+
+def non_finite_refusals(result) -> list:
+    """One line per metric whose value is nan or infinite: it failed the thresholds that keep it
+    finite (``pipeline.FINITE``, AUC's lower bound), so TFMA did not bless the model. The line
+    names the metric and its value and says why."""
+    from pipeline.metrics import NON_FINITE_WHY
+
+    found = sorted({
+        (_metric_label(failure.metric_key), failure.metric_value.double_value.value)
+        for per_slice in result.metric_validations_per_slice
+        for failure in per_slice.failures
+        if failure.HasField("metric_value") and not math.isfinite(failure.metric_value.double_value.value)
+    }, key=str)
+    return [f"not blessed: {label} is {value}, not a finite number: {NON_FINITE_WHY}" for label, value in found]
 
 
 def code_fingerprint(*modules: str) -> str:

@@ -1,4 +1,4 @@
-"""gAUC as a TFMA metric.
+"""gAUC as a TFMA metric, and what a non-finite metric means (``NON_FINITE_WHY``).
 
 gAUC (protocol ml1m-seq, step 6): the AUC of each user whose examples hold both labels,
 weighted by that user's number of examples. In TFMA it is a query-based metric: in a
@@ -18,6 +18,11 @@ from contract.auc import auc
 GAUC_NAME = "gauc"
 # the names TFMA emits for the other metrics ``pipeline.eval_config`` configures (thresholds may only use these)
 AUC, LOGLOSS, EXAMPLE_COUNT = "auc", "binary_crossentropy", "example_count"
+# why a metric can be nan or inf, and why that refuses the blessing (ThresholdCheck, the report)
+NON_FINITE_WHY = (
+    "no threshold can judge it, so the model is not blessed; logloss (binary_crossentropy) is inf or nan "
+    "when a prediction is exactly 0 or 1 or is nan, gAUC is nan when no user of the split has both labels"
+)
 
 
 class GAUC(metric_types.Metric):

@@ -12,6 +12,7 @@ import os
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import json
+import sys
 from typing import List, Optional
 
 import tensorflow_model_analysis as tfma
@@ -30,8 +31,20 @@ PREPROCESSING_FN = "transforms.preprocessing.preprocessing_fn"
 RUN_FN = "models.trainer.run_fn"
 
 
+def _overall(threshold: tfma.MetricThreshold) -> list:
+    return [tfma.PerSliceMetricThreshold(slicing_specs=[tfma.SlicingSpec()], threshold=threshold)]
+
+
+# TFMA blesses when lower <= value <= upper for every threshold, which nan and +-inf fail: with
+# these bounds logloss and gAUC must be finite, as AUC must be to pass its lower bound.
+FINITE = tfma.MetricThreshold(value_threshold=tfma.GenericValueThreshold(
+    lower_bound={"value": -sys.float_info.max}, upper_bound={"value": sys.float_info.max}
+))
+
+
 def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
-    """AUC, logloss, gAUC and example count; blessing thresholds on the overall slice only."""
+    """AUC, logloss, gAUC and example count; blessing thresholds on the overall slice only: AUC's
+    bounds, and every metric but the example count finite."""
     bound = config.evaluation
     auc_threshold = tfma.MetricThreshold(
         value_threshold=tfma.GenericValueThreshold(lower_bound={"value": bound.auc_lower_bound}),
@@ -53,14 +66,13 @@ def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
             tfma.MetricsSpec(
                 metrics=[
                     tfma.MetricConfig(class_name="ExampleCount"),
-                    tfma.MetricConfig(class_name="AUC", per_slice_thresholds=[
-                        tfma.PerSliceMetricThreshold(slicing_specs=[tfma.SlicingSpec()], threshold=auc_threshold)
-                    ]),
-                    tfma.MetricConfig(class_name="BinaryCrossEntropy", module="tensorflow_model_analysis.metrics"),
+                    tfma.MetricConfig(class_name="AUC", per_slice_thresholds=_overall(auc_threshold)),
+                    tfma.MetricConfig(class_name="BinaryCrossEntropy", module="tensorflow_model_analysis.metrics",
+                                      per_slice_thresholds=_overall(FINITE)),
                 ]
             ),
             tfma.MetricsSpec(
-                metrics=[tfma.MetricConfig(class_name="GAUC", module="pipeline.metrics")],
+                metrics=[tfma.MetricConfig(class_name="GAUC", module="pipeline.metrics", per_slice_thresholds=_overall(FINITE))],
                 query_key=USER_ID,
             ),
         ],
@@ -77,7 +89,7 @@ EXAMPLE_SECTIONS = {"data", "sequences", "split", "features"}
 # the code behind each cached step (see components.code_fingerprint)
 EXAMPLE_CODE = (
     "ingest.sequences", "ingest.splits", "ingest.history", "ingest.sources", "ingest.log_files", "ingest.log_values",
-    "ingest.log_tables", "contract",
+    "ingest.timestamps", "ingest.log_tables", "contract",
 )
 TRANSFORM_CODE = ("transforms.preprocessing", "contract")
 TRAINER_CODE = ("models", "contract")

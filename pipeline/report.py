@@ -4,12 +4,14 @@ Per model: test AUC / gAUC / logloss (TFMA), blessed or not, where it was pushed
 examples/s, and the model's diagnostics on the validation split (an attention's mean normalised
 entropy, DUMN's slot cosine: ``diag_<name>`` in the Trainer's logs) after its first epoch and at
 its best epoch, the one the exported weights come from; per stage: wall time; and the oracle AUC of the test split when the logs carry the
-true click probability (synthetic logs). Printed as a table and saved as ``report.json``.
+true click probability (synthetic logs). Printed as a table and saved as ``report.json``. A nan or
+infinite metric is printed with "(!)" and a line saying why the model was not blessed.
 """
 from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 from typing import Dict, List, Optional
 
@@ -18,7 +20,7 @@ from ml_metadata.proto import metadata_store_pb2
 
 from contract.features import LABEL
 from contract.auc import auc
-from pipeline.metrics import AUC, EXAMPLE_COUNT, GAUC_NAME, LOGLOSS
+from pipeline.metrics import AUC, EXAMPLE_COUNT, GAUC_NAME, LOGLOSS, NON_FINITE_WHY
 
 REPORT_FILE = "report.json"
 _OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
@@ -173,8 +175,18 @@ def collect(config, models: List[str]) -> dict:
     return report
 
 
+NOT_FINITE = "(!)"  # marks a nan or infinite metric in the table
+
+
 def _fmt(value, digits=4):
-    return "-" if value is None else f"{value:.{digits}f}"
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f}" if math.isfinite(value) else f"{value}{NOT_FINITE}"
+
+
+def _non_finite(row: dict) -> List[str]:
+    return [f"{name} {row[key]}" for name, key in (("AUC", "auc"), ("gAUC", "gauc"), ("logloss", "logloss"))
+            if row[key] is not None and not math.isfinite(row[key])]
 
 
 def format_report(report: dict) -> str:
@@ -187,6 +199,9 @@ def format_report(report: dict) -> str:
         lines.append(
             f"{row['model']:<8} {_fmt(row['auc']):>7} {_fmt(row['gauc']):>7} {_fmt(row['logloss']):>8} {blessed:>8} {speed:>10}  {row['pushed'] or '-'}"
         )
+    for row in report["models"]:
+        if _non_finite(row):
+            lines.append(f"{NOT_FINITE} {row['model']}: {', '.join(_non_finite(row))}, not finite: {NON_FINITE_WHY}")
     diagnosed = [row for row in report["models"] if row.get("diagnostics")]
     if diagnosed:
         lines.append("diagnostics on the validation split, after epoch 1 -> at the best epoch (entropy: 1.0 = uniform attention)")

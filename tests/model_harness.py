@@ -65,6 +65,24 @@ def assert_output_shape_and_range(model, features):
     np.testing.assert_allclose(prob, tf.sigmoid(out["logit"]).numpy(), rtol=1e-5)
 
 
+def assert_saturated_logit_stays_inside_0_1(model, features, labels, final_biases: Callable) -> None:
+    """DIN once output exactly 1.0 in float32 and TFMA's logloss became nan. With the bias of the
+    layer(s) making the logit (``final_biases(model)``) forced to +-1e4, float32's sigmoid of the
+    logit is exactly 1.0 / 0.0; the probability, on the call path and on the candidates path,
+    stays finite and strictly inside (0, 1), while the training loss still sees the logit."""
+    model(features, training=False)  # builds the weights
+    row = {name: value[:1] for name, value in features.items() if name not in model.spec.item_fields}
+    candidates = {name: features[name] for name in model.spec.item_fields}
+    for bias in (1e4, -1e4):
+        for variable in final_biases(model):
+            variable.assign(tf.fill(variable.shape, bias))
+        out = model(features, training=False)
+        assert np.all(tf.sigmoid(out["logit"]).numpy() == (1.0 if bias > 0 else 0.0))  # saturated
+        for prob in (out["probability"].numpy(), model.score_candidates(row, candidates).numpy()):
+            assert np.all(np.isfinite(prob)) and np.all((prob > 0) & (prob < 1)), prob
+        assert eval_loss(model, features, labels) > 1000  # BCE of a 1e4 logit, not of a clipped probability
+
+
 def scramble_padding(features, spec: FeatureSpec = SPEC, seed: int = 1):
     """The same batch with random attribute ids and gaps written into every pad position.
 

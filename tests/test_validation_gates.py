@@ -1,4 +1,5 @@
-"""The gates that stop a run: data anomalies before training, thresholds on missing metrics."""
+"""The gates that stop a run or a push: data anomalies before training, thresholds on missing
+metrics, metrics that are nan or infinite."""
 import os
 import types
 
@@ -9,8 +10,8 @@ from tfx.utils import writer_utils
 from contract.config import EvaluationConfig
 from contract.features import ITEM_ID, LABEL, USER_ID
 from contract.serving import OUTPUT_KEY
-from pipeline.components import anomaly_messages, check_thresholds_were_evaluated
-from pipeline.metrics import AUC, LOGLOSS
+from pipeline.components import anomaly_messages, check_thresholds_were_evaluated, non_finite_refusals
+from pipeline.metrics import AUC, LOGLOSS, NON_FINITE_WHY
 from pipeline.pipeline import eval_config
 from tests.model_harness import SPEC
 from tests.raw_data import raw_examples
@@ -116,3 +117,30 @@ def test_an_eval_config_without_thresholds_fails_loudly(scored, tmp_path):
     assert result.missing_thresholds and not result.validation_ok
     with pytest.raises(RuntimeError, match="no blessing threshold"):
         check_thresholds_were_evaluated(result, str(tmp_path))
+
+
+@pytest.mark.parametrize("label, value", [(1, "nan"), (0, "inf")])
+def test_a_nan_or_infinite_logloss_refuses_the_blessing_naming_the_metric(scored, tmp_path, label, value):
+    """A prediction of exactly 1.0 (DIN's float32 sigmoid once gave it): TFMA's logloss is nan for
+    a click (0 * log 0) and inf for a non-click, while AUC stays well above its bound."""
+    saturated = scored.copy()
+    saturated.loc[saturated.index[saturated[LABEL] == label][0], OUTPUT_KEY] = 1.0
+    result = _validation_result(saturated, tmp_path, auc_lower_bound=0.5)
+    assert not result.validation_ok and _failed_metrics(result) == [LOGLOSS]
+    check_thresholds_were_evaluated(result, str(tmp_path))  # a refused model, not a config error
+    assert non_finite_refusals(result) == [
+        f"not blessed: {LOGLOSS} is {value}, not a finite number: {NON_FINITE_WHY}"
+    ]
+
+
+def test_finite_metrics_give_no_refusal(scored, tmp_path):
+    result = _validation_result(scored, tmp_path, auc_lower_bound=0.99)
+    assert not result.validation_ok and non_finite_refusals(result) == []  # below the AUC bound: no nan to report
+
+
+def test_a_nan_gauc_refuses_the_blessing(scored, tmp_path):
+    """gAUC is nan when no user of the split has both labels."""
+    one_label_each = scored.assign(user_id=[f"u{label}" for label in scored[LABEL]])
+    result = _validation_result(one_label_each, tmp_path, auc_lower_bound=0.5)
+    assert not result.validation_ok and _failed_metrics(result) == ["gauc"]
+    assert non_finite_refusals(result) == [f"not blessed: gauc is nan, not a finite number: {NON_FINITE_WHY}"]
