@@ -38,7 +38,7 @@ class ColumnMap(_Strict):
     user_id: str = USER_ID
     item_id: str = ITEM_ID
     timestamp: str = TIMESTAMP
-    rating: Optional[str] = None  # when set, feedback comes from the rating (MODELS.md mapping)
+    rating: Optional[str] = None  # when set, feedback comes from a 1..5 rating: click >= 4, like = 5, dislike <= 2
     clicked: Optional[str] = LABEL
     liked: Optional[str] = LIKED
     disliked: Optional[str] = DISLIKED
