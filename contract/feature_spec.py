@@ -29,6 +29,9 @@ from contract.features import (
 from contract.serving import read_feature_spec
 
 
+GAP_BUCKETINGS = ("quantile", "log")
+
+
 @dataclasses.dataclass(frozen=True)
 class FeatureSpec:
     user_fields: Tuple[str, ...]  # USER_ID first
@@ -39,6 +42,7 @@ class FeatureSpec:
     oov_buckets: int = 1
     vocab_min_frequency: int = 1
     feedback_types: Tuple[str, ...] = FEEDBACK_TYPES
+    gap_bucketing: str = "quantile"  # contract.config.FeatureConfig.gap_bucketing
 
     def __post_init__(self):
         if not self.user_fields or self.user_fields[0] != USER_ID:
@@ -49,6 +53,8 @@ class FeatureSpec:
         clash = {n for n in names if names.count(n) > 1} | (set(names) & set(self.reserved_names()))
         if clash:
             raise ValueError(f"field names used twice or reserved: {sorted(clash)}")
+        if self.gap_bucketing not in GAP_BUCKETINGS:
+            raise ValueError(f"gap_bucketing must be one of {GAP_BUCKETINGS}, got {self.gap_bucketing!r}")
         unknown = set(self.feedback_types) - set(FEEDBACK_TYPES)
         if unknown:
             raise ValueError(f"unknown feedback types {sorted(unknown)}; known: {FEEDBACK_TYPES}")
@@ -69,6 +75,7 @@ class FeatureSpec:
             embedding_dim=config.features.embedding_dim,
             oov_buckets=config.features.oov_buckets,
             vocab_min_frequency=config.features.vocab_min_frequency,
+            gap_bucketing=config.features.gap_bucketing,
         )
 
     def to_dict(self) -> dict:

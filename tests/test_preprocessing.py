@@ -1,4 +1,6 @@
 """preprocessing_fn through tf.Transform: train-only vocabularies, shared indices, padding, gaps."""
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow_transform as tft
@@ -70,3 +72,18 @@ def test_hour_and_weekday_are_utc(analyzed):
     out = tft_fixture.transform(tft_dir, [_example("u0", train[0]["item_id"], ts) for ts in (0, monday_13h)], SPEC)
     assert list(out["hour"]) == [0, 13]
     assert list(out["weekday"]) == [3, 0]  # Monday = 0
+
+
+def test_log_gap_buckets_have_equal_widths_up_to_the_largest_train_gap():
+    spec = dataclasses.replace(SPEC, gap_bucketing="log")
+    tft_dir, train = tft_fixture.analyzed(spec, seed=0)
+    log_gaps = [np.log1p(max(e["timestamp"] - t, 0)) for e in train for k in spec.feedback_types
+                for t in e[spec.history_timestamp(k)]]
+    boundaries = np.arange(1, spec.gap_buckets) / spec.gap_buckets * max(np.float32(max(log_gaps)), 1.0)
+    t = 1_700_000_000
+    gaps = [86_400, 3_600, 600, 30]  # oldest first: a day, an hour, ten minutes, half a minute
+    out = tft_fixture.transform(tft_dir, [_example("u0", train[0]["item_id"], t, click_items=[train[0]["item_id"]] * 4,
+                                                   click_times=[t - g for g in gaps])], spec)
+    expected = [int((boundaries <= np.float32(np.log1p(g))).sum()) + 1 for g in gaps]
+    assert list(out["hist_click_gap"][0][-4:]) == expected
+    assert expected == sorted(expected, reverse=True) and len(set(expected)) == 4  # seconds and days stay apart

@@ -7,8 +7,9 @@ evaluation (TFMA's ``transform_features``) and serving (both signatures) run thi
   all its histories, and applied to both, so an item maps to the same index everywhere.
   Index 0 is padding, 1..V the vocabulary, V+1..V+oov the OOV buckets.
 - Sequences: the last T items of each raw list (most recent last), left-padded with 0 to T.
-- Time gaps: example timestamp - history timestamp, log1p, quantile-bucketized (train
-  boundaries) into 1..gap_buckets; 0 = pad.
+- Time gaps: example timestamp - history timestamp, log1p, bucketized into 1..gap_buckets by
+  train-split boundaries (``gap_bucketing``: quantiles, or equal widths up to the largest log
+  gap); 0 = pad.
 - Context: hour and weekday (Monday = 0) of the timestamp, UTC.
 """
 from __future__ import annotations
@@ -100,11 +101,24 @@ def preprocessing_fn(inputs: Dict[str, tf.Tensor], custom_config: Dict) -> Dict[
         stamps = _ragged(inputs[spec.history_timestamp(kind)])
         gaps = tf.maximum(timestamp[:, tf.newaxis] - stamps, 0)
         log_gaps[kind] = tf.math.log1p(tf.cast(gaps, tf.float32))
-    # one set of quantile boundaries for every feedback type (one gap table in the model)
-    all_gaps = tf.concat(list(log_gaps.values()), axis=1)
-    boundaries = tft.quantiles(all_gaps.flat_values, spec.gap_buckets, epsilon=0.01, name="gap_quantiles")
+    # one set of boundaries for every feedback type (one gap table in the model)
+    boundaries = gap_boundaries(tf.concat(list(log_gaps.values()), axis=1).flat_values, spec)
     for kind, gaps in log_gaps.items():
         buckets = tft.apply_buckets(gaps.flat_values, boundaries) + 1
         outputs[spec.history_gap(kind)] = left_pad(gaps.with_flat_values(buckets), spec.max_length, PAD_INDEX)
     outputs[LABEL] = _dense_1d(inputs[LABEL])
     return outputs
+
+
+def gap_boundaries(log_gaps: tf.Tensor, spec: FeatureSpec) -> tf.Tensor:
+    """The gap_buckets - 1 inner boundaries of log1p(gap), shape [1, gap_buckets - 1].
+
+    "quantile": equal shares of the train split's gaps. "log": equal widths from 0 to the largest
+    log gap, which keeps seconds and days apart when most gaps are days (with quantiles, one
+    bucket then spans a minute to a day).
+    """
+    if spec.gap_bucketing == "quantile":
+        return tft.quantiles(log_gaps, spec.gap_buckets, epsilon=0.01, name="gap_quantiles")
+    largest = tf.maximum(tft.max(log_gaps, name="gap_log_max"), 1.0)
+    inner = tf.range(1, spec.gap_buckets, dtype=tf.float32) / float(spec.gap_buckets)
+    return tf.reshape(inner * largest, [1, -1])
