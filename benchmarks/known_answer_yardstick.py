@@ -11,7 +11,9 @@ the test-split AUC of
 * a logistic regression over the no-sequence oracle's logit and the feature (fit on the rows
   before the test split),
 
-beside the oracle and the no-sequence oracle. The test split is the last 10% of the events in
+beside the oracle and the no-sequence oracle, and the 16 train-quantile boundaries of the
+histories' time gaps (``features.gap_bucketing: quantile``), in seconds, to show what the models
+can see of the 1-hour decay. The test split is the last 10% of the events in
 time, as ``configs/known_answer.yaml``'s time split makes it. A model that reads the click
 sequence with its time gaps should beat the feature alone.
 """
@@ -48,6 +50,25 @@ def recent_same_category_clicks(events: pd.DataFrame) -> np.ndarray:
     return feature
 
 
+def history_gap_quantiles(events: pd.DataFrame, train: np.ndarray, max_length: int = 50, buckets: int = 16) -> list:
+    """Inner quantile boundaries (seconds) of the history gaps of the rows before the test split
+    (the Transform analyzes the train split alone, a little less), every feedback type's
+    last ``max_length`` events strictly before the row, as the Transform computes them (log1p)."""
+    log_gaps = []
+    for _, rows in events.groupby(USER_ID, sort=False):
+        stamps, positions = rows[TIMESTAMP].to_numpy(), rows.index.to_numpy()
+        kinds = {"click": rows[LABEL].to_numpy() == 1, "unclick": rows[LABEL].to_numpy() == 0,
+                 "like": rows["liked"].to_numpy() == 1, "dislike": rows["disliked"].to_numpy() == 1}
+        for j in range(1, len(rows)):
+            if not train[positions[j]]:
+                continue
+            for member in kinds.values():
+                earlier = stamps[:j][member[:j] & (stamps[:j] < stamps[j])][-max_length:]
+                log_gaps.append(np.log1p(stamps[j] - earlier))
+    quantiles = np.quantile(np.concatenate(log_gaps), np.arange(1, buckets) / buckets)
+    return [int(round(v)) for v in np.expm1(quantiles)]
+
+
 def logistic_regression(x: np.ndarray, y: np.ndarray, steps: int = 500, rate: float = 0.5) -> np.ndarray:
     """Weights (bias last) of a logistic regression by full-batch gradient descent on standardised x."""
     mean, std = x.mean(0), x.std(0) + 1e-12
@@ -82,6 +103,7 @@ def main() -> int:
         "recent_same_category_clicks_auc": auc(labels[test], feature[test]),
         "no_sequence_oracle_plus_feature_auc": auc(labels[test], x[test] @ w[:-1]),
     }
+    result["gap_quantile_boundaries_s"] = history_gap_quantiles(events, ~test)
     for name, value in result.items():
         print(f"{name}: {value:.4f}" if isinstance(value, float) else f"{name}: {value}")
     with open(args.output, "w", encoding="utf-8") as handle:
