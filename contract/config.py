@@ -130,13 +130,16 @@ class SplitConfig(_Strict):
         return self
 
 
+GapBucketing = Literal["quantile", "log"]  # features.gap_bucketing (FeatureSpec checks the same)
+
+
 class FeatureConfig(_Strict):
     embedding_dim: int = pydantic.Field(16, ge=1)
     gap_buckets: int = pydantic.Field(16, ge=2)
     # how log1p(gap) is cut into gap_buckets: "quantile" (equal shares of the train split's gaps)
     # or "log" (equal widths from 0 to the train split's largest log gap: seconds and days both
     # resolved when the gaps are bimodal, e.g. within-session clicks beside day-old ones)
-    gap_bucketing: Literal["quantile", "log"] = "quantile"
+    gap_bucketing: GapBucketing = "quantile"
     vocab_min_frequency: int = pydantic.Field(1, ge=1)
     oov_buckets: int = pydantic.Field(1, ge=1)
 

@@ -20,16 +20,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import typing
 from typing import Dict, Tuple
 
-from contract.config import attribute_names
+from contract.config import GapBucketing, attribute_names
 from contract.features import (
     CLICK_PROB, CONTEXT_FIELDS, FEEDBACK_TYPES, GAP, ITEM_ID, LABEL, TIMESTAMP, USER_ID, history_name,
 )  # fmt: skip
 from contract.serving import read_feature_spec
 
 
-GAP_BUCKETINGS = ("quantile", "log")
+GAP_BUCKETINGS = typing.get_args(GapBucketing)
 
 
 @dataclasses.dataclass(frozen=True)
