@@ -20,7 +20,7 @@ from typing import Dict, List, Literal, Optional, Sequence, Tuple
 import pydantic
 import yaml
 
-from contract.features import DISLIKED, ITEM_ID, LABEL, LIKED, TIMESTAMP, USER_ID
+from contract.features import ITEM_ID, LABEL, TIMESTAMP, USER_ID
 from contract.model_params import PARAMS
 
 
@@ -40,8 +40,9 @@ class ColumnMap(_Strict):
     timestamp: str = TIMESTAMP
     rating: Optional[str] = None  # when set, feedback comes from a 1..5 rating: click >= 4, like = 5, dislike <= 2
     clicked: Optional[str] = LABEL
-    liked: Optional[str] = LIKED
-    disliked: Optional[str] = DISLIKED
+    # the optional feedback flags: absent (every event 0) unless mapped, e.g. ``liked: liked``
+    liked: Optional[str] = None
+    disliked: Optional[str] = None
     click_prob: Optional[str] = None  # synthetic logs: the true click probability
 
 
@@ -231,15 +232,10 @@ class ModelChoice:
     params: pydantic.BaseModel
 
 
-def validate_model_params(config: PipelineConfig) -> Dict[str, ModelChoice]:
-    """Validates ``training.models`` against each model's ``Params``; returns them by name.
-
-    An entry's name is its architecture (``fadidn: {...}``) unless it says otherwise with
-    ``architecture``: ``fadidn_no_contrastive: {architecture: fadidn, contrastive: false}`` trains
-    a variant (an ablation) beside the model, under its own name.
-    """
+def _model_choices(models: Dict[str, dict]) -> Tuple[Dict[str, ModelChoice], List[str]]:
+    """Each ``training.models`` entry validated by its architecture's ``Params``, and every problem."""
     choices, problems = {}, []
-    for name, raw in config.training.models.items():
+    for name, raw in models.items():
         raw = dict(raw or {})
         architecture = raw.pop(ARCHITECTURE_KEY, name)
         if not re.fullmatch(r"[A-Za-z0-9_]+", name):
@@ -254,20 +250,43 @@ def validate_model_params(config: PipelineConfig) -> Dict[str, ModelChoice]:
             for item in exc.errors():
                 path = ".".join(str(p) for p in item["loc"])
                 problems.append(f"  training.models.{name}.{path}: {item['msg']}")
+    return choices, problems
+
+
+def validate_model_params(config: PipelineConfig) -> Dict[str, ModelChoice]:
+    """Validates ``training.models`` against each model's ``Params``; returns them by name.
+
+    An entry's name is its architecture (``fadidn: {...}``) unless it says otherwise with
+    ``architecture``: ``fadidn_no_contrastive: {architecture: fadidn, contrastive: false}`` trains
+    a variant (an ablation) beside the model, under its own name.
+    """
+    choices, problems = _model_choices(config.training.models)
     if problems:
         raise ConfigError("invalid model parameters:\n" + "\n".join(problems))
     return choices
 
 
+def _raw_models(raw: dict) -> Dict[str, dict]:
+    """``training.models`` of a raw config when it is a mapping of mappings, else {} (the schema
+    reports it)."""
+    models = raw.get("training", {}).get("models", {}) if isinstance(raw.get("training"), dict) else {}
+    if not isinstance(models, dict) or not all(isinstance(v, (dict, type(None))) for v in models.values()):
+        return {}
+    return {str(name): value for name, value in models.items()}
+
+
 def parse_config(raw: dict, base_dir: str = ".") -> PipelineConfig:
-    """Validates a config mapping; relative paths are resolved against ``base_dir``."""
+    """Validates a config mapping, reporting every problem of the schema and of the model
+    parameters at once; relative paths are resolved against ``base_dir``."""
     if not isinstance(raw, dict):
         raise ConfigError("the config must be a YAML mapping at the top level")
+    problems = _model_choices(_raw_models(raw))[1]
     try:
         config = PipelineConfig.model_validate(raw)
     except pydantic.ValidationError as exc:
-        raise ConfigError("invalid config:\n" + _format_errors(exc)) from None
-    validate_model_params(config)
+        problems = _format_errors(exc).splitlines() + problems
+    if problems:
+        raise ConfigError(f"{len(problems)} problem(s):\n" + "\n".join(problems))
 
     def resolve(path: str) -> str:
         return path if "://" in path or os.path.isabs(path) else os.path.abspath(os.path.join(base_dir, path))

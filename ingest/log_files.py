@@ -17,6 +17,7 @@ import math
 import os
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from contract.config import DataConfig
@@ -184,7 +185,10 @@ def generic_rows(data: DataConfig) -> RowReader:
 def generic_columns(path: str, data: DataConfig) -> Tuple[str, ...]:
     """The column names of a generic CSV or Parquet file: its header row or its schema."""
     if _generic_kind(path, data) == "parquet":
-        return tuple(pq.ParquetFile(path).schema_arrow.names)
+        try:
+            return tuple(pq.ParquetFile(path).schema_arrow.names)
+        except pa.ArrowException as exc:
+            raise ValueError(f"{path}: not a readable Parquet file ({exc}); is data.file_format right?") from None
     with _open_binary(path) as handle:
         return _header(path, handle.readline(), _CSV, ())
 
@@ -224,6 +228,8 @@ def table_files(data: DataConfig, kind: str) -> List[str]:
 
 
 def _generic_event_files(data: DataConfig) -> List[str]:
+    if not os.path.exists(data.path):
+        raise FileNotFoundError(f"data.path: {data.path} does not exist")
     if data.events is None:
         target = data.path
     elif os.path.isdir(data.path):

@@ -19,7 +19,8 @@ Formats (``DataConfig.format``):
     starting with ``_`` are ignored; with ``file_format: auto`` only ``.csv``, ``.csv.gz``,
     ``.parquet`` and ``.pq`` files are read). Without ``events`` the events are ``path`` itself,
     minus any items/users table found there. Columns come from ``data.columns``; a configured
-    column missing from a header is an error (set e.g. ``liked: null`` when the log has none).
+    column missing from a header is an error. The optional flags ``liked``/``disliked`` are read
+    only when mapped (unmapped: every event 0; ``ingest.preflight`` says so in one line).
     With ``columns.rating`` set the feedback comes from the rating and the flag columns are not
     read. Items/users tables are keyed by the events' ``user_id``/``item_id`` column names and
     ``item_attributes``/``user_attributes`` are their columns, read as strings.
@@ -150,6 +151,11 @@ def _event_format(data: DataConfig) -> _EventFormat:
     separator = "\t" if data.format == "movielens-100k" else "::"
     layout = TextLayout(split_on(separator), "latin-1", _RATING_COLUMNS)
     return _EventFormat(functools.partial(text_rows, layout=layout), _IDENTITY, rating_feedback, "seconds")
+
+
+def event_columns(data: DataConfig) -> Dict[str, str]:
+    """Canonical field -> the events' column it is read from (``ingest.preflight`` checks the headers)."""
+    return _event_format(data).columns
 
 
 def _event(values: Dict[str, str], event_format: _EventFormat, max_timestamp: int, source: str) -> Event:

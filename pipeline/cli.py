@@ -30,20 +30,36 @@ def _load(path: str):
     return load_config(path)
 
 
+def _checked(path: str):
+    """The config at ``path`` after the data check a run starts with (``ingest.preflight``): its
+    notes are printed, its problems raised together (``ConfigError``), before TensorFlow loads."""
+    from ingest.preflight import check_data
+
+    config = _load(path)
+    check = check_data(config.data)
+    for note in check.notes:
+        print(f"note: {note}")
+    check.raise_problems(path)
+    return config
+
+
 def _models_arg(value: str):
     return [m.strip() for m in value.split(",") if m.strip()] if value else None
 
 
 # ---- run -----------------------------------------------------------------------------------------
 def cmd_run(args) -> int:
+    config = _checked(args.config)
+    models = _models_arg(args.models) or list(config.training.models)
+    unknown = [name for name in models if name not in config.training.models]
+    if unknown:
+        raise ValueError(f"--models: {unknown} are not in training.models of {args.config} ({', '.join(config.training.models)})")
     import logging
 
     from pipeline import report
     from pipeline.runner import run_local
 
     logging.getLogger().setLevel(logging.WARNING)
-    config = _load(args.config)
-    models = _models_arg(args.models) or list(config.training.models)
     started = time.perf_counter()
     run_local(config, models)
     summary = report.collect(config, models)
@@ -62,17 +78,9 @@ def cmd_report(args) -> int:
 
 
 def cmd_validate_config(args) -> int:
-    from contract.config import validate_model_params
-    from ingest.log_tables import check_table_attributes
-
-    config = _load(args.config)
-    validate_model_params(config)
-    try:  # generic attributes are column names: only the tables' headers can refuse a misspelt one
-        check_table_attributes(config.data)
-        unchecked = ""
-    except FileNotFoundError as exc:
-        unchecked = f"; the attributes are not checked against the tables: {exc}"
-    print(f"{args.config}: valid ({len(config.training.models)} models: {', '.join(config.training.models)}){unchecked}")
+    config = _checked(args.config)
+    print(f"{args.config}: valid ({len(config.training.models)} models: {', '.join(config.training.models)}); "
+          f"the data's files, headers and first rows match it")
     return 0
 
 
@@ -130,7 +138,7 @@ COMMANDS: Dict[str, Command] = {
                    add_run_arguments, cmd_run),
     "report": Command("print the result table of the latest run of a config",
                       add_report_arguments, cmd_report),
-    "validate-config": Command("validate a YAML config (and its model parameters)",
+    "validate-config": Command("check a YAML config, its model parameters and its data (files, headers, first rows)",
                                add_validate_config_arguments, cmd_validate_config),
     "generate-data": Command("write seeded synthetic interaction logs (generic CSV format)",
                              add_generate_data_arguments, cmd_generate_data),

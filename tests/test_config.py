@@ -64,14 +64,14 @@ def test_missing_and_invalid_yaml(tmp_path):
         load_config(_write(tmp_path, "data: [unclosed\n"))
 
 
-def _generic_config(tmp_path, item_attributes, file_format="csv"):
+def _generic_config(tmp_path, item_attributes, items_format="csv"):
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
     (data / "events.csv").write_text("user_id,item_id,timestamp,clicked\nu1,i1,1700000000,1\n")
-    if file_format == "csv":
+    if items_format == "csv":
         (data / "items.csv").write_text("item_id,genre,brand\ni1,g1,b1\n")
     return _write(tmp_path, (
-        f"data: {{path: data, events: events.csv, items: items.{file_format}, file_format: {file_format},\n"
+        f"data: {{path: data, events: events.csv, items: items.{items_format}, file_format: auto,\n"
         f"       columns: {{liked: null, disliked: null}}, item_attributes: {item_attributes}}}\n"
     ))
 
@@ -93,15 +93,15 @@ def test_validate_config_refuses_a_generic_attribute_its_table_lacks(tmp_path, c
     assert "valid" in capsys.readouterr().out
 
 
-def test_validate_config_reads_a_parquet_tables_schema_and_says_when_the_tables_are_missing(tmp_path, capsys):
+def test_validate_config_reads_a_parquet_tables_schema_and_refuses_a_missing_table(tmp_path, capsys):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from pipeline import cli
 
-    path = _generic_config(tmp_path, "[genere]", file_format="parquet")
-    assert cli.main(["validate-config", "--config", path]) == 0  # no items table yet: not checked, said so
-    assert "not checked against the tables" in capsys.readouterr().out
+    path = _generic_config(tmp_path, "[genere]", items_format="parquet")
+    assert cli.main(["validate-config", "--config", path]) == 2
+    assert f"data.items: {tmp_path / 'data' / 'items.parquet'} does not exist" in capsys.readouterr().err
     pq.write_table(pa.table({"item_id": ["i1"], "genre": ["g1"]}), str(tmp_path / "data" / "items.parquet"))
     assert cli.main(["validate-config", "--config", path]) == 2
     assert "data.item_attributes: ['genere'] not available in the items table" in capsys.readouterr().err

@@ -160,7 +160,7 @@ def _run_builder(tmp_path, split_method="time"):
     config = parse_config({
         "pipeline_root": str(tmp_path / "root"),
         "data": {"path": str(tmp_path), "events": "events.csv", "items": "items.csv", "users": "users.csv",
-                 "columns": {"click_prob": "click_prob"}, "item_attributes": ["genre"], "user_attributes": ["age"]},
+                 "columns": {"liked": "liked", "disliked": "disliked", "click_prob": "click_prob"}, "item_attributes": ["genre"], "user_attributes": ["age"]},
         "sequences": {"max_length": 4, "window_days": 0.01},
         "split": {"method": split_method},
     })

@@ -30,7 +30,9 @@ def write(path, content, encoding="utf-8"):
 
 
 def generic(tmp_path, **overrides):
-    settings = {"format": "generic", "path": str(tmp_path), "events": "events.csv"}
+    """A generic config of ``tmp_path``/events.csv, its like/dislike flags mapped unless ``columns`` says otherwise."""
+    columns = {"liked": "liked", "disliked": "disliked", **overrides.pop("columns", {})}
+    settings = {"format": "generic", "path": str(tmp_path), "events": "events.csv", "columns": columns}
     return DataConfig(**{**settings, **overrides})
 
 
@@ -194,7 +196,7 @@ def test_arbitrary_lines_are_never_lost(tmp_path, lines):
 
 def test_gzip_csv(tmp_path):
     path = write(str(tmp_path / "logs" / "part-1.csv.gz"), "user_id,item_id,timestamp,clicked\nu1,i1,100,1\n")
-    data = DataConfig(format="generic", path=str(tmp_path / "logs"), columns={"liked": None, "disliked": None})
+    data = DataConfig(format="generic", path=str(tmp_path / "logs"))  # like/dislike flags unmapped: absent
     assert read_all(data) == [Event("u1", "i1", 100, 1, 0, 0, None, f"{path}:2")]
 
 
@@ -212,7 +214,7 @@ def test_parquet(tmp_path):
     )
     path = str(tmp_path / "events.parquet")
     pq.write_table(table, path)
-    rows = read_all(DataConfig(format="generic", path=path))
+    rows = read_all(DataConfig(format="generic", path=path, columns={"liked": "liked", "disliked": "disliked"}))
     assert rows[0] == Event("u1", "10", 1649581149, 1, 1, 0, None, f"{path}:row 1")
     assert (rows[1].source, rows[1].reason, rows[1].detail) == (f"{path}:row 2", "missing_field", "empty: timestamp")
     assert rows[2] == Event("u3", "30", 1649581149, 0, 0, 1, None, f"{path}:row 3")
