@@ -39,7 +39,9 @@ from tfx.components.util import tfxio_utils  # noqa: E402
 from tfx.proto import example_gen_pb2  # noqa: E402
 
 from models import registry  # noqa: E402
-from models.trainer import ThroughputLogger, distribution_strategy, make_dataset, vocabulary_sizes  # noqa: E402
+from models.trainer import (  # noqa: E402
+    ThroughputLogger, distribution_strategy, make_dataset, make_optimizer, shuffle_buffer_size, vocabulary_sizes,
+)  # fmt: skip
 from contract.config import load_config, validate_model_params  # noqa: E402
 from pipeline.report import PipelineRun  # noqa: E402
 from contract.feature_spec import FeatureSpec  # noqa: E402
@@ -103,9 +105,11 @@ def main(argv: List[str] = None) -> int:
     strategy = distribution_strategy()
     batch = config.training.batch_size * strategy.num_replicas_in_sync
     fn_args = trainer_inputs()
+    training = config.training.model_dump()
 
     def train_dataset():
-        return make_dataset(fn_args, train_files, tft_output, batch, True, config.training.seed)
+        buffer = shuffle_buffer_size(training, batch)  # the Trainer's own input: its buffer, its seed
+        return make_dataset(fn_args, train_files, tft_output, batch, buffer, config.training.seed)
 
     input_rate = input_examples_per_second(train_dataset(), batch, args.warmup, args.steps)
     print(f"input (read + parse): {input_rate:,.0f} examples/s", flush=True)
@@ -117,7 +121,7 @@ def main(argv: List[str] = None) -> int:
         tf_keras.utils.set_random_seed(config.training.seed)
         with strategy.scope():
             model = registry.build(architecture, spec, vocab, params.model_dump(), name=name)
-            model.compile(optimizer=tf_keras.optimizers.Adam(config.training.learning_rate))
+            model.compile(optimizer=make_optimizer(training))  # the Trainer's: Adam with its gradient clipping
         step_rate = fit_examples_per_second(model, cached, batch, args.warmup, args.steps)
         trainer_rate = fit_examples_per_second(model, train_dataset(), batch, args.warmup, args.steps)
         row = {"model": name, "batch_size": batch, "input": input_rate, "model_step": step_rate, "trainer": trainer_rate}
