@@ -11,7 +11,7 @@ against FuxiCTR's DNN and DIN on ``ml1m-seq``, side by side on the same machine.
 FuxiCTR's results are kept in ``benchmarks/results/fuxictr.json`` (one row per model and seed),
 so the tables survive the harness's scratch folder. Writes ``benchmarks/peers.md``: per implementation and seed the test AUC, gAUC, logloss, best
 epoch and the validation AUC of every epoch; the mean +- std over seeds; and the gap of the
-means against the bar (|ours - FuxiCTR| <= 0.003, MODELS.md "Shared input contract").
+means against the bar (|ours - FuxiCTR| <= 0.003, docs/models.md "Shared input contract").
 """
 from __future__ import annotations
 

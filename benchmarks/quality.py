@@ -8,15 +8,15 @@ Evaluator), every model and ablation, several seeds.
 ``--models`` also takes ablation variants by name (``--models tf4ctr_no_tf_loss``), a model in
 its paper's exact form where it departs from it (``camn_no_residual``, ``dumn_paper_pooling``) and
 regularisation variants: ``<model>_reg`` (``--models dnn_reg,dumn_reg``) is the model with the
-regularisation MODELS.md fixes for TF4CTR (the authors' ML-1M settings: dropout 0.1, embedding
+regularisation fixed for TF4CTR (docs/models.md; the authors' ML-1M settings: dropout 0.1, embedding
 L2 0.01), which the other models' defaults leave out; ``tf4ctr_noreg`` is TF4CTR without it and
 ``tf4ctr_half_l2`` TF4CTR with half its embedding L2. ``din_ref`` and ``dnn_ref`` are the baselines
 with exactly FuxiCTR's inputs and networks (benchmarks/peers.md compares them with FuxiCTR).
 ``<model>_v1`` is the model trained with the v1 trainer (fixed learning rate, patience 1, no
 clipping, a 10,000-example shuffle buffer, uniform embedding init) instead of the v2 defaults.
 ``fadidn_l<lambda>_t<tau>[_detach]`` (decimal point dropped: ``fadidn_l005_t05``) is FADIDN with other contrastive settings (the grid of
-MODELS.md: lambda 0.01/0.05/0.2, tau 0.1/0.2/0.5, item side detached or not); quality.md ranks
-the ones run on ml1m-seq seed 0 by best validation AUC, the choice MODELS.md asks for.
+docs/models.md: lambda 0.01/0.05/0.2, tau 0.1/0.2/0.5, item side detached or not); quality.md ranks
+the ones run on ml1m-seq seed 0 by best validation AUC, the choice the design asks for.
 
 Each (dataset, seed, model) is one ``ctr-pipeline run --models <model>`` in a child process:
 the data steps are cached by TFX after the first run of a dataset, a new seed retrains. Per run:
@@ -81,7 +81,7 @@ DEVIATION_VARIANTS: Dict[str, dict] = {
     "camn_no_residual": {"architecture": "camn", "residual": False},
     "dumn_paper_pooling": {"architecture": "dumn", "pooling_interaction": False},  # models/dumn.py, eq. 3
 }
-# regularisation: TF4CTR's in MODELS.md (the authors' ML-1M settings) on the other models
+# regularisation: TF4CTR's (docs/models.md: the authors' ML-1M settings) on the other models
 # (<model>_reg), TF4CTR without it (tf4ctr_noreg) and with half its embedding L2
 # (tf4ctr_half_l2: the authors' code, FuxiCTR, adds 0.01/2 * sum(E^2); tf_keras' L2(0.01) adds 0.01 * sum(E^2))
 REGULARIZATION = {"dropout": 0.1, "embedding_l2": 0.01}
@@ -92,7 +92,7 @@ REGULARIZATION_VARIANTS: Dict[str, dict] = {
 }
 # how much of a model's gap to DNN its inputs explain: DNN given only the behaviour sequences
 # another model reads (the user, target and context fields stay), and DUMN and FADIDN given the
-# context fields (hour, weekday) that MODELS.md leaves out of them and DNN sees
+# context fields (hour, weekday) that the design (docs/models.md) leaves out of them and DNN sees
 INPUT_VARIANTS: Dict[str, dict] = {
     "dnn_click": {"architecture": "dnn", "sequences": ["click"]},  # DIN's and CAMN's sequence
     "dnn_click_unclick": {"architecture": "dnn", "sequences": ["click", "unclick"]},  # FADIDN's
@@ -109,18 +109,18 @@ REFERENCE_VARIANTS: Dict[str, dict] = {
     "din_ref": {"architecture": "din", "attention_units": [64], "attention_activation": "dice", **REFERENCE_SEQUENCE},
 }
 # training-schedule variants: the same model, trained under other ``training`` settings (a config
-# of their own). ``<model>_v1``: the v1 trainer (before MODELS.md's v2 training defaults): fixed
+# of their own). ``<model>_v1``: the v1 trainer (before the v2 training defaults of docs/models.md): fixed
 # learning rate, stop after one epoch without a gain, no gradient clipping, a 10,000-example
 # shuffle buffer and Keras' uniform embedding init
 SCHEDULES: Dict[str, dict] = {"v1": {"reduce_lr_on_plateau": None, "early_stopping_patience": 1,
                                      "gradient_clip_norm": None, "shuffle_buffer_examples": 10000}}
 SCHEDULE_OF_VARIANT: Dict[str, str] = {f"{m}_{s}": s for m in MODELS for s in SCHEDULES}
 SCHEDULE_VARIANTS: Dict[str, dict] = {f"{m}_v1": {"architecture": m, "embedding_init_std": None} for m in MODELS}
-# FADIDN's contrastive settings (MODELS.md "Contrastive weight (v2)"): lambda in {0.01, 0.05, 0.2},
+# FADIDN's contrastive settings (docs/models.md "FADIDN"): lambda in {0.01, 0.05, 0.2},
 # tau in {0.1, 0.2, 0.5}, item side detached or not, chosen by validation AUC on ml1m-seq seed 0.
 # ``fadidn_l<lambda>_t<tau>[_detach]`` with the decimal point dropped (model names are [A-Za-z0-9_]:
 # fadidn_l005_t02 is lambda 0.05, tau 0.2); plain ``fadidn`` is FADIDNParams' defaults, the choice
-# (lambda 0.01, tau 0.2, not detached; MODELS.md's starting point was lambda 0.2: fadidn_l02_t02)
+# (lambda 0.01, tau 0.2, not detached; the design's starting point was lambda 0.2: fadidn_l02_t02)
 CONTRASTIVE_GRID = {"lambda_cl": (0.01, 0.05, 0.2), "tau": (0.1, 0.2, 0.5), "detach_items": (False, True)}
 FADIDN_CONTRASTIVE_DEFAULTS = {"lambda_cl": 0.01, "tau": 0.2, "detach_items": False}
 CONTRASTIVE_VARIANTS: Dict[str, dict] = {
@@ -282,7 +282,7 @@ def paired_variants(results: List[dict]) -> Dict[str, List[dict]]:
 
 def contrastive_selection(results: List[dict], seed: int = 0) -> List[dict]:
     """FADIDN's contrastive settings tried on ml1m-seq ``seed``, best validation AUC first (the
-    choice MODELS.md asks for is the first row; the test AUC is shown, never used to choose)."""
+    choice the design asks for is the first row; the test AUC is shown, never used to choose)."""
     rows = []
     for row in results:
         if row["dataset"] != "ml1m-seq" or row["seed"] != seed or not row.get("validation_auc_by_epoch"):

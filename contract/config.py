@@ -152,7 +152,7 @@ class TrainingConfig(_Strict):
     epochs: int = pydantic.Field(5, ge=1)
     steps_per_epoch: Optional[int] = pydantic.Field(None, ge=1)  # default: one pass over train
     learning_rate: float = pydantic.Field(1e-3, gt=0)
-    # v2 defaults (MODELS.md "Training defaults", FuxiCTR's fit): after each epoch without a
+    # v2 defaults (docs/models.md "Training defaults (v2)", FuxiCTR's fit): after each epoch without a
     # validation-AUC gain the learning rate is multiplied by ``reduce_lr_on_plateau`` (None keeps
     # it fixed, the v1 trainer) down to ``min_learning_rate``; training stops after
     # ``early_stopping_patience`` such epochs in a row (a cut does not reset the count) and the
@@ -163,7 +163,7 @@ class TrainingConfig(_Strict):
     # gradients clipped to this global norm (FuxiCTR: 10); None: no clipping (v1)
     gradient_clip_norm: Optional[float] = pydantic.Field(10.0, gt=0)
     # the training split is reshuffled every epoch through a buffer of this many batches
-    # (MODELS.md: at least 10% of the split or 100 batches); ``shuffle_buffer_examples`` sets the
+    # (docs/models.md: at least 10% of the split or 100 batches); ``shuffle_buffer_examples`` sets the
     # buffer in examples instead (v1: 10000)
     shuffle_buffer_batches: int = pydantic.Field(100, ge=1)
     shuffle_buffer_examples: Optional[int] = pydantic.Field(None, ge=1)

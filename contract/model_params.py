@@ -18,7 +18,7 @@ class ModelParams(pydantic.BaseModel):
 
     embedding_dim: Optional[int] = pydantic.Field(None, ge=1)  # default: features.embedding_dim
     embedding_l2: float = pydantic.Field(0.0, ge=0)
-    # embedding tables start normal(0, std) (FuxiCTR's 1e-4, MODELS.md v2 training defaults);
+    # embedding tables start normal(0, std) (FuxiCTR's 1e-4; docs/models.md "Training defaults (v2)");
     # None keeps Keras' uniform(-0.05, 0.05) of the v1 trainer
     embedding_init_std: Optional[float] = pydantic.Field(1e-4, gt=0)
     dropout: float = pydantic.Field(0.0, ge=0, lt=1)
@@ -30,7 +30,7 @@ class SequenceInputParams(ModelParams):
     the click sequence of item id and first genre, no time gaps; ``peers/README.md``)."""
 
     sequence_fields: Optional[Tuple[str, ...]] = None  # item fields of each position; None: all
-    sequence_gap: bool = True  # the time-gap embedding added to each position (MODELS.md)
+    sequence_gap: bool = True  # the time-gap embedding added to each position (docs/models.md)
 
 
 class DNNParams(SequenceInputParams):
@@ -43,7 +43,7 @@ class DINParams(SequenceInputParams):
 
 
 class FADIDNParams(ModelParams):
-    """FADIDN hyper-parameters; defaults from MODELS.md (the paper's values where it gives them)."""
+    """FADIDN hyper-parameters (docs/models.md "FADIDN"); the paper's values where it gives them."""
 
     num_heads: int = pydantic.Field(2, ge=1)  # h of eq. 2-3 (must divide the embedding dimension)
     gate: bool = True  # eq. 1 attribute gate; off (FADIDN-G): keys are ungated, K = E_cp^n W_K
@@ -53,9 +53,9 @@ class FADIDNParams(ModelParams):
     # (then there are no keys, so there is no gate either: it needs gate=False)
     attention: Literal["dot", "mean"] = "dot"
     ffn_units: Tuple[int, ...] = (256, 128)  # point-wise FFN of eq. 4 (width of f_c, f_v = last)
-    context: bool = False  # also feed hour/weekday to the prediction MLP (MODELS.md leaves them out)
+    context: bool = False  # also feed hour/weekday to the prediction MLP (left out by design: docs/models.md)
     contrastive: bool = True  # section 2.4 InfoNCE term (FADIDN-CL when off); logged as `contrastive`
-    # MODELS.md "Contrastive weight (v2)": lambda, tau and detach_items chosen by validation AUC on
+    # docs/models.md "FADIDN": lambda, tau and detach_items chosen by validation AUC on
     # ml1m-seq seed 0 (benchmarks/results/quality.md, "FADIDN contrastive settings"): lambda 0.01
     lambda_cl: float = pydantic.Field(0.01, ge=0)  # lambda of eq. 7
     tau: float = pydantic.Field(0.2, gt=0)  # InfoNCE temperature of eq. 5
@@ -99,7 +99,7 @@ class CAMNParams(ModelParams):
 
 
 class DUMNParams(ModelParams):
-    """DUMN hyper-parameters; defaults from MODELS.md (the paper's values where it gives them)."""
+    """DUMN hyper-parameters (docs/models.md "DUMN"); the paper's values where it gives them."""
 
     num_heads: int = pydantic.Field(2, ge=1)  # H of eq. 1-2
     head_dim: Optional[int] = pydantic.Field(None, ge=1)  # per-head width; default N*E // num_heads
@@ -123,7 +123,7 @@ class DUMNParams(ModelParams):
 
 
 class TF4CTRParams(ModelParams):
-    """TF4CTR hyper-parameters; defaults from MODELS.md (the authors' ML-1M best configuration)."""
+    """TF4CTR hyper-parameters (docs/models.md "TF4CTR"): the authors' ML-1M best configuration."""
 
     ssem: Literal["ser", "gm", "moe", "share"] = "ser"  # III-C; "share" = no SSEM
     dfm: Literal["wsf", "vf", "cf", "moef", "sum"] = "wsf"  # III-F; "sum" = no DFM

@@ -313,10 +313,10 @@ def order_key(serialized: bytes, seed: int) -> int:
 
 
 class SeededOrder(beam.PTransform):
-    """Serialized examples in a seeded random order (MODELS.md v2 "Shuffle": the window builder
-    emits a user's examples together, and batch-level mining needs them spread out). Each example
-    goes to one of ``shards`` groups by its ``order_key`` and leaves its group sorted by that key,
-    so the order is the same for a seed on every run and runner."""
+    """Serialized examples in a seeded random order (docs/models.md "Training defaults (v2)": the
+    window builder emits a user's examples together, and batch-level mining needs them spread
+    out). Each example goes to one of ``shards`` groups by its ``order_key`` and leaves its group
+    sorted by that key, so the order is the same for a seed on every run and runner."""
 
     def __init__(self, seed: int, shards: int = 64):
         super().__init__()

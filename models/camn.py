@@ -1,6 +1,6 @@
 """CAMN (Zhou et al., CIKM 2022): multi-interest refinement by collaborative attributes modeling.
 
-Section 2 of the paper, with the open points closed by MODELS.md:
+Section 2 of the paper, with the open points closed as docs/models.md "CAMN" records:
 
 - Input (section 2): the click sequence; each of its ``l`` positions carries ``k`` attributes (the
   spec's item fields, ``item_id`` first), each embedded in ``d`` dimensions. ``X_r`` [l, d] is the
@@ -18,7 +18,7 @@ Section 2 of the paper, with the open points closed by MODELS.md:
 Deviations from the paper, and why:
 
 1. Eq. 4 writes ``P (.) (X_r W^Q (X_r W^K)^T / sqrt(d))`` with P of shape l x k and the logits
-   l x l, which do not match. Following MODELS.md the logits of head r are scaled on the **key
+   l x l, which do not match. As decided (docs/models.md "CAMN"), the logits of head r are scaled on the **key
    side**: logit[t, j] is multiplied by ``P[j, r]``, the score of key position j for attribute r
    (so a position whose attribute r the router deems influential is attended to more sharply).
 2. Padding (not discussed in the paper): pad positions are excluded everywhere. The router gives
@@ -26,16 +26,16 @@ Deviations from the paper, and why:
    interest extractor, and their (meaningless) query rows of ``A_r`` are dropped from eq. 7. The
    diversity loss is averaged over the examples that have at least one click, so an empty history
    neither contributes nor dilutes the term.
-3. Eq. 7's ``||.||`` is read as the Frobenius norm (MODELS.md) and the double sum runs over all
+3. Eq. 7's ``||.||`` is read as the Frobenius norm (docs/models.md) and the double sum runs over all
    k^2 ordered pairs **including i = j**, as eq. 7 (both sums from 1 to k, divided by k^2) and
-   MODELS.md ("mean over all ordered pairs") state. The diagonal terms ``||A_i (.) A_i||_F``
+   docs/models.md ("mean over all ordered pairs") state. The diagonal terms ``||A_i (.) A_i||_F``
    penalise peaked attention (the paper's "attention smoothing"); the off-diagonal terms push the
    heads apart. The norm uses a zero-safe square root so an all-zero product has gradient 0, not NaN.
-4. Time gaps (MODELS.md input contract): the bucketized gap embedding of a position is added to each
-   of its attribute embeddings, so X (router input) and X_r (attention input) carry recency; the
-   paper has no time information.
+4. Time gaps (docs/models.md "Shared input contract"): the bucketized gap embedding of a position
+   is added to each of its attribute embeddings, so X (router input) and X_r (attention input)
+   carry recency; the paper has no time information.
 5. The sequence is truncated to the most recent ``sequence_length`` clicks (default 20, the paper's
-   maximum length; MODELS.md "default length 20"); ``None`` uses every position the data provide.
+   maximum length; docs/models.md "CAMN"); ``None`` uses every position the data provide.
 6. The FFN of eq. 6 is shared by the k heads (``W_1``, ``W_2`` carry no r index in the paper).
    Eq. 5-6 as written have no residual connection; standard Transformer blocks, and DMIN's, have
    one around the attention and one around the FFN. ``residual=True`` (the default) adds both:
@@ -51,11 +51,11 @@ Deviations from the paper, and why:
    MLP([q, k, q-k, q*k]) per attribute with a softmax over the real positions, as in DMIN's
    reference code (one target attention per head); DMIN's extra position embedding is replaced by
    the gap embedding of point 4. Sigmoid units ``attention_units`` (64, 32) as in the DIN baseline.
-8. Prediction MLP inputs follow MODELS.md ([k interests, target item embedding, user fields]); the
+8. Prediction MLP inputs follow docs/models.md ([k interests, target item embedding, user fields]); the
    paper lists only the interests and the target item. Context fields (hour, weekday) are not used,
-   as neither the paper nor MODELS.md lists them.
+   as neither the paper nor docs/models.md lists them.
 9. Softmaxes of the router and of eq. 4 are computed in float32 (also under mixed precision).
-10. Pre-LN (MODELS.md "Attention numerics", v2): the input of ``W_r^Q`` and ``W_r^K`` is
+10. Pre-LN (docs/models.md "Attention numerics", v2): the input of ``W_r^Q`` and ``W_r^K`` is
    ``LayerNorm(X_r)`` (per head gain and bias), not ``X_r``. Without it the embeddings' init scale
    (normal(0, 1e-4)) gives logits near 0 and A_r stayed uniform for the whole run in v1 (its
    diversity loss equalled the uniform value E[1/min(n, 20)]). The values keep ``X_r``.
@@ -95,7 +95,7 @@ FEEDBACK = "click"
 
 
 def default_q(num_attributes: int) -> int:
-    """MODELS.md default of keepTopq: q = ceil(k / 2)."""
+    """The default of keepTopq (docs/models.md "CAMN"): q = ceil(k / 2)."""
     return int(math.ceil(num_attributes / 2))
 
 
@@ -156,7 +156,7 @@ class AttributeAttention(tf_keras.layers.Layer):
     x [B, l, k, d], mask [B, l], P [B, l, k] or None (no key scaling). Returns
     (X^ [B, l, k, d], A [B, k, l, l] float32). The k heads are computed together with
     per-attribute weights ``W_Q, W_K, W_V`` [k, d, d] (``W_Q[r]`` is the paper's ``W_r^Q``).
-    The input to ``W_Q`` and ``W_K`` is layer-normalised per attribute first (pre-LN, MODELS.md
+    The input to ``W_Q`` and ``W_K`` is layer-normalised per attribute first (pre-LN, docs/models.md
     "Attention numerics": ``pre_layer_norm`` in float32 with a gain and bias per head, the gain
     cast to float32 under mixed precision too); ``W_V`` sees ``X_r`` as it is.
     ``uniform=True`` replaces the softmax of eq. 4 by equal weights over the real keys (ablation).

@@ -1,4 +1,4 @@
-"""DNN baseline (MODELS.md): an MLP over every field, each behaviour sequence mean-pooled per attribute.
+"""DNN baseline (docs/models.md): an MLP over every field, each behaviour sequence mean-pooled per attribute.
 
 ``sequences`` narrows the pooled behaviour sequences (default: every feedback type of the
 spec), so the baseline can be given exactly the inputs another model reads (DIN and CAMN: the

@@ -1,12 +1,12 @@
 """DUMN: Denoising User-aware Memory Network (Bian, Zhou, et al., RecSys 2021).
 
-Paper: /work/shared/papers/DUMN.txt, section 3; open points closed by MODELS.md "DUMN" (v2).
+Paper: /work/shared/papers/DUMN.txt, section 3; open points closed as docs/models.md "DUMN" records (v2).
 Eq. 1-7 live in ``models.dumn_purification``, eq. 8-12 and 18 in ``models.dumn_memory``, eq. 17-19
 in ``models.dumn_triplet``; this module assembles them (eq. 13-16) with the deviations below.
 
 Embedding layer (3.2): ``e_user`` is the concatenation of the M+1 user-field embeddings, ``e_item``
 that of the target item's N attribute embeddings (N*E). A history position is its N attribute
-embeddings concatenated (N*E) plus the time-gap embedding added to each attribute (MODELS.md):
+embeddings concatenated (N*E) plus the time-gap embedding added to each attribute (docs/models.md):
 ``e_c, e_u, e_l, e_d`` [B, T, N*E], zero at pad positions.
 
 Feature purification layer (3.3), per feedback sequence x in {c, u, l, d}, own parameters each:
@@ -27,7 +27,7 @@ starting from an orthogonal matrix (distinct slots):
 * eq. 9-10 ``w(j) = softmax_j(beta * cos(k, M(j)))`` with NTM's key strength
   ``beta = 1 + softplus(h W_beta + b_beta)`` (>= 1, one per example, starting at
   ``key_strength_init``), for the read head and, with its own key and beta, the write head
-  (MODELS.md v2; the paper's eq. 9 is beta = 1).
+  (docs/models.md, v2; the paper's eq. 9 is beta = 1).
 * eq. 11   ``r = sum_j w_r(j) M(j)`` (read from the memory as it was before this batch's write).
 * eq. 12   ``M <- (1 - E) * M + A``, ``E = w_w (x) erase``, ``A = w_w (x) add``, ``erase = sigmoid(h W_e)``,
   ``add = tanh(h W_a)``, batch-averaged (``memory_write``); applied only when ``training=True``.
@@ -42,13 +42,13 @@ Preference-aware interactive representation (3.5), per feedback type:
 Loss (3.6): ``L = L_ce + L_c + L_u + L_l + L_d`` (eq. 16, 20), each triplet term (eq. 17-19)
 ``max(d(q, s+) - d(q, s-) + margin, 0)`` with cosine distance ``d(a, b) = 1 - cos(a, b)`` and
 anchor ``q = sum_j w_w(j) M'(j)`` read from the updated memory M' (eq. 18). The samples are mined
-per example from that user's own histories (MODELS.md v2): for M_c the hardest (least similar)
+per example from that user's own histories (docs/models.md, v2): for M_c the hardest (least similar)
 of the user's click items and the hardest (most similar) of the user's unclick items, an item in
 both of the user's pools skipped; likewise M_u (unclick vs click), M_l (like vs dislike), M_d
 (dislike vs like). The term is averaged over the examples that have one. Logged as
 ``triplet_click``, ``triplet_unclick``, ``triplet_like``, ``triplet_dislike``.
 
-Diagnostics (``diag_<name>``, MODELS.md "Attention numerics"): ``purification_entropy`` and
+Diagnostics (``diag_<name>``, docs/models.md "Attention numerics"): ``purification_entropy`` and
 ``pooling_entropy``, the mean normalised entropies of eq. 1 (real query rows) and eq. 4, averaged
 over the feedback sequences; with the memory, ``slot_cosine`` (mean cosine between two distinct
 slots, averaged over the four memories; about 0 for the orthogonal start, 1 = collapsed) and
@@ -118,29 +118,29 @@ class ShortTerm(NamedTuple):
 
 
 class DUMN(CTRModel):
-    """DUMN. Deviations from the paper, and the open points MODELS.md closes:
+    """DUMN. Deviations from the paper, and how its open points are closed (docs/models.md "DUMN"):
 
-    * Self-attention logits are scaled by sqrt(head dimension), not sqrt(T) (MODELS.md), and the
-      inputs to W_Q and W_K are layer-normalised (pre-LN, MODELS.md "Attention numerics"). Q, K, V
+    * Self-attention logits are scaled by sqrt(head dimension), not sqrt(T) (docs/models.md), and the
+      inputs to W_Q and W_K are layer-normalised (pre-LN, docs/models.md "Attention numerics"). Q, K, V
       project the whole position vector before splitting into heads (the standard multi-head
       layer), rather than projecting each E/H slice of it (a block-diagonal special case).
     * Items have N attributes: a position is its N attribute embeddings concatenated (N*E, the
-      paper's E for N=1), plus the time-gap embedding (MODELS.md). The triplet samples s are the
+      paper's E for N=1), plus the time-gap embedding (docs/models.md). The triplet samples s are the
       item embeddings without the gap (the gap describes the event, not the item).
     * W_c of eq. 3 is applied as two row blocks (query and o_j) instead of to a tiled concatenation:
       the same linear map. Eq. 3 has no bias; the ReLU before the softmax is kept as written.
-      Note (kept as the paper and MODELS.md write it): being linear, the [e_user, e_item] rows of
+      Note (kept as the paper and docs/models.md write it): being linear, the [e_user, e_item] rows of
       W_c add the same number to every position's score, so the target and the user change the
       weights alpha only through the ReLU clipping; the pooling is close to target-independent.
       o_j enters the scores layer-normalised (its W_c rows see LN(o_j); eq. 5 pools o_j itself):
       o_j is at the embeddings' init scale (normal(0, 1e-4)), so without it every position scored
-      alike and alpha stayed uniform (``pooling_entropy`` 1.0), as MODELS.md's pre-LN prevents for
+      alike and alpha stayed uniform (``pooling_entropy`` 1.0), as the pre-LN of docs/models.md prevents for
       the dot-product attentions.
-    * The orthogonal projection of eq. 6 divides by |b|^2 and defines project(a, 0) = 0 (MODELS.md):
+    * The orthogonal projection of eq. 6 divides by |b|^2 and defines project(a, 0) = 0 (docs/models.md):
       a user without dislikes (likes) keeps f_c (f_u) unchanged.
-    * Memories are model state shared by all users (MODELS.md), m=64 x Z=32 by default (paper
+    * Memories are model state shared by all users (docs/models.md), m=64 x Z=32 by default (paper
       256 x 64), non-trainable; they change only through the write head in training and are
-      frozen for evaluation and serving. They start distinct (MODELS.md v2; the paper gives no
+      frozen for evaluation and serving. They start distinct (docs/models.md, v2; the paper gives no
       init): an orthogonal matrix, i.e. orthonormal slots when m <= Z; when m > Z (the default)
       m slots cannot all be orthogonal in R^Z and the matrix has orthonormal columns instead (a
       tight frame: the slots' mean pairwise cosine is about 0). The write (eq. 12) is averaged
@@ -149,7 +149,7 @@ class DUMN(CTRModel):
     * The controller is one ReLU layer (controller_units, "FFN(512)") shared by the read head
       (eq. 8), the write key, erase = sigmoid(.) and add = tanh(.) heads, as in NTM; the paper
       names only the read FFN.
-    * Key strength (MODELS.md v2, from NTM, which the paper builds on): the read and the write
+    * Key strength (docs/models.md, v2, from NTM, which the paper builds on): the read and the write
       head each get ``beta = 1 + softplus(h W_beta + b_beta)`` from the controller, one per
       example, and address with ``softmax_j(beta * cos)``; the paper's eq. 9 has beta = 1, with
       which a softmax over cosines in [-1, 1] spreads every write over all m slots almost evenly
@@ -163,14 +163,14 @@ class DUMN(CTRModel):
       1.7 collapses the memory (slot cosine 1.0, triplet terms stay at the margin) and beta 20
       stalls the triplet terms (near one-hot writes pass little gradient to the write key).
     * The read (eq. 11) uses the memory before this batch's write (NTM order: read, then write);
-      the triplet anchor (eq. 18) uses the updated memory M' of this batch (MODELS.md), so the
+      the triplet anchor (eq. 18) uses the updated memory M' of this batch (docs/models.md), so the
       triplet gradient reaches the write head through w_w (key and beta), erase and add, and the
       item projection through s. Under MirroredStrategy the anchor uses the replica's own M' and
       the stored memory is the mean over replicas, which equals the global batch's update (the
       average of eq. 12 divides by the batch size, so equal-sized replicas average exactly).
       The memory is read in float32 under mixed precision.
     * Triplet samples (eq. 17) are the hardest, not random (section 4.3.4 finds hardest better),
-      and are mined per example from that user's own histories (MODELS.md v2; section 4.3.4 says
+      and are mined per example from that user's own histories (docs/models.md, v2; section 4.3.4 says
       "in each batch", which v1 read as the distinct items of the whole batch: an item clicked by
       one user and unclicked by another then sat in both pools and the loss could not fall below
       the margin). For M_x the positive is the least similar of the user's real x items, the
@@ -182,8 +182,8 @@ class DUMN(CTRModel):
       projected to Z by a per-memory linear map (the paper's samples have width E, its anchors
       width Z, and leaves the map implicit). The mining itself carries no gradient (the choice is
       piecewise constant); the distances of the chosen pairs do.
-    * Eq. 13: g, g' (and W1, W2) are linear maps to ``pair_dim`` (MODELS.md). The prediction MLP
-      (256, 128) sees [e_user, e_item, f_oc, f_ou, f_l, f_d, r_c..r_d, R_cross] (MODELS.md: the text
+    * Eq. 13: g, g' (and W1, W2) are linear maps to ``pair_dim`` (docs/models.md). The prediction MLP
+      (256, 128) sees [e_user, e_item, f_oc, f_ou, f_l, f_d, r_c..r_d, R_cross] (docs/models.md: the text
       of 3.5, where eq. 15 lists only e_user, e_item and R_cross); hour/weekday only if ``context``.
     * Serving many candidates (``score_candidates``): eq. 1-2 depend on the user's sequences
       alone and run once per request; eq. 3 onwards see the target and run per candidate.

@@ -17,7 +17,7 @@ from models.dumn_triplet import TripletSamples, triplet_loss
 
 
 def key_strength(logit: tf.Tensor) -> tf.Tensor:
-    """NTM's key strength ``beta = 1 + softplus(logit)`` (MODELS.md v2): >= 1, so addressing is
+    """NTM's key strength ``beta = 1 + softplus(logit)`` (docs/models.md, v2): >= 1, so addressing is
     never flatter than the paper's eq. 9 (beta = 1), and as sharp as the controller makes it."""
     return 1.0 + tf.nn.softplus(logit)
 

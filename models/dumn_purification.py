@@ -36,7 +36,7 @@ class FeedbackEncoder(tf_keras.layers.Layer):
         # W_c of eq. 3 split by rows: Concat(e_user, e_item, o_j) W_c = [e_user, e_item] W_c^q + o_j W_c^o
         self.W_c_query = tf_keras.layers.Dense(1, use_bias=False, name="W_c_query")
         self.W_c_sequence = tf_keras.layers.Dense(1, use_bias=False, name="W_c_sequence")
-        # o_j enters the scores layer-normalised (MODELS.md "Attention numerics" applied to eq. 3)
+        # o_j enters the scores layer-normalised (docs/models.md "Attention numerics" applied to eq. 3)
         self.norm_o = PreLayerNorm(name="pre_ln_o")
         self.interaction = interaction
         if interaction:  # the rows of W_c for the extra block e_item (.) o_j (models.dumn.DUMN)

@@ -23,7 +23,7 @@ class TripletSamples(NamedTuple):
 
 
 def own_pool(mask: tf.Tensor, item_id: tf.Tensor, other_mask: tf.Tensor, other_item_id: tf.Tensor) -> tf.Tensor:
-    """Mining scope of eq. 17 (MODELS.md v2): [B, T] bool, the real positions of each user's sequence
+    """Mining scope of eq. 17 (docs/models.md, v2): [B, T] bool, the real positions of each user's sequence
     whose item that same user does not also have in the paired sequence.
 
     mask, item_id [B, T]; other_mask, other_item_id [B, T'] (the paired feedback type). An item in

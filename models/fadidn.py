@@ -1,6 +1,6 @@
 """FADIDN: Fine-grained Attribute Decoupling and Interest Denoising Network (Li, Zhu, Zhu, 2025).
 
-Paper: /work/shared/papers/FADIDN.txt, section 2; open points closed by MODELS.md "FADIDN".
+Paper: /work/shared/papers/FADIDN.txt, section 2; open points closed as docs/models.md "FADIDN" records.
 The eq. 1 gate lives in ``models.fadidn_gate``, the section 2.4 pairs and InfoNCE in
 ``models.fadidn_contrastive``; this module has eq. 2-4, the model and the deviations below.
 
@@ -23,14 +23,14 @@ similar to the anchor; random negatives other users' unclick items of the batch,
 ``L_cl`` is InfoNCE with temperature tau (eq. 5) and ``L = L_ce + lambda_cl * L_cl`` (eq. 7).
 Prediction: MLP (256, 128) over [E_u, e_tar, f_c, f_v].
 
-Diagnostics (MODELS.md "Attention numerics", logged as ``diag_<name>`` / ``val_diag_<name>``):
+Diagnostics (docs/models.md "Attention numerics", logged as ``diag_<name>`` / ``val_diag_<name>``):
 ``<f>_profile_entropy``, the mean normalised entropy of eq. 2 over every (attribute, head, user-field
 row) with at least two real positions, and ``<f>_target_entropy``, that of eq. 4 over its M+1
 user-field rows (declared only when M+1 >= 2: a single row has no entropy), for f in click, unclick.
 The means run over every row, the user-field rows that no label depends on included, so a module
 that has singled out its positions in only some rows shows a value between that of those rows and 1.
 
-Speed (MODELS.md "Speed (exact, v2)"): the gate's MLP is evaluated once per distinct
+Speed (docs/models.md "FADIDN"): the gate's MLP is evaluated once per distinct
 (attribute n, attribute id, gap bucket) of the batch and gathered back (``AttributeGate``); the
 softmax across the N attributes runs after the gather, per position, so the result is the
 per-position eq. 1 exactly (see ``AttributeGate`` for why this granularity).
@@ -65,7 +65,7 @@ class AttributeTargetAttention(tf_keras.layers.Layer):
     """Eq. 4's multi-head target attention: head n attends from ``e_tar^n`` over the rows of ``o^n``.
 
     Each head n has its own ``W_Q*^n, W_K*^n, W_V*^n`` (E x E); logits scaled by sqrt(E). The inputs
-    to W_Q* and W_K* are layer-normalised first (pre-LN, MODELS.md "Attention numerics", the shared
+    to W_Q* and W_K* are layer-normalised first (pre-LN, docs/models.md "Attention numerics", the shared
     ``PreLayerNorm`` of ``MultiHeadAttention``; one LayerNorm per side shared by the heads:
     each head's own projection absorbs the gain, so per-head norms would add nothing).
     e_tar [B, N, E], o [B, N, R, E] (R = M+1 user-field rows, none padded) ->
@@ -170,32 +170,32 @@ class FineGrainedInterest(tf_keras.layers.Layer):
 class FADIDN(CTRModel):
     """FADIDN (see the module docstring for the equations and where they are).
 
-    Deviations from the paper (MODELS.md decides where the paper is silent or ambiguous):
+    Deviations from the paper (docs/models.md records what was decided where the paper is silent or ambiguous):
 
-    * Queries of the profile attention are the M+1 user-field embeddings only (MODELS.md); the
+    * Queries of the profile attention are the M+1 user-field embeddings only (docs/models.md); the
       paper's phrase "all features except the user's historical behavior" is not followed. The
-      prediction MLP sees [E_u, e_tar, f_c, f_v] (MODELS.md); hour/weekday only when ``context``.
+      prediction MLP sees [E_u, e_tar, f_c, f_v] (docs/models.md); hour/weekday only when ``context``.
     * Gate (eq. 1): one gate MLP per feedback type, shared by the attributes (W_l has no n); the
-      softmax runs across the N attributes per position and dimension (MODELS.md; the paper does
+      softmax runs across the N attributes per position and dimension (docs/models.md; the paper does
       not name the axis). LeakyReLU slope 0.01 (PyTorch's default; the paper does not give it).
       Computed once per distinct (attribute, id, gap bucket) of the batch: the same values as per
-      position (MODELS.md "Speed (exact, v2)"), not a change of the model.
-    * Pre-LN (MODELS.md "Attention numerics (v2)"): the inputs to W_Q, W_K of eq. 2 (E_u and the
+      position (docs/models.md "FADIDN"), not a change of the model.
+    * Pre-LN (docs/models.md "Attention numerics"): the inputs to W_Q, W_K of eq. 2 (E_u and the
       gated E_cp^n) and to W_Q*, W_K* of eq. 4 (e_tar^n and o^n) are layer-normalised; values are
       not. The paper has no normalisation there; without it, embeddings at their init scale
       (normal(0, 1e-4)) give logits near 0 and a uniform softmax.
     * Profile attention: W_Q, W_K, W_V, W_F shared by the attributes, without bias; d_k = E / h.
-      h = 2 (the paper's settings and MODELS.md; its Table 4 peaks at 4). ``attention="mean"``
+      h = 2 (the paper's settings and docs/models.md; its Table 4 peaks at 4). ``attention="mean"``
       (an ablation, not in the paper) replaces eq. 2's softmax by masked mean pooling.
     * Target attention (eq. 4): "multi-head" read as one head per attribute n, each with its own
       E x E projections W_Q*^n, W_K*^n, W_V*^n (the paper does not say whether they are shared),
       scaled by sqrt(E). W_s maps N*E -> N*E. The "point-wise FFN" is Dense(256)-ReLU-Dense(128)-ReLU
       on the one vector, without residual or LayerNorm (its width changes, so no residual fits).
     * Contrastive module (2.4): ``f_c`` (width 128) cannot be compared with items (width N*E) as the
-      paper writes, so a linear ``anchor_projection`` maps it to N*E (MODELS.md). Items are their N
+      paper writes, so a linear ``anchor_projection`` maps it to N*E (docs/models.md). Items are their N
       attribute embeddings concatenated WITHOUT the time-gap embedding (an item, not an event).
       Positives need cosine strictly > eta; hard negatives have no threshold. Pads are never
-      selected. Random negatives (K - q of them, MODELS.md: K = 64, the paper's 256-1024 is a
+      selected. Random negatives (K - q of them, docs/models.md: K = 64, the paper's 256-1024 is a
       tuning range) are drawn uniformly with replacement from the real unclick events of the batch;
       draws landing on the same user_id are dropped, so a user has up to K negatives (a drawn item
       that happens to be one of the user's own clicks is not filtered: random in-batch noise). In training
@@ -204,10 +204,10 @@ class FADIDN(CTRModel):
       batch (the paper's 1/N over pairs); a user without a valid positive contributes nothing and a
       batch without any gives 0. Pair selection (top-k/top-q) is by current similarity; gradients
       flow through the selected similarities into the anchor side and, unless ``detach_items``
-      (not in the paper; MODELS.md "Contrastive weight (v2)"), into the item embeddings.
-    * The contrastive term is computed on f_c only (the paper and MODELS.md); f_v has none.
+      (not in the paper; docs/models.md "FADIDN"), into the item embeddings.
+    * The contrastive term is computed on f_c only (the paper and docs/models.md); f_v has none.
     * lambda_cl = 0.01, tau = 0.2, item side not detached: the choice by validation AUC on ml1m-seq
-      seed 0 that MODELS.md "Contrastive weight (v2)" asks for, one factor at a time from its
+      seed 0 that the design asks for (docs/models.md "FADIDN"), one factor at a time from the v1
       defaults (0.2, 0.2, False). Best validation AUC: lambda 0.01 0.7619, 0.05 0.7607, 0.2 0.7577;
       tau 0.5 0.7589, 0.1 0.7544; detached 0.7516 (benchmarks/results/quality.md gives the commands).
     """

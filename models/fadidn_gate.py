@@ -1,5 +1,5 @@
 """FADIDN's attribute gate (eq. 1), computed exactly once per distinct (attribute, id, gap bucket)
-of the batch and gathered back (MODELS.md "Speed (exact, v2)"; ``AttributeGate`` says why this
+of the batch and gathered back (docs/models.md "FADIDN"; ``AttributeGate`` says why this
 granularity).
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 One table per field, shared by name between a target field and every history of that field
 (``item_id`` and ``hist_click_item_id`` look up the same table, as in DeepCTR). One table for
-the bucketized time gaps, added to every attribute embedding of its position (MODELS.md).
+the bucketized time gaps, added to every attribute embedding of its position (docs/models.md).
 Masks come from ids: a history position is real where its ``item_id`` index is not 0.
 """
 from __future__ import annotations

@@ -24,7 +24,7 @@ PRE_LN_EPSILON = 1e-12
 
 
 def pre_layer_norm(x: tf.Tensor, gain, bias) -> tf.Tensor:
-    """The pre-LN before every W_Q / W_K (MODELS.md "Attention numerics"): ``x`` normalised over its
+    """The pre-LN before every W_Q / W_K (docs/models.md "Attention numerics"): ``x`` normalised over its
     last axis with ``PRE_LN_EPSILON``, times ``gain`` plus ``bias``, computed in float32 (the gain
     and bias are cast to float32 too, also under mixed precision) and returned in ``x``'s dtype.
 
@@ -89,7 +89,7 @@ def normalized_entropy(weights: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
 
     ``weights`` [..., T] (each row sums to 1 over its valid keys), ``mask`` broadcastable to it
     (True at valid keys). Rows with fewer than two valid keys have no entropy to speak of and are
-    left out of the mean; with no such row at all the result is 0. MODELS.md "Attention numerics".
+    left out of the mean; with no such row at all the result is 0. See docs/models.md "Attention numerics".
     """
     weights = tf.cast(weights, tf.float32)
     mask = tf.cast(tf.broadcast_to(tf.cast(mask, tf.bool), tf.shape(weights)), tf.float32)
@@ -212,7 +212,7 @@ class TargetAttention(tf_keras.layers.Layer):
     query [B, D], keys [B, T, D], values [B, T, D'] (defaults to keys), mask [B, T].
     ``normalization="softmax"`` uses a masked softmax; ``None`` keeps DIN's raw (unnormalised)
     weights, zeroed at pad slots. ``pre_norm`` layer-normalises the query and the keys before the
-    MLP (as MODELS.md's pre-LN for W_Q / W_K: at the embeddings' init scale the scores are
+    MLP (like the pre-LN before W_Q / W_K, docs/models.md: at the embeddings' init scale the scores are
     otherwise all alike and a softmax stays uniform); the values are pooled as they are.
     Returns (pooled [B, D'], weights [B, T]).
     """
@@ -247,7 +247,7 @@ class MultiHeadAttention(tf_keras.layers.Layer):
     """Scaled dot-product multi-head attention with an explicit key mask.
 
     query [B, Tq, D], key/value [B, Tk, D], key_mask [B, Tk]. Scaled by sqrt(head dimension).
-    The inputs to W_Q and W_K are layer-normalised first (pre-LN, MODELS.md "Attention numerics"):
+    The inputs to W_Q and W_K are layer-normalised first (pre-LN, docs/models.md "Attention numerics"):
     embeddings at their init scale would otherwise give logits near 0 and a uniform softmax for
     the whole run. Values are not normalised. Returns (output [B, Tq, D_out], weights [B, H, Tq, Tk]).
     """

@@ -1,7 +1,7 @@
 """TF4CTR: Twin Focus Framework for CTR prediction (Li, Ru, Zhang, et al., arXiv:2405.03167).
 
-Paper: /work/shared/papers/TF4CTR.txt, section III; open points closed by MODELS.md "TF4CTR", whose
-defaults were checked against the authors' code (github.com/salmon1802/TF4CTR, ``TF4CTRv2.py``).
+Paper: /work/shared/papers/TF4CTR.txt, section III; its open points are closed as docs/models.md "TF4CTR"
+records, with defaults checked against the authors' code (github.com/salmon1802/TF4CTR, ``TF4CTRv2.py``).
 
 Input (III-B): ``h = [e_1, ..., e_f]`` [B, D = f*d], the f fields being every user field, every
 target-item field, hour and weekday, and each behaviour sequence mean-pooled per attribute over its
@@ -102,7 +102,7 @@ class VotingFusion(tf_keras.layers.Layer):
 
     ``pi_k = W_k hat_h_k`` are the vote logits (the paper's log(pi_k); the authors' code feeds them
     to ``F.gumbel_softmax`` as logits). Training: ``p = softmax((pi + g) / tau)``, g ~ Gumbel(0, 1);
-    inference: the noiseless ``softmax(pi / tau)``, so serving is deterministic (MODELS.md).
+    inference: the noiseless ``softmax(pi / tau)``, so serving is deterministic (docs/models.md).
     """
 
     def __init__(self, tau: float, name: str = "VF"):
@@ -169,23 +169,23 @@ class TF4CTR(CTRModel):
     Deviations from the paper, and why:
 
     * Fields: the paper's inputs are flat categorical fields; here behaviour sequences enter as extra
-      fields, mean-pooled per attribute over real positions with the gap embedding added (MODELS.md).
+      fields, mean-pooled per attribute over real positions with the gap embedding added (docs/models.md).
     * SER: E_hs is the base class's table set (width d), E_es a second full set (user, item, context
       and gap tables) of width ``ser_easy_embedding_dim`` (d // 2 by default, as in the authors' code).
     * TF loss: eq. 7 only writes the positive-sample form; implemented with ``p_t`` for negatives as
-      the authors' code does (MODELS.md). BCE is taken from the logits (numerically stable) rather
+      the authors' code does (docs/models.md). BCE is taken from the logits (numerically stable) rather
       than from probabilities as in their PyTorch code; equal up to float rounding.
     * VF: eq. 9 takes log(pi_k) of a linear output, undefined when it is negative; the projections are
       used as the vote logits, as in the authors' code. Gumbel noise is sampled only when
       ``training=True``; inference uses the noiseless ``softmax(pi / tau)`` (the authors' code samples
-      at inference too, which makes serving non-deterministic; MODELS.md). W_hs is sized by the complex
+      at inference too, which makes serving non-deterministic; docs/models.md). W_hs is sized by the complex
       encoder's output (the authors' code sizes it by the simple one's; identical in their configs).
     * GM / MoE SSEM and MoEF follow the authors' code where the paper is loose: Gate = MLP [D/4] -> 1
       (sigmoid); MMoE experts MLP [D/2, D] (ReLU, batch norm, dropout on every layer) and gates
       MLP [D/4] -> 2 (softmax); MoEF gate and experts are single linear layers (the paper's section
       IV-A expert [400, 200] / gate [400, 100] sizes are not what the code runs).
     * Logit layers W_s, W_c (eq. 6) have a bias, as the authors' ``nn.Linear``.
-    * Embedding L2: ``embedding_l2 * sum(E^2)`` per table (tf_keras L2) with MODELS.md's 0.01;
+    * Embedding L2: ``embedding_l2 * sum(E^2)`` per table (tf_keras L2) with 0.01 (docs/models.md);
       FuxiCTR applies ``(lambda / 2) * ||E||^2``, so 0.005 here would match the authors' scale exactly.
     * Not in the model: gradient-norm clipping (Algorithm 1 line 13, max norm 10 in FuxiCTR) and
       learning-rate decay on plateau are trainer matters; Glorot-uniform initialisation (Keras) instead

@@ -125,7 +125,7 @@ def test_router_off_builds_no_routing_weights():
 # ---- modified Transformer, eq. 4 --------------------------------------------------------------------
 def _reference_attention(x, mask, P, layer):
     """Eq. 4 in numpy, head by head: softmax_j(P[j, r] * (LN_r(X_r) W_r^Q)(LN_r(X_r) W_r^K)^T[t, j] / sqrt(d)),
-    LN_r the pre-LN of head r (MODELS.md v2)."""
+    LN_r the pre-LN of head r (docs/models.md, v2)."""
     WQ, WK = layer.W_Q.numpy(), layer.W_K.numpy()
     gain, bias = layer.ln_gain.numpy(), layer.ln_bias.numpy()
     batch, steps, k, d = x.shape

@@ -236,9 +236,9 @@ def test_windows_split_across_read_batches_give_the_same_examples_and_quarantine
 
 
 def test_examples_are_written_in_a_seeded_random_order_not_grouped_by_user(tmp_path):
-    """MODELS.md v2 "Shuffle": the window builder emits one user's examples together; the written
-    split must spread them (batch-level mining needs several users per batch), the same way for a
-    seed on every run."""
+    """docs/models.md "Training defaults (v2)": the window builder emits one user's examples
+    together; the written split must spread them (batch-level mining needs several users per
+    batch), the same way for a seed on every run."""
     examples = [f"user{n // 50}-event{n % 50}".encode() for n in range(500)]  # grouped by user, as built
 
     def written(seed, run):

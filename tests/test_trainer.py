@@ -59,7 +59,7 @@ def test_the_learning_rate_cuts_stop_at_the_floor():
 
 
 def test_v2_defaults_are_the_reference_librarys():
-    """MODELS.md "Training defaults" (v2): the config defaults a user gets without writing them."""
+    """docs/models.md "Training defaults (v2)": the config defaults a user gets without writing them."""
     from contract.config import TrainingConfig
 
     training = TrainingConfig()
