@@ -83,6 +83,7 @@ from contract.model_params import CAMNParams
 from models.base import CTRModel, ModelOutput
 from models.layers import (
     LogitHead,
+    PreLayerNorm,
     TargetAttention,
     flatten_fields,
     masked_softmax,
@@ -140,7 +141,8 @@ class CollaborativeAttributeRouter(tf_keras.layers.Layer):
     def __init__(self, num_attributes: int, q: int, name: str = "router"):
         super().__init__(name=name)
         self.q = q
-        self.layer_norm = tf_keras.layers.LayerNormalization(name="router_layer_norm")  # eq. 1
+        # eq. 1; with PRE_LN_EPSILON: Keras' default epsilon 1e-3 would swamp embeddings at their init scale
+        self.layer_norm = PreLayerNorm(name="router_layer_norm")
         self.W_h = tf_keras.layers.Dense(num_attributes, use_bias=False, name="W_h")  # kd -> k
 
     def call(self, x, mask):

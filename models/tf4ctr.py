@@ -218,7 +218,8 @@ class TF4CTR(CTRModel):
         # SSEM (III-C); self.embeddings (base class) is E of GM/MoE/share and E_hs of SER
         if p.ssem == "ser":
             self.easy_embedding_dim = p.ser_easy_embedding_dim or max(1, self.embedding_dim // 2)
-            self.E_es = FeatureEmbeddings(spec, vocab_sizes, self.easy_embedding_dim, l2=p.embedding_l2, name="E_es")
+            self.E_es = FeatureEmbeddings(spec, vocab_sizes, self.easy_embedding_dim, l2=p.embedding_l2,
+                                          init_std=p.embedding_init_std, name="E_es")
         elif p.ssem == "gm":
             self.Gate = MLP((max(1, D // 4),), output_units=1, name="Gate", **mlp)
         elif p.ssem == "moe":
