@@ -4,24 +4,23 @@ Subcommands import their heavy dependencies (TensorFlow, TFX, Beam) only when th
 parser imports a subcommand's options module only when that subcommand is named and its run
 function only when it runs: ``ctr-pipeline --help`` and the help of every subcommand load neither
 TensorFlow nor Beam (serve, predict and score take their options from ``serving.cli_options``).
+What TensorFlow, Beam and TFX log, and Python warnings, go to a log file unless ``--verbose``
+(``pipeline.console``).
 """
 from __future__ import annotations
 
 import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import argparse
 import importlib
 import json
 import sys
 import time
-import warnings
 from typing import Callable, Dict, NamedTuple, Optional, Sequence, Union
 
-warnings.filterwarnings("ignore", category=FutureWarning)
-warnings.filterwarnings("ignore", category=DeprecationWarning)
+from pipeline import console
 
 
 def _load(path: str):
@@ -65,6 +64,7 @@ def cmd_run(args) -> int:
     summary = report.collect(config, models)
     print(report.format_report(summary))
     print(f"pipeline wall time {time.perf_counter() - started:.0f}s; report: {os.path.join(config.pipeline_root, report.REPORT_FILE)}")
+    print(f"TensorFlow, Beam and TFX warnings: {console.log_file(config.pipeline_root)}")
     return 0
 
 
@@ -166,16 +166,24 @@ def command_in(argv: Sequence[str]) -> Optional[str]:
     return first if first in COMMANDS else None
 
 
+VERBOSE_HELP = f"show TensorFlow, Beam and TFX logs and Python warnings on stderr, not only in the log file ({console.WHERE})"
+
+
 def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     """The ``ctr-pipeline`` parser: every subcommand with its help line, and the options of
     ``command`` (imported from its module; the other subcommands' modules are not imported).
     ``args.func`` is the run function as the table names it (``_function`` resolves it)."""
-    parser = argparse.ArgumentParser(prog="ctr-pipeline", description="TFX pipeline for CTR prediction from user behaviour sequences.")
+    parser = argparse.ArgumentParser(
+        prog="ctr-pipeline", description="TFX pipeline for CTR prediction from user behaviour sequences.",
+        epilog=f"TensorFlow, Beam and TFX logs, Python warnings and the traceback of an unexpected failure go "
+               f"to a log file: {console.WHERE}. --verbose shows them on stderr too.")
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, spec in COMMANDS.items():
         subparser = sub.add_parser(name, help=spec.help)
         if name == command:
             _function(spec.add_arguments)(subparser)
+            subparser.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
             subparser.set_defaults(func=spec.run)
     return parser
 
@@ -201,10 +209,20 @@ def main(argv=None) -> int:
     args = build_parser(command_in(argv)).parse_args(argv)
     _ignore_tensorflow_teardown_errors()
     try:
-        return _function(args.func)(args) or 0
+        log = console.log_file(_load(args.config).pipeline_root if getattr(args, "config", None) else None)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with console.routed(log, args.verbose):
+            return _function(args.func)(args) or 0
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # unexpected: the traceback goes to the log file
+        console.record_traceback(log, args.verbose)
+        print(f"error: {type(exc).__name__}: {exc} (traceback in {log})", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -135,7 +135,8 @@ def serve(
 # ---- command line ---------------------------------------------------------------------------
 def run_serve(args: argparse.Namespace) -> int:
     """Serves until interrupted (Ctrl-C or SIGTERM); returns the exit code."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s")  # a no-op under ctr-pipeline: its handlers are set
+    logging.getLogger().setLevel(logging.INFO)  # the request log
     try:
         handle = serve(args.model_base, args.port, args.host, args.poll_seconds,
                        args.max_batch_size, args.workers)
