@@ -36,7 +36,11 @@ LIBRARY_TEXTS = ["FutureWarning: a python warning", "a tensorflow warning", "an 
 
 
 def _config(tmp_path):
-    """configs/demo.yaml with its run in tmp_path/run."""
+    """configs/demo.yaml with small synthetic logs in tmp_path/data and its run in tmp_path/run."""
+    from ingest import synthetic
+
+    small = synthetic.preset_arguments("demo", num_users=20, num_items=30, events_per_user=10)
+    synthetic.generate(str(tmp_path / "data"), **small)
     with open(os.path.join(ROOT, "configs", "demo.yaml"), encoding="utf-8") as handle:
         text = handle.read().replace("pipeline_root: ../runs/demo", f"pipeline_root: {tmp_path / 'run'}")
     path = tmp_path / "config.yaml"
