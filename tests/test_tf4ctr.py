@@ -162,6 +162,15 @@ def test_ser_separates_the_easy_and_hard_embeddings():
     assert easy[("easy", "gap")] > 0  # the pooled sequences carry the gap embedding of their own set
 
 
+@pytest.mark.parametrize("init_std", [1e-4, None])
+def test_both_embedding_sets_start_as_embedding_init_std_says(init_std):
+    model = h.build("tf4ctr", {"embedding_init_std": init_std})
+    model(h.random_batch()[0])
+    for tables in (model.embeddings.tables, model.E_es.tables):
+        spread = float(tf.math.reduce_std(tables["item_id"].embeddings))
+        assert spread < 1e-3 if init_std else spread > 1e-2  # normal(0, 1e-4), or v1's uniform(-0.05, 0.05)
+
+
 def test_ser_easy_width_is_a_parameter_and_only_for_ser():
     model = h.build("tf4ctr", {"ser_easy_embedding_dim": 3})
     features, _ = h.random_batch()
