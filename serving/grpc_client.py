@@ -28,6 +28,7 @@ from tensorflow_serving.apis import (
 
 from contract.features import ITEM_ID, TIMESTAMP, USER_ID
 from contract.serving import FEATURE_SPEC_OUTPUT, FEATURE_SPEC_SIGNATURE, OUTPUT_KEY, parse_feature_spec
+from serving.cli_options import MB
 from serving.client import (
     ContractError,
     ModelContract,
@@ -122,7 +123,9 @@ def run_predict(args: argparse.Namespace) -> int:
     """
     try:
         raw = decode_json(sys.stdin.read() if args.input == "-" else _read(args.input))
-        with grpc.insecure_channel(args.server) as channel:
+        limit = args.max_message_mb * MB  # the server's default limit unless told otherwise
+        options = [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
+        with grpc.insecure_channel(args.server, options=options) as channel:
             stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
             contract = fetch_contract(
                 stub, args.model, args.max_history, args.model_version, args.timeout
@@ -140,6 +143,10 @@ def run_predict(args: argparse.Namespace) -> int:
         return 1
     except grpc.RpcError as e:
         print(f"error: {args.server}: {e.code().name}: {e.details()}", file=sys.stderr)
+        if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            print(f"the request is over a gRPC message size limit ('size vs. limit' above, in bytes): the "
+                  f"server's is set by `ctr-pipeline serve --max-message-mb`, this client's is "
+                  f"{args.max_message_mb} MB (--max-message-mb); or send fewer candidates", file=sys.stderr)
         return 1
     ranking = ranked(request, scores)
     if args.json:

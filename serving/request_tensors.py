@@ -34,6 +34,21 @@ class ServingError(Exception):
         self.message = message
 
 
+def check_row_count(request: predict_pb2.PredictRequest, max_rows: int) -> None:
+    """Refuses a request of more than ``max_rows`` rows (examples, raw rows or candidates) before
+    anything else: its rows are the largest leading dimension its TensorProtos declare, read
+    from their ``tensor_shape`` alone (decoding allocates what the shape declares, whatever
+    values the proto holds). Shapes a signature refuses are left to ``checked_shape``."""
+    rows = {name: proto.tensor_shape.dim[0].size for name, proto in request.inputs.items() if proto.tensor_shape.dim}
+    name = max(sorted(rows), key=rows.get, default=None)
+    if name is not None and rows[name] > max_rows:
+        raise ServingError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"model '{request.model_spec.name}': the request has {rows[name]} rows (input '{name}'), "
+            f"more than the limit of {max_rows} rows per request (ctr-pipeline serve --max-rows)",
+        )
+
+
 def check_input_names(where: str, specs: Dict[str, tf.TensorSpec], given) -> None:
     missing = sorted(set(specs) - set(given))
     extra = sorted(set(given) - set(specs))
@@ -98,9 +113,10 @@ def _dtype_name(enum: int) -> str:
         return f"unknown dtype {enum}"
 
 
-def check_batch_size(where: str, specs: Dict[str, tf.TensorSpec], shapes: Dict[str, List[int]], max_batch_size: int) -> None:
-    """The batch dimension is the leading dimension a signature leaves unknown; inputs with a
-    fixed leading dimension (``serving_candidates``' one user, [1]) are checked by their shape."""
+def check_batch_size(where: str, specs: Dict[str, tf.TensorSpec], shapes: Dict[str, List[int]], max_batch_size: int) -> int:
+    """The batch size, checked. The batch dimension is the leading dimension a signature leaves
+    unknown; inputs with a fixed leading dimension (``serving_candidates``' one user, [1]) are
+    checked by their shape."""
     sizes = {name: dims[0] for name, dims in shapes.items() if dims and specs[name].shape[0] is None}
     if len(set(sizes.values())) > 1:
         raise ServingError(
@@ -111,6 +127,18 @@ def check_batch_size(where: str, specs: Dict[str, tf.TensorSpec], shapes: Dict[s
         raise ServingError(
             grpc.StatusCode.INVALID_ARGUMENT,
             f"{where}: batch size {batch} is larger than the maximum batch size {max_batch_size}",
+        )
+    return batch
+
+
+def check_has_candidates(where: str, specs: Dict[str, tf.TensorSpec], batch: int) -> None:
+    """``serving_candidates`` scores one user's candidates: none fails inside its graph (tf.repeat
+    of the user's row -1 times), so it is refused here naming the candidates' inputs."""
+    if batch == 0:
+        inputs = ", ".join(f"'{name}'" for name in sorted(specs) if specs[name].shape[0] is None)
+        raise ServingError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"{where}: the request has 0 candidates (inputs {inputs} have no rows); send at least one",
         )
 
 

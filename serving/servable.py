@@ -16,6 +16,7 @@ from contract import serving as contract
 from serving.request_tensors import (
     ServingError,
     check_batch_size,
+    check_has_candidates,
     check_input_names,
     checked_shape,
     decode_input,
@@ -102,7 +103,9 @@ def predict(
     specs: Dict[str, tf.TensorSpec] = function.structured_input_signature[1]
     check_input_names(where, specs, request.inputs)
     shapes = {name: checked_shape(where, name, specs[name], request.inputs[name]) for name in specs}
-    check_batch_size(where, specs, shapes, max_batch_size)
+    batch = check_batch_size(where, specs, shapes, max_batch_size)
+    if signature_name == contract.SERVING_CANDIDATES:
+        check_has_candidates(where, specs, batch)
     output_names = requested_outputs(where, function, request.output_filter)
     try:
         try:

@@ -24,9 +24,17 @@ Status codes (as TF Serving):
                     serialized tf.Example (any error the model itself reports as invalid input),
                     unknown ``output_filter`` name, version labels, a batch larger than
                     ``max_batch_size`` (TF Serving's batcher also answers INVALID_ARGUMENT:
-                    "Task size ... is larger than maximum input batch size")
+                    "Task size ... is larger than maximum input batch size"), more rows than
+                    ``max_rows``, ``serving_candidates`` with no candidate
+  RESOURCE_EXHAUSTED a request message over ``max_message_mb`` (refused by gRPC itself, before
+                    the request is read: "Received message larger than max (N vs. LIMIT)")
   other codes       errors raised by the model keep their TensorFlow code; unexpected server
                     errors are INTERNAL. The server keeps serving after every error.
+
+Request limits, checked before any input tensor is decoded (defaults: ``serving.cli_options``):
+``max_message_mb`` is gRPC's receive limit (TF Serving's own is 2 GB); ``max_rows`` bounds the largest leading dimension the
+request's TensorProtos declare (``request_tensors.check_row_count``), checked before the model is
+looked up; then ``max_batch_size`` bounds the signature's batch dimension.
 
 This module is the server's lifecycle (``serve``, ``ServerHandle``) and ``run_serve``; its parts:
 ``serving.request_tensors`` (checking and decoding tensors), ``serving.servable`` (a loaded
@@ -50,6 +58,7 @@ from typing import Optional
 import grpc
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
+from serving.cli_options import DEFAULT_MAX_MESSAGE_MB, DEFAULT_MAX_ROWS, MB
 from serving.servicers import ModelServicer, PredictionServicer
 from serving.versions import ModelManager
 
@@ -100,10 +109,14 @@ def serve(
     poll_seconds: float = 1.0,
     max_batch_size: int = 1000,
     workers: int = 8,
+    max_message_mb: int = DEFAULT_MAX_MESSAGE_MB,
+    max_rows: int = DEFAULT_MAX_ROWS,
 ) -> ServerHandle:
     """Loads the newest version of every model under ``model_base`` and starts serving.
 
     Binds ``host`` (loopback by default); ``port=0`` picks a free port (see ``handle.port``).
+    Requests over ``max_message_mb`` MB or ``max_rows`` rows are refused unread (the defaults
+    and their reasons are in ``serving.cli_options``).
     Returns once the server answers; ``handle.stop()`` stops it.
     """
     manager = ModelManager(model_base, max_batch_size)
@@ -111,13 +124,13 @@ def serve(
     server = grpc.server(
         concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
         options=[
-            ("grpc.max_receive_message_length", -1),  # TF Serving accepts any message size
-            ("grpc.max_send_message_length", -1),
+            ("grpc.max_receive_message_length", max_message_mb * MB),  # larger: RESOURCE_EXHAUSTED
+            ("grpc.max_send_message_length", -1),  # answers are scores: as small as their requests
             ("grpc.so_reuseport", 0),  # a port in use is an error, not a shared port
         ],
     )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServicer(manager), server
+        PredictionServicer(manager, max_rows), server
     )
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(manager), server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -139,7 +152,7 @@ def run_serve(args: argparse.Namespace) -> int:
     logging.getLogger().setLevel(logging.INFO)  # the request log
     try:
         handle = serve(args.model_base, args.port, args.host, args.poll_seconds,
-                       args.max_batch_size, args.workers)
+                       args.max_batch_size, args.workers, args.max_message_mb, args.max_rows)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -176,6 +176,17 @@ def raw_request(rows, model: str = MODEL_NAME) -> predict_pb2.PredictRequest:
     return request
 
 
+def candidates_request(user: Dict[str, object], candidates, model: str = MODEL_NAME) -> predict_pb2.PredictRequest:
+    """A ``serving_candidates`` request: ``user``'s fields and histories once, the item fields
+    of ``candidates`` (rows) as [N] tensors."""
+    request = raw_request([user], model)
+    request.model_spec.signature_name = "serving_candidates"
+    for field in SPEC.item_fields:
+        request.inputs[field].CopyFrom(tf.make_tensor_proto(
+            np.array([r[field] for r in candidates], dtype=object), dtype=tf.string, shape=[len(candidates)]))
+    return request
+
+
 def direct_scores(saved_model_dir: str, rows, signature: str) -> np.ndarray:
     """Scores from calling a signature of the SavedModel in-process."""
     model = tf.saved_model.load(saved_model_dir)

@@ -126,10 +126,7 @@ def test_candidates_signature_takes_one_user_and_a_batch_of_candidates(stubs, te
     rows = fx.random_rows(6, seed=4)
     user = rows[0]
     candidates = [{**user, **{f: r[f] for f in fx.SPEC.item_fields}} for r in rows]
-    request = fx.raw_request([user])
-    request.model_spec.signature_name = "serving_candidates"
-    for field in fx.SPEC.item_fields:
-        request.inputs[field].CopyFrom(tf.make_tensor_proto([r[field] for r in rows], dtype=tf.string))
+    request = fx.candidates_request(user, rows)
     scores, _ = stubs.scores(request)
     np.testing.assert_allclose(scores, fx.direct_scores(templates[1], candidates, "serving_default"), rtol=0, atol=1e-7)
     # the user part has a fixed batch of one: two users are refused with the input named
@@ -461,4 +458,6 @@ def test_serve_arguments(tmp_path):
     args = parser.parse_args(["--model-base", str(tmp_path / "missing")])
     assert (args.port, args.host, args.poll_seconds, args.max_batch_size) == (
         8500, "127.0.0.1", 1.0, 1000)
+    assert (args.max_message_mb, args.max_rows) == (64, 10_000)
+    assert "--max-message-mb" in parser.format_help() and "--max-rows" in parser.format_help()
     assert server.run_serve(args) == 1

@@ -1,0 +1,150 @@
+"""Request limits of the TF Serving stand-in (message size, rows per request) and empty inputs,
+through the official gRPC stubs and ``ctr-pipeline predict``."""
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import argparse
+import json
+
+import grpc
+import pytest
+import tensorflow as tf
+
+from serving import cli_options, grpc_client
+from tests import serving_fixtures as fx
+from tests.test_serving_client import REQUEST
+from tests.test_serving_server import install, rpc_error, running
+
+MAX_MB = 1
+MAX_ROWS = 20  # below the server's max batch size (1000): only the row limit can refuse 21 rows
+LIMIT_BYTES = MAX_MB << 20
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory):
+    """A server of the fixture model accepting 1 MB messages and 20 rows per request."""
+    root = tmp_path_factory.mktemp("limits")
+    templates = {1: fx.save_fixture_model(str(root / "template"))}
+    install(templates, root / "base", 1)
+    with running(root / "base", poll_seconds=3600, max_message_mb=MAX_MB, max_rows=MAX_ROWS) as served:
+        yield served
+
+
+@pytest.fixture
+def stubs(limited):
+    return limited[1]
+
+
+def _with_user_id_of(size: int):
+    """A valid serving_default request of one example whose user_id is ``size`` bytes long."""
+    return fx.examples_request([{**fx.random_rows(1)[0], "user_id": "u" * size}])
+
+
+# ---- message size -----------------------------------------------------------------------------
+def test_message_over_the_limit_is_refused_by_grpc_and_the_server_keeps_answering(stubs):
+    error = rpc_error(stubs.prediction.Predict, _with_user_id_of(LIMIT_BYTES))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
+    assert "Received message larger than max" in error.details() and f"vs. {LIMIT_BYTES})" in error.details()
+    assert stubs.scores(_with_user_id_of(LIMIT_BYTES - 2000))[0].shape == (1,)  # just under: answered
+    assert stubs.scores(fx.examples_request(fx.random_rows(3)))[0].shape == (3,)
+
+
+# ---- rows -------------------------------------------------------------------------------------
+def _declaring(rows: int):
+    """serving_default with ``rows`` examples declared in the shape, values that cannot decode."""
+    request = fx.examples_request(fx.random_rows(2))
+    request.inputs["examples"].ClearField("string_val")
+    request.inputs["examples"].tensor_shape.dim[0].size = rows
+    request.inputs["examples"].tensor_content = b"not a string tensor"
+    return request
+
+
+def test_too_many_rows_are_refused_from_the_declared_shape_before_decoding(stubs):
+    error = rpc_error(stubs.prediction.Predict, _declaring(MAX_ROWS + 1))
+    assert error.code() == INVALID
+    assert f"{MAX_ROWS + 1} rows (input 'examples')" in error.details()
+    assert f"limit of {MAX_ROWS} rows" in error.details() and "--max-rows" in error.details()
+    # at the limit the same request is decoded, and refused for its values
+    error = rpc_error(stubs.prediction.Predict, _declaring(MAX_ROWS))
+    assert error.code() == INVALID and "is not a valid TensorProto" in error.details()
+    assert stubs.scores(fx.examples_request(fx.random_rows(MAX_ROWS)))[0].shape == (MAX_ROWS,)
+
+
+def test_the_row_limit_counts_candidates_and_comes_first(stubs):
+    rows = fx.random_rows(MAX_ROWS + 1, seed=5)
+    error = rpc_error(stubs.prediction.Predict, fx.candidates_request(rows[0], rows))
+    assert error.code() == INVALID and f"has {MAX_ROWS + 1} rows" in error.details()
+    error = rpc_error(stubs.prediction.Predict, fx.examples_request(rows, model="nope"))
+    assert error.code() == INVALID and f"limit of {MAX_ROWS} rows" in error.details()
+
+
+# ---- empty inputs -----------------------------------------------------------------------------
+def test_zero_candidates_are_refused_naming_the_candidate_inputs(stubs):
+    user = fx.random_rows(1, seed=6)[0]
+    error = rpc_error(stubs.prediction.Predict, fx.candidates_request(user, []))
+    assert error.code() == INVALID, error.details()
+    assert "signature 'serving_candidates': the request has 0 candidates" in error.details()
+    assert "inputs 'genre', 'item_id'" in error.details() and "send at least one" in error.details()
+    assert stubs.scores(fx.candidates_request(user, [user]))[0].shape == (1,)
+
+
+def _no_history(row):
+    return {name: [] if fx.RAW[name][1] else value for name, value in row.items()}
+
+
+def test_empty_batches_and_histories_are_answered(stubs):
+    """Zero rows of serving_default / serving_raw answer zero scores, as TF Serving does (the
+    exported models do too); empty histories ([B, 0]) are scored like histories of padding."""
+    assert stubs.scores(fx.examples_request([]))[0].shape == (0,)
+    empty = fx.raw_request(fx.random_rows(1))
+    for proto in empty.inputs.values():
+        proto.tensor_shape.dim[0].size = 0
+        for field in ("string_val", "int64_val"):
+            proto.ClearField(field)
+    assert stubs.scores(empty)[0].shape == (0,)
+    rows = [_no_history(r) for r in fx.random_rows(3, seed=7)]
+    raw = fx.raw_request(rows)
+    assert [d.size for d in raw.inputs["hist_click_item_id"].tensor_shape.dim] == [3, 0]
+    assert stubs.scores(raw)[0].shape == (3,)
+    assert stubs.scores(fx.candidates_request(rows[0], rows))[0].shape == (3,)
+
+
+# ---- the client -------------------------------------------------------------------------------
+def _predict(limited, tmp_path, request, *extra):
+    path = tmp_path / "request.json"
+    path.write_text(json.dumps(request))
+    parser = argparse.ArgumentParser()
+    cli_options.add_predict_arguments(parser)
+    args = parser.parse_args(["--server", f"127.0.0.1:{limited[0].port}", "--model", fx.MODEL_NAME,
+                              "--input", str(path), *extra])
+    return grpc_client.run_predict(args)
+
+
+def test_client_names_the_message_limit_the_server_refused(limited, tmp_path, capsys):
+    big = {**REQUEST, "candidates": [{"item_id": "i" * 600_000, "genre": "drama"}] * 2}
+    assert _predict(limited, tmp_path, big) == 1
+    err = capsys.readouterr().err
+    assert "RESOURCE_EXHAUSTED: SERVER: Received message larger than max" in err
+    assert f"vs. {LIMIT_BYTES})" in err and "ctr-pipeline serve --max-message-mb" in err
+    # the client's own send limit refuses before sending
+    assert _predict(limited, tmp_path, big, "--max-message-mb", "1") == 1
+    err = capsys.readouterr().err
+    assert "CLIENT: Sent message larger than max" in err and "this client's is 1 MB" in err
+    assert _predict(limited, tmp_path, REQUEST) == 0
+
+
+def test_client_prints_the_row_limit_the_server_refused(limited, tmp_path, capsys):
+    many = {**REQUEST, "candidates": [{"item_id": f"c{i}", "genre": "x"} for i in range(MAX_ROWS + 1)]}
+    assert _predict(limited, tmp_path, many, "--signature", "serving_candidates") == 1
+    err = capsys.readouterr().err
+    assert "INVALID_ARGUMENT" in err and f"{MAX_ROWS + 1} rows" in err and f"limit of {MAX_ROWS} rows" in err
+
+
+def test_predict_arguments_default_to_the_servers_message_limit():
+    parser = argparse.ArgumentParser()
+    cli_options.add_predict_arguments(parser)
+    args = parser.parse_args(["--model", "m", "--input", "-"])
+    assert args.max_message_mb == cli_options.DEFAULT_MAX_MESSAGE_MB == 64
+    assert "--max-message-mb" in parser.format_help()
