@@ -10,17 +10,12 @@ import argparse
 
 from contract.serving import OUTPUT_KEY, PREDICTION_SIGNATURES, SERVING_DEFAULT
 
-# Request limits of ``serve`` (and the client's message limit). The documented use is one user's
-# request: the demo's 10 candidates (about 20 KB); a ranking request rarely carries more than a
-# thousand. serving_default, the largest encoding, sends each candidate as a tf.Example with the
-# user's histories: measured 4.7 KB at history length 50 with all four histories full (the
-# serving_candidates request: 25 bytes per candidate), so 10,000 candidates are about 47 MB and
-# fit in 64 MB (gRPC's own 4 MB default would refuse 900). 10,000 rows is ten times the default
-# --max-batch-size: that one is TF Serving's batcher limit on a signature's batch dimension,
-# checked once the shapes match the signature; --max-rows is read from the declared shapes before
-# the model is even looked up, and still bounds requests when --max-batch-size is raised.
+# The message limit of ``serve`` and of the client. The documented use is one user's request:
+# the demo's 10 candidates (about 20 KB); serving_default, the largest encoding, sends each
+# candidate as a tf.Example with the user's histories: measured 4.7 KB at history length 50 with
+# all four histories full, so --max-batch-size's 1,000 rows are about 5 MB and 64 MB leaves room
+# for raising it ten times (gRPC's own 4 MB default would refuse 900 candidates).
 DEFAULT_MAX_MESSAGE_MB = 64
-DEFAULT_MAX_ROWS = 10_000
 MB = 1 << 20
 
 
@@ -41,10 +36,6 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-message-mb", type=_positive_int, default=DEFAULT_MAX_MESSAGE_MB,
                         help=f"largest request message accepted, in MB; gRPC refuses a larger one with "
                              f"RESOURCE_EXHAUSTED before it is read (default: {DEFAULT_MAX_MESSAGE_MB})")
-    parser.add_argument("--max-rows", type=_positive_int, default=DEFAULT_MAX_ROWS,
-                        help=f"most rows (examples, raw rows or candidates) one request may carry, read from "
-                             f"its declared shapes before any tensor is decoded; more is INVALID_ARGUMENT "
-                             f"(default: {DEFAULT_MAX_ROWS})")
 
 
 # ---- predict -------------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ def check_row_count(request: predict_pb2.PredictRequest, max_rows: int) -> None:
         raise ServingError(
             grpc.StatusCode.INVALID_ARGUMENT,
             f"model '{request.model_spec.name}': the request has {rows[name]} rows (input '{name}'), "
-            f"more than the limit of {max_rows} rows per request (ctr-pipeline serve --max-rows)",
+            f"more than the maximum batch size {max_rows} (ctr-pipeline serve --max-batch-size)",
         )
 
 

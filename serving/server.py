@@ -24,17 +24,17 @@ Status codes (as TF Serving):
                     serialized tf.Example (any error the model itself reports as invalid input),
                     unknown ``output_filter`` name, version labels, a batch larger than
                     ``max_batch_size`` (TF Serving's batcher also answers INVALID_ARGUMENT:
-                    "Task size ... is larger than maximum input batch size"), more rows than
-                    ``max_rows``, ``serving_candidates`` with no candidate
+                    "Task size ... is larger than maximum input batch size"), ``serving_candidates``
+                    with no candidate
   RESOURCE_EXHAUSTED a request message over ``max_message_mb`` (refused by gRPC itself, before
                     the request is read: "Received message larger than max (N vs. LIMIT)")
   other codes       errors raised by the model keep their TensorFlow code; unexpected server
                     errors are INTERNAL. The server keeps serving after every error.
 
 Request limits, checked before any input tensor is decoded (defaults: ``serving.cli_options``):
-``max_message_mb`` is gRPC's receive limit (TF Serving's own is 2 GB); ``max_rows`` bounds the largest leading dimension the
-request's TensorProtos declare (``request_tensors.check_row_count``), checked before the model is
-looked up; then ``max_batch_size`` bounds the signature's batch dimension.
+``max_message_mb`` is gRPC's receive limit (TF Serving's own is 2 GB); ``max_batch_size`` bounds
+the largest leading dimension the request's TensorProtos declare (``request_tensors.check_row_count``),
+checked before the model is looked up, and then the signature's batch dimension.
 
 This module is the server's lifecycle (``serve``, ``ServerHandle``) and ``run_serve``; its parts:
 ``serving.request_tensors`` (checking and decoding tensors), ``serving.servable`` (a loaded
@@ -58,7 +58,7 @@ from typing import Optional
 import grpc
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
-from serving.cli_options import DEFAULT_MAX_MESSAGE_MB, DEFAULT_MAX_ROWS, MB
+from serving.cli_options import DEFAULT_MAX_MESSAGE_MB, MB
 from serving.servicers import ModelServicer, PredictionServicer
 from serving.versions import ModelManager
 
@@ -110,12 +110,11 @@ def serve(
     max_batch_size: int = 1000,
     workers: int = 8,
     max_message_mb: int = DEFAULT_MAX_MESSAGE_MB,
-    max_rows: int = DEFAULT_MAX_ROWS,
 ) -> ServerHandle:
     """Loads the newest version of every model under ``model_base`` and starts serving.
 
     Binds ``host`` (loopback by default); ``port=0`` picks a free port (see ``handle.port``).
-    Requests over ``max_message_mb`` MB or ``max_rows`` rows are refused unread (the defaults
+    Requests over ``max_message_mb`` MB or ``max_batch_size`` rows are refused unread (the defaults
     and their reasons are in ``serving.cli_options``).
     Returns once the server answers; ``handle.stop()`` stops it.
     """
@@ -130,7 +129,7 @@ def serve(
         ],
     )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServicer(manager, max_rows), server
+        PredictionServicer(manager), server
     )
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(manager), server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -152,7 +151,7 @@ def run_serve(args: argparse.Namespace) -> int:
     logging.getLogger().setLevel(logging.INFO)  # the request log
     try:
         handle = serve(args.model_base, args.port, args.host, args.poll_seconds,
-                       args.max_batch_size, args.workers, args.max_message_mb, args.max_rows)
+                       args.max_batch_size, args.workers, args.max_message_mb)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

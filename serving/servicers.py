@@ -42,13 +42,12 @@ def _requested_version(model_spec) -> Optional[int]:
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, manager: ModelManager, max_rows: int):
+    def __init__(self, manager: ModelManager):
         self.manager = manager
-        self.max_rows = max_rows
 
     def Predict(self, request, context):
         def call():
-            check_row_count(request, self.max_rows)  # first: from the declared shapes only
+            check_row_count(request, self.manager.max_batch_size)  # first: from the declared shapes only
             spec = request.model_spec
             with self.manager.acquire(spec.name, _requested_version(spec)) as servable:
                 return predict(servable, request, self.manager.max_batch_size)

@@ -17,18 +17,18 @@ from tests.test_serving_client import REQUEST
 from tests.test_serving_server import install, rpc_error, running
 
 MAX_MB = 1
-MAX_ROWS = 20  # below the server's max batch size (1000): only the row limit can refuse 21 rows
+MAX_ROWS = 20  # the server's --max-batch-size
 LIMIT_BYTES = MAX_MB << 20
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory):
-    """A server of the fixture model accepting 1 MB messages and 20 rows per request."""
+    """A server of the fixture model accepting 1 MB messages and batches of 20 rows."""
     root = tmp_path_factory.mktemp("limits")
     templates = {1: fx.save_fixture_model(str(root / "template"))}
     install(templates, root / "base", 1)
-    with running(root / "base", poll_seconds=3600, max_message_mb=MAX_MB, max_rows=MAX_ROWS) as served:
+    with running(root / "base", poll_seconds=3600, max_message_mb=MAX_MB, max_batch_size=MAX_ROWS) as served:
         yield served
 
 
@@ -65,7 +65,7 @@ def test_too_many_rows_are_refused_from_the_declared_shape_before_decoding(stubs
     error = rpc_error(stubs.prediction.Predict, _declaring(MAX_ROWS + 1))
     assert error.code() == INVALID
     assert f"{MAX_ROWS + 1} rows (input 'examples')" in error.details()
-    assert f"limit of {MAX_ROWS} rows" in error.details() and "--max-rows" in error.details()
+    assert f"maximum batch size {MAX_ROWS}" in error.details() and "--max-batch-size" in error.details()
     # at the limit the same request is decoded, and refused for its values
     error = rpc_error(stubs.prediction.Predict, _declaring(MAX_ROWS))
     assert error.code() == INVALID and "is not a valid TensorProto" in error.details()
@@ -77,7 +77,7 @@ def test_the_row_limit_counts_candidates_and_comes_first(stubs):
     error = rpc_error(stubs.prediction.Predict, fx.candidates_request(rows[0], rows))
     assert error.code() == INVALID and f"has {MAX_ROWS + 1} rows" in error.details()
     error = rpc_error(stubs.prediction.Predict, fx.examples_request(rows, model="nope"))
-    assert error.code() == INVALID and f"limit of {MAX_ROWS} rows" in error.details()
+    assert error.code() == INVALID and f"maximum batch size {MAX_ROWS}" in error.details()
 
 
 # ---- empty inputs -----------------------------------------------------------------------------
@@ -139,7 +139,7 @@ def test_client_prints_the_row_limit_the_server_refused(limited, tmp_path, capsy
     many = {**REQUEST, "candidates": [{"item_id": f"c{i}", "genre": "x"} for i in range(MAX_ROWS + 1)]}
     assert _predict(limited, tmp_path, many, "--signature", "serving_candidates") == 1
     err = capsys.readouterr().err
-    assert "INVALID_ARGUMENT" in err and f"{MAX_ROWS + 1} rows" in err and f"limit of {MAX_ROWS} rows" in err
+    assert "INVALID_ARGUMENT" in err and f"{MAX_ROWS + 1} rows" in err and f"maximum batch size {MAX_ROWS}" in err
 
 
 def test_predict_arguments_default_to_the_servers_message_limit():
