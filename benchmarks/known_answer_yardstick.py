@@ -9,7 +9,9 @@ the test-split AUC of
 
 * the feature alone,
 * a logistic regression over the no-sequence oracle's logit and the feature (fit on the rows
-  before the test split),
+  before the test split), then with the same-brand clicks added (all a model reading the click
+  sequence alone can know of the sequence terms) and with the recent same-category dislikes
+  added too (3-day decay: what the dislike sequence adds),
 
 beside the oracle and the no-sequence oracle, and the 16 train-quantile boundaries of the
 histories' time gaps (``features.gap_bucketing: quantile``), in seconds, to show what the models
@@ -34,20 +36,34 @@ from contract.features import CLICK_PROB, ITEM_ID, LABEL, TIMESTAMP, USER_ID  # 
 
 STATIC = "click_prob_static"
 DECAY_S = 3600.0  # ingest.click_model.KNOWN_ANSWER_MECHANISMS.short_decay_s
+DISLIKE_DECAY_S = 3 * 86400.0  # ... dislike_decay_s
 TEST_SHARE = 0.1
 
 
-def recent_same_category_clicks(events: pd.DataFrame) -> np.ndarray:
-    """log1p(sum over the user's earlier clicks in the row's category of exp(-gap / 1 h))."""
-    feature = np.zeros(len(events))
+def decayed_earlier(events: pd.DataFrame, member: np.ndarray, key: str, decay_s: float) -> np.ndarray:
+    """Per row: the sum over the user's earlier events that are ``member`` (a row mask) and share
+    the row's ``key`` (category or brand) of exp(-gap / ``decay_s``)."""
+    total = np.zeros(len(events))
     for _, rows in events.groupby(USER_ID, sort=False):
-        stamps, categories = rows[TIMESTAMP].to_numpy(), rows["category"].to_numpy()
-        clicked, positions = rows[LABEL].to_numpy() == 1, rows.index.to_numpy()
+        stamps, keys = rows[TIMESTAMP].to_numpy(), rows[key].to_numpy()
+        chosen, positions = member[rows.index.to_numpy()], rows.index.to_numpy()
         for j in range(1, len(rows)):
-            earlier = clicked[:j] & (categories[:j] == categories[j])
+            earlier = chosen[:j] & (keys[:j] == keys[j])
             if earlier.any():
-                feature[positions[j]] = np.log1p(np.exp(-(stamps[j] - stamps[:j][earlier]) / DECAY_S).sum())
-    return feature
+                total[positions[j]] = np.exp(-(stamps[j] - stamps[:j][earlier]) / decay_s).sum()
+    return total
+
+
+def sequence_features(events: pd.DataFrame) -> dict:
+    """The click model's three sequence terms, computed exactly from the logged events: earlier
+    clicks in the target's category and in its brand (log1p of their 1-hour-decayed count) and
+    earlier dislikes in its category (3-day-decayed count)."""
+    clicked, disliked = events[LABEL].to_numpy() == 1, events["disliked"].to_numpy() == 1
+    return {
+        "recent_same_category_clicks": np.log1p(decayed_earlier(events, clicked, "category", DECAY_S)),
+        "recent_same_brand_clicks": np.log1p(decayed_earlier(events, clicked, "brand", DECAY_S)),
+        "recent_same_category_dislikes": decayed_earlier(events, disliked, "category", DISLIKE_DECAY_S),
+    }
 
 
 def history_gap_quantiles(events: pd.DataFrame, train: np.ndarray, max_length: int = 50, buckets: int = 16) -> list:
@@ -89,19 +105,29 @@ def main() -> int:
     events = pd.read_csv(os.path.join(args.logs, "events.csv")).rename(columns={"clicked": LABEL})
     items = pd.read_csv(os.path.join(args.logs, "items.csv"))
     events = events.merge(items, on=ITEM_ID).sort_values([USER_ID, TIMESTAMP]).reset_index(drop=True)
-    feature = recent_same_category_clicks(events)
+    features = sequence_features(events)
     test = (events[TIMESTAMP] >= events[TIMESTAMP].quantile(1 - TEST_SHARE)).to_numpy()
     labels = events[LABEL].to_numpy()
     static = events[STATIC].clip(1e-6, 1 - 1e-6).to_numpy()
-    x = np.c_[np.log(static / (1 - static)), feature]
-    w = logistic_regression(x[~test], labels[~test])
+    static_logit = np.log(static / (1 - static))
+
+    def regression_auc(*names: str) -> float:
+        """Test AUC of a logistic regression over the no-sequence oracle's logit and ``names``."""
+        x = np.column_stack([static_logit, *(features[name] for name in names)])
+        w = logistic_regression(x[~test], labels[~test])
+        return auc(labels[test], x[test] @ w[:-1])
+
     result = {
         "logs": os.path.abspath(args.logs),
         "test_rows": int(test.sum()),
         "oracle_auc": auc(labels[test], events[CLICK_PROB].to_numpy()[test]),
         "no_sequence_oracle_auc": auc(labels[test], static[test]),
-        "recent_same_category_clicks_auc": auc(labels[test], feature[test]),
-        "no_sequence_oracle_plus_feature_auc": auc(labels[test], x[test] @ w[:-1]),
+        "recent_same_category_clicks_auc": auc(labels[test], features["recent_same_category_clicks"][test]),
+        "no_sequence_oracle_plus_feature_auc": regression_auc("recent_same_category_clicks"),
+        # what a model reading the click sequence alone can know of the sequence terms (DIN, CAMN)
+        "no_sequence_oracle_plus_click_terms_auc": regression_auc("recent_same_category_clicks", "recent_same_brand_clicks"),
+        # ... and one that also reads the dislikes (DNN, DUMN, TF4CTR)
+        "no_sequence_oracle_plus_all_terms_auc": regression_auc(*features),
     }
     result["gap_quantile_boundaries_s"] = history_gap_quantiles(events, ~test)
     for name, value in result.items():
