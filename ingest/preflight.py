@@ -55,7 +55,9 @@ class DataCheck:
 
 
 def _did_you_mean(name: str, columns: Sequence[str]) -> str:
-    close = difflib.get_close_matches(name, columns, n=1, cutoff=0.85)
+    """A column ``name`` abbreviates or extends (time -> timestamp), else one a typo away."""
+    close = [column for column in columns if column.startswith(name) or name.startswith(column)]
+    close = close or difflib.get_close_matches(name, columns, n=1, cutoff=0.85)
     return f"; did you mean {close[0]!r}?" if close else ""
 
 

@@ -104,6 +104,9 @@ def _data_mistakes(tmp):
         ("misspelt column", {"config": _columns(timestamp="timestmp")},
          [f"  data.columns.timestamp: column 'timestmp' is not in {data}/events.csv (its columns: {columns}); "
           "did you mean 'timestamp'?"]),
+        ("abbreviated column", {"config": _columns(timestamp="time")},
+         [f"  data.columns.timestamp: column 'time' is not in {data}/events.csv (its columns: {columns}); "
+          "did you mean 'timestamp'?"]),
         ("flag column the log lacks", {"header": "user_id,item_id,timestamp,clicked,x,disliked"},
          [f"  data.columns.liked: column 'liked' is not in {data}/events.csv (its columns: user_id, item_id, timestamp, "
           "clicked, x, disliked) (null if the log has none)"]),
