@@ -97,12 +97,8 @@ def main(argv: List[str] = None) -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     result["load_end"] = machine.load_average()
-    os.makedirs(args.output, exist_ok=True)
-    with open(os.path.join(args.output, "batch_scoring.json"), "w", encoding="utf-8") as handle:
-        json.dump(result, handle, indent=2)
     markdown = render(result)
-    with open(os.path.join(args.output, "batch_scoring.md"), "w", encoding="utf-8") as handle:
-        handle.write(markdown)
+    machine.save_results(args.output, "batch_scoring", result, markdown)
     print(markdown)
     return 0
 

@@ -12,7 +12,6 @@ load, to benchmarks/results/demo.json and demo.md. A second run (`--cached-rerun
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -23,10 +22,10 @@ from typing import Dict, List
 
 import yaml
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import machine  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from benchmarks import machine  # noqa: E402
 
-ROOT = machine.ROOT
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 DEMO_USERS, DEMO_EVENTS = 800, 60  # the Makefile's DEMO_USERS / DEMO_EVENTS
 
@@ -100,12 +99,8 @@ def main(argv=None) -> int:
     finally:
         if args.keep is None:
             shutil.rmtree(scratch, ignore_errors=True)
-    os.makedirs(args.output, exist_ok=True)
-    with open(os.path.join(args.output, "demo.json"), "w", encoding="utf-8") as handle:
-        json.dump(summary, handle, indent=2)
     markdown = _markdown(summary)
-    with open(os.path.join(args.output, "demo.md"), "w", encoding="utf-8") as handle:
-        handle.write(markdown)
+    machine.save_results(args.output, "demo", summary, markdown)
     print(markdown)
     return 0
 

@@ -1,10 +1,12 @@
 """The machine a benchmark ran on, for its results header (figures from different CPUs do not compare),
-and the machine-level measures a benchmark takes while it runs (load average, CPU times).
+the machine-level measures a benchmark takes while it runs (load average, CPU times), and where
+its figures are saved (``save_results``).
 
 TensorFlow-free: a benchmark passes the versions of its own heavy libraries to ``machine_facts``.
 """
 from __future__ import annotations
 
+import json
 import os
 import platform
 import socket
@@ -90,3 +92,12 @@ def cpu_times() -> Optional[Tuple[float, float]]:
         return float(values[3] + values[4]), float(sum(values[:8]))  # idle + iowait
     except (OSError, ValueError, IndexError):
         return None
+
+
+def save_results(directory: str, name: str, figures: object, markdown: str) -> None:
+    """Writes a benchmark's ``<name>.json`` (its figures) and ``<name>.md`` (their table) to ``directory``."""
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, f"{name}.json"), "w", encoding="utf-8") as handle:
+        json.dump(figures, handle, indent=2)
+    with open(os.path.join(directory, f"{name}.md"), "w", encoding="utf-8") as handle:
+        handle.write(markdown)

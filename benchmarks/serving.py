@@ -843,12 +843,8 @@ def main(argv=None) -> int:
         "targets_met": targets_met,
         "ok": failed == 0 and swaps == len(results),
     }
-    os.makedirs(args.output, exist_ok=True)
     markdown = render_markdown(result)
-    with open(os.path.join(args.output, "serving.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    with open(os.path.join(args.output, "serving.md"), "w") as f:
-        f.write(markdown)
+    machine.save_results(args.output, "serving", result, markdown)
     print()
     print(markdown)
     print(f"wrote {os.path.join(args.output, 'serving.json')} and serving.md")

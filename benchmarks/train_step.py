@@ -20,7 +20,6 @@ each after ``--warmup`` steps, under the Trainer's distribution strategy. Writes
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -129,17 +128,14 @@ def main(argv: List[str] = None) -> int:
         print(f"{name}: model step {step_rate:,.0f} examples/s, trainer {trainer_rate:,.0f} examples/s", flush=True)
 
     command = "python benchmarks/train_step.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    os.makedirs(args.output, exist_ok=True)
-    with open(os.path.join(args.output, "train_step.json"), "w", encoding="utf-8") as handle:
-        json.dump({"command": command, "machine": machine.describe(), "rows": rows}, handle, indent=2)
     lines = [
         "# Training throughput: input pipeline vs model step", "", f"`{command}`", "",
         f"- machine: {machine.describe()}; batch {batch}; examples/s after {args.warmup} warmup steps",
         "", "| model | input alone | model step alone | trainer (both) |", "|---|---:|---:|---:|",
     ]
     lines += [f"| {r['model']} | {r['input']:,.0f} | {r['model_step']:,.0f} | {r['trainer']:,.0f} |" for r in rows]
-    with open(os.path.join(args.output, "train_step.md"), "w", encoding="utf-8") as handle:
-        handle.write("\n".join(lines) + "\n")
+    figures = {"command": command, "machine": machine.describe(), "rows": rows}
+    machine.save_results(args.output, "train_step", figures, "\n".join(lines) + "\n")
     return 0
 
 
