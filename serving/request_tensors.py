@@ -34,18 +34,18 @@ class ServingError(Exception):
         self.message = message
 
 
-def check_row_count(request: predict_pb2.PredictRequest, max_rows: int) -> None:
-    """Refuses a request of more than ``max_rows`` rows (examples, raw rows or candidates) before
+def check_row_count(request: predict_pb2.PredictRequest, max_batch_size: int) -> None:
+    """Refuses a request of more than ``max_batch_size`` rows (examples, raw rows or candidates) before
     anything else: its rows are the largest leading dimension its TensorProtos declare, read
     from their ``tensor_shape`` alone (decoding allocates what the shape declares, whatever
     values the proto holds). Shapes a signature refuses are left to ``checked_shape``."""
     rows = {name: proto.tensor_shape.dim[0].size for name, proto in request.inputs.items() if proto.tensor_shape.dim}
     name = max(sorted(rows), key=rows.get, default=None)
-    if name is not None and rows[name] > max_rows:
+    if name is not None and rows[name] > max_batch_size:
         raise ServingError(
             grpc.StatusCode.INVALID_ARGUMENT,
             f"model '{request.model_spec.name}': the request has {rows[name]} rows (input '{name}'), "
-            f"more than the maximum batch size {max_rows} (ctr-pipeline serve --max-batch-size)",
+            f"more than the maximum batch size {max_batch_size} (ctr-pipeline serve --max-batch-size)",
         )
 
 
