@@ -104,7 +104,7 @@ def attribute_names(data: "DataConfig") -> Tuple[List[str], List[str]]:
 
 def check_attribute_columns(data: "DataConfig", kind: str, path: str, columns: Sequence[str]) -> None:
     """A generic ``kind`` ("item" or "user") table's attributes must be columns of its file
-    ``path``, whose header holds ``columns`` (read by ``ingest.log_tables.check_table_attributes``:
+    ``path``, whose header holds ``columns`` (read by ``ingest.preflight``:
     the names themselves are free in the generic format, so only the files can refuse them)."""
     try:
         _select(columns, getattr(data, f"{kind}_attributes"), kind, f"the {kind}s table {path}")

@@ -9,10 +9,10 @@ import os
 import re
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from contract.config import DataConfig, attribute_names, check_attribute_columns
+from contract.config import DataConfig, attribute_names
 from contract.features import ITEM_ID, USER_ID
 from ingest.log_files import (
-    KUAIRAND, Quarantined, Record, Reject, RowReader, TextLayout, generic_columns, generic_rows, list_event_files,
+    KUAIRAND, Quarantined, Record, Reject, RowReader, TextLayout, generic_rows, list_event_files,
     quarantine, split_on, table_files, text_rows,
 )  # fmt: skip
 from ingest.log_values import INTEGER
@@ -182,15 +182,3 @@ def load_users(data: DataConfig) -> Tuple[Optional[Table], List[Quarantined]]:
     if data.format == "kuairand":
         return None, []
     return _movielens_table(data, "user", selected)
-
-
-def check_table_attributes(data: DataConfig) -> None:
-    """Refuses (``ConfigError``, naming ``data.<kind>_attributes``) generic item/user attributes
-    that are not columns of every file of their table, reading only the headers; raises
-    ``FileNotFoundError`` when a configured table is not there. The built-in formats' attributes
-    are checked by the config itself."""
-    if data.format != "generic":
-        return
-    for kind in ("item", "user"):
-        for path in table_files(data, kind):
-            check_attribute_columns(data, kind, path, generic_columns(path, data))

@@ -16,10 +16,9 @@ import itertools
 import statistics
 from typing import Dict, List, Sequence
 
-from contract.config import ConfigError, DataConfig
+from contract.config import ConfigError, DataConfig, check_attribute_columns
 from contract.features import DISLIKED, LIKED
 from ingest.log_files import generic_columns, list_event_files, table_files
-from ingest.log_tables import check_table_attributes
 from ingest.sources import Quarantined, event_columns, read_events
 
 SAMPLE_ROWS = 2000  # rows read from the start of the event files
@@ -100,10 +99,10 @@ def _table_problems(data: DataConfig) -> List[str]:
             if key not in columns:
                 problems.append(f"data.{kind}s: {path} has no {key!r} column (the events' {kind} id, "
                                 f"data.columns.{kind}_id){_did_you_mean(key, columns)}")
-    try:
-        check_table_attributes(data)
-    except (ValueError, FileNotFoundError) as exc:  # ConfigError included
-        problems.append(str(exc))
+            try:
+                check_attribute_columns(data, kind, path, columns)
+            except ConfigError as exc:
+                problems.append(str(exc))
     return problems
 
 
