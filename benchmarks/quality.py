@@ -6,7 +6,8 @@ Evaluator), every model and ablation, several seeds.
         [--models dnn,din,fadidn,camn,dumn,tf4ctr] [--ablations] [--synthetic] [--no-ml1m]
 
 ``--models`` also takes ablation variants by name (``--models tf4ctr_no_tf_loss``), a model in
-its paper's exact form where it departs from it (``camn_no_residual``, ``dumn_paper_pooling``) and
+its paper's exact form where it departs from it (``camn_no_residual``, ``dumn_paper_pooling``,
+``dumn_hardest``) and
 regularisation variants: ``<model>_reg`` (``--models dnn_reg,dumn_reg``) is the model with the
 regularisation fixed for TF4CTR (docs/models.md; the authors' ML-1M settings: dropout 0.1, embedding
 L2 0.01), which the other models' defaults leave out; ``tf4ctr_noreg`` is TF4CTR without it and
@@ -76,10 +77,11 @@ ABLATIONS: Dict[str, dict] = {
 }
 # where a model departs from its paper's equations, the paper's form (the docstring gives the why):
 # CAMN's eq. 5-6 without the residual connections the model adds (models/camn.py point 6), DUMN's
-# eq. 3 without the target-interaction block
+# eq. 3 without the target-interaction block, DUMN's eq. 19 hardest triplet pair instead of every pair
 DEVIATION_VARIANTS: Dict[str, dict] = {
     "camn_no_residual": {"architecture": "camn", "residual": False},
     "dumn_paper_pooling": {"architecture": "dumn", "pooling_interaction": False},  # models/dumn.py, eq. 3
+    "dumn_hardest": {"architecture": "dumn", "triplet_mining": "hardest"},  # models/dumn.py, eq. 17-19
 }
 # regularisation: TF4CTR's (docs/models.md: the authors' ML-1M settings) on the other models
 # (<model>_reg), TF4CTR without it (tf4ctr_noreg) and with half its embedding L2

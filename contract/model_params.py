@@ -98,6 +98,10 @@ class CAMNParams(ModelParams):
     residual: bool = True
 
 
+# DUMN's triplet sample mining (models/dumn_triplet.py): the paper's hardest pair, or every pair
+TripletMining = Literal["hardest", "all"]
+
+
 class DUMNParams(ModelParams):
     """DUMN hyper-parameters (docs/models.md "DUMN"); the paper's values where it gives them."""
 
@@ -116,6 +120,9 @@ class DUMNParams(ModelParams):
     context: bool = False  # also feed hour/weekday to the prediction MLP (the paper has no context)
     triplet_loss: bool = True  # eq. 17-20 (DUMN-TL when off); needs memory
     triplet_margin: float = pydantic.Field(0.5, ge=0)
+    # "all": the hinge averaged over every (positive, negative) pair of the user's pools; "hardest":
+    # eq. 19's hardest pair, which stays at the margin on noisy click/unclick pools (models/dumn.py)
+    triplet_mining: TripletMining = "all"
     triplet_click_weight: float = pydantic.Field(1.0, ge=0)  # L_c
     triplet_unclick_weight: float = pydantic.Field(1.0, ge=0)  # L_u
     triplet_like_weight: float = pydantic.Field(1.0, ge=0)  # L_l

@@ -90,10 +90,11 @@ class UserMemory(tf_keras.layers.Layer):
         controller_units: int,
         strength_init: float,
         margin: float,
+        mining: str,
         name: Optional[str] = None,
     ):
         super().__init__(name=name)
-        self.slots, self.slot_dim, self.margin = slots, slot_dim, margin
+        self.slots, self.slot_dim, self.margin, self.mining = slots, slot_dim, margin, mining
         self.controller = tf_keras.layers.Dense(controller_units, activation="relu", name="controller")  # eq. 8
         # the strength heads start at beta = strength_init: their bias is softplus^-1(strength_init - 1)
         strength_bias = tf_keras.initializers.Constant(math.log(math.expm1(strength_init - 1.0)))
@@ -148,5 +149,6 @@ class UserMemory(tf_keras.layers.Layer):
             self.item_projection(samples.negatives),
             samples.negative_mask,
             self.margin,
+            self.mining,
         )
         return read._replace(triplet=loss, has_triplet=has_term)

@@ -1,15 +1,19 @@
-"""DUMN's triplet loss (section 3.6, eq. 17-19) with hardest-sample mining in each user's own pools.
+"""DUMN's triplet loss (section 3.6, eq. 17-19) mined in each user's own pools.
 
-See ``models.dumn.DUMN`` for the deviations from the paper (per-user pools, hardest samples,
-examples without a term left out of the mean).
+See ``models.dumn.DUMN`` for the deviations from the paper (per-user pools, every pair rather than
+the hardest by default, examples without a term left out of the mean).
 """
 from __future__ import annotations
 
+import typing
 from typing import NamedTuple, Tuple
 
 import tensorflow as tf
 
+from contract.model_params import TripletMining
 from models.layers import ABOVE_ANY_COSINE, BELOW_ANY_COSINE, cosine_similarity
+
+MINING = typing.get_args(TripletMining)
 
 
 class TripletSamples(NamedTuple):
@@ -42,8 +46,9 @@ def triplet_loss(
     negatives: tf.Tensor,
     negative_mask: tf.Tensor,
     margin: float,
+    mining: str = "hardest",
 ) -> Tuple[tf.Tensor, tf.Tensor]:
-    """Eq. 17, 19 with hardest-sample mining in each user's own pools: (loss, has_term [B] bool).
+    """Eq. 17, 19 in each user's own pools: (loss, has_term [B] bool).
 
     anchors [B, Z]; positives [B, T, Z] and negatives [B, T', Z], example b's own pools, real where
     the masks [B, T], [B, T'] are True (``own_pool``). Per example: the hardest positive is its real
@@ -52,12 +57,30 @@ def triplet_loss(
     An example with an empty positive or negative pool has no term; the loss is the float32 mean
     over the examples that have one (0 if none). The choice of the hardest sample is piecewise
     constant: min/max pass the gradient to the chosen samples' distances only.
+
+    ``mining="all"`` (Hermans et al. 2017's batch-all, within the user's pools) averages the hinge
+    over every (real positive, real negative) pair of the example instead. When a user's pools
+    overlap in content (a noisy click next to a similar unclick), the hardest pair violates the
+    margin whatever the geometry, so the hardest-sample hinge is never below ``margin`` and is
+    smallest when every distance is alike (the collapse FaceNet, Schroff et al. 2015, 3.2, warns
+    of); the all-pairs mean still falls as the user's positives move closer than the negatives.
     """
+    if mining not in MINING:
+        raise ValueError(f"mining must be one of {MINING}, got {mining!r}")
     q = tf.cast(anchors, tf.float32)[:, tf.newaxis, :]
     positive_cos = cosine_similarity(q, tf.cast(positives, tf.float32))  # [B, T]
     negative_cos = cosine_similarity(q, tf.cast(negatives, tf.float32))  # [B, T']
-    d_pos = 1.0 - tf.reduce_min(tf.where(positive_mask, positive_cos, ABOVE_ANY_COSINE), axis=1)  # eq. 19
-    d_neg = 1.0 - tf.reduce_max(tf.where(negative_mask, negative_cos, BELOW_ANY_COSINE), axis=1)
     has_term = tf.reduce_any(positive_mask, axis=1) & tf.reduce_any(negative_mask, axis=1)
-    hinge = tf.where(has_term, tf.nn.relu(d_pos - d_neg + margin), 0.0)  # eq. 17
+    if mining == "hardest":
+        d_pos = 1.0 - tf.reduce_min(tf.where(positive_mask, positive_cos, ABOVE_ANY_COSINE), axis=1)  # eq. 19
+        d_neg = 1.0 - tf.reduce_max(tf.where(negative_mask, negative_cos, BELOW_ANY_COSINE), axis=1)
+        hinge = tf.where(has_term, tf.nn.relu(d_pos - d_neg + margin), 0.0)  # eq. 17
+    else:
+        # d(q, s+) - d(q, s-) = cos(q, s-) - cos(q, s+) for every pair [B, T, T']
+        pairs = positive_mask[:, :, tf.newaxis] & negative_mask[:, tf.newaxis, :]
+        pair_hinge = tf.nn.relu(negative_cos[:, tf.newaxis, :] - positive_cos[:, :, tf.newaxis] + margin)  # eq. 17
+        hinge = tf.math.divide_no_nan(
+            tf.reduce_sum(tf.where(pairs, pair_hinge, 0.0), axis=[1, 2]),
+            tf.reduce_sum(tf.cast(pairs, tf.float32), axis=[1, 2]),
+        )
     return tf.math.divide_no_nan(tf.reduce_sum(hinge), tf.reduce_sum(tf.cast(has_term, tf.float32))), has_term

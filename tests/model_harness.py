@@ -110,12 +110,12 @@ def eval_loss(model, features, labels) -> float:
     return float(model.compute_loss((features, labels), training=False))
 
 
-def assert_fit_step_lowers_loss(model, features, labels, learning_rate: float = 1e-2):
+def assert_fit_step_lowers_loss(model, features, labels, learning_rate: float = 1e-2, steps: int = 1):
     model.compile(optimizer=tf_keras.optimizers.Adam(learning_rate))
     before = eval_loss(model, features, labels)
-    model.fit(tf.data.Dataset.from_tensors((features, labels)), epochs=1, verbose=0)
+    model.fit(tf.data.Dataset.from_tensors((features, labels)).repeat(steps), epochs=1, verbose=0)
     after = eval_loss(model, features, labels)
-    assert after < before, f"loss did not go down after one step: {before} -> {after}"
+    assert after < before, f"loss did not go down after {steps} step(s): {before} -> {after}"
 
 
 def aux_loss_gradients(model, features, labels, term: str) -> Dict[str, float]:
@@ -204,15 +204,15 @@ def assert_builds_in_a_graph_with_unknown_batch(model, features):
     assert probability.shape == (int(features["user_id"].shape[0]),)
 
 
-def run_standard_checks(name: str, params=None) -> Callable:
-    """Graph build, shape/range, padding, one-step learning: the checks shared by all models."""
+def run_standard_checks(name: str, params=None, fit_steps: int = 1) -> Callable:
+    """Graph build, shape/range, padding, learning in ``fit_steps`` steps: the checks shared by all models."""
     features, labels = random_batch()
     model = build(name, params)
     assert_builds_in_a_graph_with_unknown_batch(model, features)
     assert_output_shape_and_range(model, features)
     assert_padding_changes_nothing(model, features)
     assert_serving_path_skips_the_loss_terms(model, features)
-    assert_fit_step_lowers_loss(model, features, labels)
+    assert_fit_step_lowers_loss(model, features, labels, steps=fit_steps)
     return model
 
 
