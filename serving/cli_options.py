@@ -17,6 +17,10 @@ from contract.serving import OUTPUT_KEY, PREDICTION_SIGNATURES, SERVING_DEFAULT
 # for raising it ten times (gRPC's own 4 MB default would refuse 900 candidates).
 DEFAULT_MAX_MESSAGE_MB = 64
 MB = 1 << 20
+# Calls in flight (answering or queued) before ``serve`` sheds load with RESOURCE_EXHAUSTED: with
+# the default 8 workers, 56 calls may queue, so 50 clients that each wait for their answer are
+# queued, not refused, while a flood is answered at once instead of waiting ever longer.
+DEFAULT_MAX_PENDING = 64
 
 
 # ---- serve ---------------------------------------------------------------------------------------
@@ -35,7 +39,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="threads answering requests (default: 8)")
     parser.add_argument("--max-message-mb", type=_positive_int, default=DEFAULT_MAX_MESSAGE_MB,
                         help=f"largest request message accepted, in MB; gRPC refuses a larger one with "
-                             f"RESOURCE_EXHAUSTED before it is read (default: {DEFAULT_MAX_MESSAGE_MB})")
+                             f"RESOURCE_EXHAUSTED before it is read, and a request whose tensors declare more "
+                             f"once decoded is refused too (default: {DEFAULT_MAX_MESSAGE_MB})")
+    parser.add_argument("--max-pending", type=_positive_int, default=DEFAULT_MAX_PENDING,
+                        help=f"calls in flight (answering or queued for a worker); beyond it a call gets "
+                             f"RESOURCE_EXHAUSTED at once (default: {DEFAULT_MAX_PENDING})")
 
 
 # ---- predict -------------------------------------------------------------------------------------

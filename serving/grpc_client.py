@@ -143,7 +143,10 @@ def run_predict(args: argparse.Namespace) -> int:
         return 1
     except grpc.RpcError as e:
         print(f"error: {args.server}: {e.code().name}: {e.details()}", file=sys.stderr)
-        if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "Concurrent RPC limit" in e.details():
+            print("the server is busy: it has as many calls in flight as `ctr-pipeline serve --max-pending` "
+                  "allows and refused this one at once; retry in a moment", file=sys.stderr)
+        elif e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in e.details():
             print(f"the request is over a gRPC message size limit ('size vs. limit' above, in bytes): the "
                   f"server's is set by `ctr-pipeline serve --max-message-mb`, this client's is "
                   f"{args.max_message_mb} MB (--max-message-mb); or send fewer candidates", file=sys.stderr)

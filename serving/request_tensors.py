@@ -49,6 +49,36 @@ def check_row_count(request: predict_pb2.PredictRequest, max_batch_size: int) ->
         )
 
 
+# bytes one decoded element takes (a string: at least its pointer); the declared-size check below
+_DECODED_BYTES = {tf.string.as_datatype_enum: 8}
+
+
+def check_declared_size(request: predict_pb2.PredictRequest, max_decoded_bytes: int) -> None:
+    """Refuses a request whose TensorProtos declare more than ``max_decoded_bytes`` in all, before
+    decoding: a TensorProto with one value and a shape of 10^8 elements is legal (the value fills
+    the shape), and decoding allocates the whole shape, so the message limit alone does not bound
+    what a request costs. Its default is the message limit: a request may not decode to more than
+    it could have sent written out."""
+    declared = {}
+    for name, proto in request.inputs.items():
+        elements = math.prod(max(d.size, 0) for d in proto.tensor_shape.dim)
+        try:
+            size = _DECODED_BYTES.get(proto.dtype) or tf.dtypes.as_dtype(proto.dtype).size
+        except TypeError:  # an unknown dtype: checked_shape names it
+            size = 1
+        declared[name] = elements * size
+    total = sum(declared.values())
+    if total > max_decoded_bytes:
+        name = max(sorted(declared), key=declared.get)
+        dims = [d.size for d in request.inputs[name].tensor_shape.dim]
+        raise ServingError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"model '{request.model_spec.name}': the request's tensors declare {total / (1 << 20):.1f} MB "
+            f"decoded (input '{name}' has shape {dims}), more than the limit of "
+            f"{max_decoded_bytes / (1 << 20):.0f} MB (ctr-pipeline serve --max-message-mb)",
+        )
+
+
 def check_input_names(where: str, specs: Dict[str, tf.TensorSpec], given) -> None:
     missing = sorted(set(specs) - set(given))
     extra = sorted(set(given) - set(specs))

@@ -27,14 +27,18 @@ Status codes (as TF Serving):
                     "Task size ... is larger than maximum input batch size"), ``serving_candidates``
                     with no candidate
   RESOURCE_EXHAUSTED a request message over ``max_message_mb`` (refused by gRPC itself, before
-                    the request is read: "Received message larger than max (N vs. LIMIT)")
+                    the request is read: "Received message larger than max (N vs. LIMIT)"); tensors
+                    whose declared shapes would decode to more than that; a call beyond
+                    ``max_pending`` calls in flight (gRPC: "Concurrent RPC limit exceeded!")
   other codes       errors raised by the model keep their TensorFlow code; unexpected server
                     errors are INTERNAL. The server keeps serving after every error.
 
 Request limits, checked before any input tensor is decoded (defaults: ``serving.cli_options``):
-``max_message_mb`` is gRPC's receive limit (TF Serving's own is 2 GB); ``max_batch_size`` bounds
-the largest leading dimension the request's TensorProtos declare (``request_tensors.check_row_count``),
-checked before the model is looked up, and then the signature's batch dimension.
+``max_message_mb`` is gRPC's receive limit (TF Serving's own is 2 GB) and also bounds the bytes the
+request's TensorProtos declare, decoded (``request_tensors.check_declared_size``: one value may fill
+a shape of any size); ``max_batch_size`` bounds the largest leading dimension they declare
+(``request_tensors.check_row_count``), checked before the model is looked up, and then the
+signature's batch dimension. ``max_pending`` bounds the calls in flight (load shedding).
 
 This module is the server's lifecycle (``serve``, ``ServerHandle``) and ``run_serve``; its parts:
 ``serving.request_tensors`` (checking and decoding tensors), ``serving.servable`` (a loaded
@@ -58,7 +62,7 @@ from typing import Optional
 import grpc
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
-from serving.cli_options import DEFAULT_MAX_MESSAGE_MB, MB
+from serving.cli_options import DEFAULT_MAX_MESSAGE_MB, DEFAULT_MAX_PENDING, MB
 from serving.servicers import ModelServicer, PredictionServicer
 from serving.versions import ModelManager
 
@@ -110,12 +114,15 @@ def serve(
     max_batch_size: int = 1000,
     workers: int = 8,
     max_message_mb: int = DEFAULT_MAX_MESSAGE_MB,
+    max_pending: int = DEFAULT_MAX_PENDING,
 ) -> ServerHandle:
     """Loads the newest version of every model under ``model_base`` and starts serving.
 
     Binds ``host`` (loopback by default); ``port=0`` picks a free port (see ``handle.port``).
-    Requests over ``max_message_mb`` MB or ``max_batch_size`` rows are refused unread (the defaults
-    and their reasons are in ``serving.cli_options``).
+    Requests over ``max_message_mb`` MB (sent, or declared by their shapes once decoded) or
+    ``max_batch_size`` rows are refused unread; beyond ``max_pending`` calls in flight (answering
+    or queued for one of the ``workers``) a call is refused at once (the defaults and their
+    reasons are in ``serving.cli_options``).
     Returns once the server answers; ``handle.stop()`` stops it.
     """
     manager = ModelManager(model_base, max_batch_size)
@@ -127,9 +134,10 @@ def serve(
             ("grpc.max_send_message_length", -1),  # answers are scores: as small as their requests
             ("grpc.so_reuseport", 0),  # a port in use is an error, not a shared port
         ],
+        maximum_concurrent_rpcs=max_pending,  # beyond: RESOURCE_EXHAUSTED at once, not a longer queue
     )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServicer(manager), server
+        PredictionServicer(manager, max_message_mb * MB), server
     )
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(manager), server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -151,7 +159,7 @@ def run_serve(args: argparse.Namespace) -> int:
     logging.getLogger().setLevel(logging.INFO)  # the request log
     try:
         handle = serve(args.model_base, args.port, args.host, args.poll_seconds,
-                       args.max_batch_size, args.workers, args.max_message_mb)
+                       args.max_batch_size, args.workers, args.max_message_mb, args.max_pending)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -14,7 +14,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from serving.request_tensors import ServingError, check_row_count
+from serving.request_tensors import ServingError, check_declared_size, check_row_count
 from serving.servable import predict
 from serving.versions import ModelManager
 
@@ -42,12 +42,15 @@ def _requested_version(model_spec) -> Optional[int]:
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, manager: ModelManager):
+    def __init__(self, manager: ModelManager, max_decoded_bytes: int):
         self.manager = manager
+        self.max_decoded_bytes = max_decoded_bytes
 
     def Predict(self, request, context):
         def call():
-            check_row_count(request, self.manager.max_batch_size)  # first: from the declared shapes only
+            # first, from the declared shapes only
+            check_row_count(request, self.manager.max_batch_size)
+            check_declared_size(request, self.max_decoded_bytes)
             spec = request.model_spec
             with self.manager.acquire(spec.name, _requested_version(spec)) as servable:
                 return predict(servable, request, self.manager.max_batch_size)

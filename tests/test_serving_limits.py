@@ -1,5 +1,5 @@
-"""Request limits of the TF Serving stand-in (message size, rows per request) and empty inputs,
-through the official gRPC stubs and ``ctr-pipeline predict``."""
+"""Request limits of the TF Serving stand-in (message size, declared size, rows per request, calls
+in flight) and empty inputs, through the official gRPC stubs and ``ctr-pipeline predict``."""
 import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -78,6 +78,69 @@ def test_the_row_limit_counts_candidates_and_comes_first(stubs):
     assert error.code() == INVALID and f"has {MAX_ROWS + 1} rows" in error.details()
     error = rpc_error(stubs.prediction.Predict, fx.examples_request(rows, model="nope"))
     assert error.code() == INVALID and f"maximum batch size {MAX_ROWS}" in error.details()
+
+
+def test_a_shape_that_would_decode_past_the_message_limit_is_refused_before_decoding(stubs):
+    """One value fills a declared shape of any size when decoded: the request is refused from
+    its declared shape, naming the input, however small its message is."""
+    name = next(n for n in sorted(fx.RAW) if fx.RAW[n][1] and fx.RAW[n][0] == tf.int64)
+    request = fx.raw_request(fx.random_rows(1, seed=8))
+    proto = request.inputs[name]
+    length = proto.tensor_shape.dim[1].size
+    proto.ClearField("int64_val")
+    proto.int64_val.append(1)
+    proto.tensor_shape.dim[1].size = LIMIT_BYTES // 8 + 1  # int64: just over the limit once decoded
+    assert request.ByteSize() < 10_000
+    error = rpc_error(stubs.prediction.Predict, request)
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
+    assert f"(input '{name}' has shape [1, {LIMIT_BYTES // 8 + 1}])" in error.details()
+    assert f"more than the limit of {MAX_MB} MB (ctr-pipeline serve --max-message-mb)" in error.details()
+    proto.tensor_shape.dim[1].size = length  # the same value filling the history's own length: answered
+    assert stubs.scores(request)[0].shape == (1,)
+
+
+# ---- load shedding ----------------------------------------------------------------------------
+def test_calls_beyond_max_pending_are_refused_at_once_and_the_server_keeps_answering(tmp_path):
+    """One worker, at most one call in flight: of a burst of 60 calls, those arriving while another
+    is in flight get RESOURCE_EXHAUSTED at once; the others are answered, and so is the next call."""
+    install({1: fx.save_fixture_model(str(tmp_path / "template"))}, tmp_path / "base", 1)
+    request = fx.examples_request(fx.random_rows(MAX_ROWS))
+    with running(tmp_path / "base", poll_seconds=3600, workers=1, max_pending=1) as (_, stubs):
+        futures = [stubs.prediction.Predict.future(request, timeout=30) for _ in range(60)]
+        codes, details = [], set()
+        for future in futures:
+            error = future.exception()
+            codes.append(grpc.StatusCode.OK if error is None else error.code())
+            if error is not None:
+                details.add(error.details())
+        assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, (codes, details)
+        assert details == {"Concurrent RPC limit exceeded!"}
+        assert stubs.scores(request)[0].shape == (MAX_ROWS,)
+
+
+def test_client_says_the_server_is_busy_when_it_sheds_the_call(tmp_path, capsys):
+    install({1: fx.save_fixture_model(str(tmp_path / "template"))}, tmp_path / "base", 1)
+    busy = fx.examples_request(fx.random_rows(MAX_ROWS))
+    with running(tmp_path / "base", poll_seconds=3600, workers=1, max_pending=1) as served:
+        for _ in range(10):  # keep the one slot taken by a burst, then call through the client
+            burst = [served[1].prediction.Predict.future(busy, timeout=30) for _ in range(30)]
+            shed = _predict(served, tmp_path, REQUEST) == 1
+            for future in burst:
+                future.exception()
+            if shed:
+                break
+    assert shed, "the client's call was never shed"
+    err = capsys.readouterr().err
+    assert "RESOURCE_EXHAUSTED: Concurrent RPC limit exceeded!" in err
+    assert "the server is busy" in err and "--max-pending" in err and "message size" not in err
+
+
+def test_serve_arguments_bound_the_calls_in_flight():
+    parser = argparse.ArgumentParser()
+    cli_options.add_serve_arguments(parser)
+    assert parser.parse_args(["--model-base", "m"]).max_pending == cli_options.DEFAULT_MAX_PENDING == 64
+    assert parser.parse_args(["--model-base", "m", "--max-pending", "3"]).max_pending == 3
+    assert "--max-pending" in parser.format_help()
 
 
 # ---- empty inputs -----------------------------------------------------------------------------
