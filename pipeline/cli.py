@@ -56,11 +56,16 @@ def cmd_run(args) -> int:
     import logging
 
     from pipeline import report
+    from pipeline.killed_runs import RunInProgress
     from pipeline.runner import run_local
 
     logging.getLogger().setLevel(logging.WARNING)
     started = time.perf_counter()
-    run_local(config, models)
+    try:
+        run_local(config, models)
+    except RunInProgress as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     summary = report.collect(config, models)
     print(report.format_report(summary))
     print(f"pipeline wall time {time.perf_counter() - started:.0f}s; report: {os.path.join(config.pipeline_root, report.REPORT_FILE)}")
