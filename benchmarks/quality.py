@@ -8,10 +8,10 @@ Evaluator), every model and ablation, several seeds.
 ``--models`` also takes ablation variants by name (``--models tf4ctr_no_tf_loss``), a model in
 its paper's exact form where it departs from it (``camn_no_residual``, ``dumn_paper_pooling``,
 ``dumn_hardest``) and
-regularisation variants: ``<model>_reg`` (``--models dnn_reg,dumn_reg``) is the model with the
-regularisation fixed for TF4CTR (docs/models.md; the authors' ML-1M settings: dropout 0.1, embedding
-L2 0.01), which the other models' defaults leave out; ``tf4ctr_noreg`` is TF4CTR without it and
-``tf4ctr_half_l2`` TF4CTR with half its embedding L2. ``din_ref`` and ``dnn_ref`` are the baselines
+regularisation variants: ``<model>_noreg`` (``--models dnn_noreg,dumn_noreg``) is the model without
+the regularisation every model has by default (TF4CTR's published ML-1M settings, dropout 0.1 and
+embedding L2 0.01; docs/models.md "Training defaults (v2)") and ``tf4ctr_half_l2`` TF4CTR with half
+its embedding L2. ``din_ref`` and ``dnn_ref`` are the baselines
 with exactly FuxiCTR's inputs and networks (benchmarks/peers.md compares them with FuxiCTR).
 ``<model>_v1`` is the model trained with the v1 trainer (fixed learning rate, patience 1, no
 clipping, a 10,000-example shuffle buffer, uniform embedding init) instead of the v2 defaults.
@@ -83,13 +83,13 @@ DEVIATION_VARIANTS: Dict[str, dict] = {
     "dumn_paper_pooling": {"architecture": "dumn", "pooling_interaction": False},  # models/dumn.py, eq. 3
     "dumn_hardest": {"architecture": "dumn", "triplet_mining": "hardest"},  # models/dumn.py, eq. 17-19
 }
-# regularisation: TF4CTR's (docs/models.md: the authors' ML-1M settings) on the other models
-# (<model>_reg), TF4CTR without it (tf4ctr_noreg) and with half its embedding L2
-# (tf4ctr_half_l2: the authors' code, FuxiCTR, adds 0.01/2 * sum(E^2); tf_keras' L2(0.01) adds 0.01 * sum(E^2))
-REGULARIZATION = {"dropout": 0.1, "embedding_l2": 0.01}
+# regularisation: every model's default is TF4CTR's (dropout 0.1, embedding L2 0.01; docs/models.md
+# "Training defaults (v2)"); <model>_noreg trains without it (the v1 trainer's 0 and 0), and
+# tf4ctr_half_l2 with half the embedding L2 (the authors' code, FuxiCTR, adds 0.01/2 * sum(E^2);
+# tf_keras' L2(0.01) adds 0.01 * sum(E^2))
+NO_REGULARIZATION = {"dropout": 0.0, "embedding_l2": 0.0}
 REGULARIZATION_VARIANTS: Dict[str, dict] = {
-    **{f"{m}_reg": {"architecture": m, **REGULARIZATION} for m in MODELS if m != "tf4ctr"},
-    "tf4ctr_noreg": {"architecture": "tf4ctr", "dropout": 0.0, "embedding_l2": 0.0},
+    **{f"{m}_noreg": {"architecture": m, **NO_REGULARIZATION} for m in MODELS},
     "tf4ctr_half_l2": {"architecture": "tf4ctr", "embedding_l2": 0.005},
 }
 # how much of a model's gap to DNN its inputs explain: DNN given only the behaviour sequences
@@ -107,8 +107,9 @@ INPUT_VARIANTS: Dict[str, dict] = {
 # Dice layer of 64 in the activation unit (no softmax), MLP 500x3
 REFERENCE_SEQUENCE = {"sequence_fields": ["item_id", "genre"], "sequence_gap": False, "mlp_units": [500, 500, 500]}
 REFERENCE_VARIANTS: Dict[str, dict] = {
-    "dnn_ref": {"architecture": "dnn", "sequences": ["click"], **REFERENCE_SEQUENCE},
-    "din_ref": {"architecture": "din", "attention_units": [64], "attention_activation": "dice", **REFERENCE_SEQUENCE},
+    "dnn_ref": {"architecture": "dnn", "sequences": ["click"], **REFERENCE_SEQUENCE, **NO_REGULARIZATION},
+    "din_ref": {"architecture": "din", "attention_units": [64], "attention_activation": "dice", **REFERENCE_SEQUENCE,
+                **NO_REGULARIZATION},
 }
 # training-schedule variants: the same model, trained under other ``training`` settings (a config
 # of their own). ``<model>_v1``: the v1 trainer (before the v2 training defaults of docs/models.md): fixed
@@ -117,7 +118,9 @@ REFERENCE_VARIANTS: Dict[str, dict] = {
 SCHEDULES: Dict[str, dict] = {"v1": {"reduce_lr_on_plateau": None, "early_stopping_patience": 1,
                                      "gradient_clip_norm": None, "shuffle_buffer_examples": 10000}}
 SCHEDULE_OF_VARIANT: Dict[str, str] = {f"{m}_{s}": s for m in MODELS for s in SCHEDULES}
-SCHEDULE_VARIANTS: Dict[str, dict] = {f"{m}_v1": {"architecture": m, "embedding_init_std": None} for m in MODELS}
+SCHEDULE_VARIANTS: Dict[str, dict] = {
+    f"{m}_v1": {"architecture": m, "embedding_init_std": None, **({} if m == "tf4ctr" else NO_REGULARIZATION)} for m in MODELS
+}
 # FADIDN's contrastive settings (docs/models.md "FADIDN"): lambda in {0.01, 0.05, 0.2},
 # tau in {0.1, 0.2, 0.5}, item side detached or not, chosen by validation AUC on ml1m-seq seed 0.
 # ``fadidn_l<lambda>_t<tau>[_detach]`` with the decimal point dropped (model names are [A-Za-z0-9_]:
@@ -263,7 +266,7 @@ def rela_impr(model_auc: float, din_auc: float) -> float:
 
 
 def paired_variants(results: List[dict]) -> Dict[str, List[dict]]:
-    """dataset -> one entry per variant (ablation, ``_reg`` or input variant): its mean test AUC and its model's
+    """dataset -> one entry per variant (ablation, ``_noreg`` or input variant): its mean test AUC and its model's
     on the seeds both ran, so a variant is only ever compared with its model on the same seeds."""
     auc = {(r["dataset"], r["model"], r["seed"]): r["auc"] for r in results}
     pairs: Dict[str, List[dict]] = {}
@@ -284,12 +287,14 @@ def paired_variants(results: List[dict]) -> Dict[str, List[dict]]:
 
 def contrastive_selection(results: List[dict], seed: int = 0) -> List[dict]:
     """FADIDN's contrastive settings tried on ml1m-seq ``seed``, best validation AUC first (the
-    choice the design asks for is the first row; the test AUC is shown, never used to choose)."""
+    choice the design asks for is the first row; the test AUC is shown, never used to choose).
+    The grid ran before regularisation became the default: its rows and ``fadidn_noreg`` (the
+    chosen settings, as they then ran) are compared."""
     rows = []
     for row in results:
         if row["dataset"] != "ml1m-seq" or row["seed"] != seed or not row.get("validation_auc_by_epoch"):
             continue
-        if row["model"] == "fadidn" or row["model"] in CONTRASTIVE_VARIANTS:
+        if row["model"] == "fadidn_noreg" or row["model"] in CONTRASTIVE_VARIANTS:
             settings = {**FADIDN_CONTRASTIVE_DEFAULTS, **CONTRASTIVE_VARIANTS.get(row["model"], {})}
             settings.pop("architecture", None)
             rows.append({"model": row["model"], **settings, "validation_auc": max(row["validation_auc_by_epoch"]),
@@ -386,7 +391,7 @@ def main() -> None:
                              "5,000 users x 80 events, when it holds no events.csv)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--models", default=",".join(MODELS),
-                        help="comma-separated models, ablation variants, <model>_reg, tf4ctr_noreg, tf4ctr_half_l2, "
+                        help="comma-separated models, ablation variants, <model>_noreg, tf4ctr_half_l2, "
                              "dnn_click, dnn_click_unclick, din_ref, dnn_ref, camn_no_residual or <model>_v1 (default: the six models)")
     parser.add_argument("--ablations", action="store_true", help=f"also the ablation variants: {', '.join(ABLATIONS)}")
     parser.add_argument("--workdir", default=os.path.join(ROOT, "runs", "quality"))

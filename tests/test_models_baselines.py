@@ -1,6 +1,9 @@
 """DNN and DIN: the shared model checks, and the base class's loss-term bookkeeping."""
+import os
+
 import pytest
 import tensorflow as tf
+import tf_keras
 
 from models.base import ModelOutput
 from models.dnn import DNN
@@ -93,6 +96,29 @@ def test_embeddings_start_at_the_reference_librarys_scale_unless_asked_otherwise
     uniform = v1.embeddings.tables["item_id"].embeddings.numpy()
     assert 0.5e-4 < small.std() < 2e-4
     assert 0.02 < uniform.std() < 0.04 and abs(uniform).max() <= 0.05
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["dnn", "din", "camn", "fadidn", "dumn", "tf4ctr"])
+def test_every_model_is_regularised_by_default_and_the_references_are_not(name):
+    """v2 default for every model: dropout 0.1 in the prediction MLP and L2 0.01 on the embeddings
+    (docs/models.md); FuxiCTR's reference forms and the v1 trainer's variants have neither."""
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    import quality
+
+    features, labels = h.random_batch()
+    model = h.build(name)
+    assert (model.params.dropout, model.params.embedding_l2) == (0.1, 0.01)
+    assert h.logged_loss_terms(model, features, labels)["regularization"] > 0
+    assert any(isinstance(layer, tf_keras.layers.Dropout) for layer in model.submodules)
+    for variant in (f"{name}_noreg", *(["dnn_ref", "din_ref"] if name in ("dnn", "din") else [])):
+        settings = quality.variant(variant)
+        assert (settings["dropout"], settings["embedding_l2"]) == (0.0, 0.0), variant
+    if name != "tf4ctr":  # TF4CTR's v1 had its own regularisation
+        settings = quality.variant(f"{name}_v1")
+        assert (settings["dropout"], settings["embedding_l2"]) == (0.0, 0.0)
 
 
 # ---- the reference forms (FuxiCTR's inputs) --------------------------------------------------------
