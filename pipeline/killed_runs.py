@@ -4,8 +4,8 @@ A local run that is killed (Ctrl-C twice, OOM, a closed terminal) leaves its exe
 ML Metadata, their output artifacts PENDING, and the folders those outputs were being written to
 on disk. ``run_lock`` makes one local run per pipeline root at a time, so once it is held every
 RUNNING execution belongs to a run that has died: ``abandon_killed_executions`` marks each FAILED
-and removes the folders it was writing (marking any unpublished output ABANDONED), so that neither a reader of ML
-Metadata nor a look at the pipeline root takes a half-written model for an output.
+and removes the folders it was writing (marking any unpublished output ABANDONED), so that neither
+a reader of ML Metadata nor a look at the pipeline root takes a half-written model for an output.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from ml_metadata.proto import metadata_store_pb2
 LOCK_FILE = ".ctr-pipeline-run.lock"
 KILLED_NOTE = "ctr_pipeline_note"  # custom property on the executions marked FAILED here
 NODE_CONTEXT = "node"  # TFX's context type of a pipeline node
+
 
 class RunInProgress(Exception):
     """Another run holds the pipeline root's lock."""
