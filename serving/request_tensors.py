@@ -15,6 +15,8 @@ import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2
 from tensorflow_serving.apis import predict_pb2
 
+from serving.cli_options import MB
+
 # Response tensors use the typed value fields, as TF Serving does by default (AsProtoField).
 _PROTO_FIELDS = {
     tf.float32: "float_val",
@@ -73,9 +75,9 @@ def check_declared_size(request: predict_pb2.PredictRequest, max_decoded_bytes: 
         dims = [d.size for d in request.inputs[name].tensor_shape.dim]
         raise ServingError(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
-            f"model '{request.model_spec.name}': the request's tensors declare {total / (1 << 20):.1f} MB "
+            f"model '{request.model_spec.name}': the request's tensors declare {total / MB:.1f} MB "
             f"decoded (input '{name}' has shape {dims}), more than the limit of "
-            f"{max_decoded_bytes / (1 << 20):.0f} MB (ctr-pipeline serve --max-message-mb)",
+            f"{max_decoded_bytes / MB:.0f} MB (ctr-pipeline serve --max-message-mb)",
         )
 
 
