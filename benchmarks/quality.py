@@ -115,11 +115,16 @@ REFERENCE_VARIANTS: Dict[str, dict] = {
 # of their own). ``<model>_v1``: the v1 trainer (before the v2 training defaults of docs/models.md): fixed
 # learning rate, stop after one epoch without a gain, no gradient clipping, a 10,000-example
 # shuffle buffer and Keras' uniform embedding init
+# ``<model>_b1024``: batches of 1,024 for up to 30 epochs (4x the updates per epoch of the configs'
+# 4,096, and room for the plateau schedule to run its course)
 SCHEDULES: Dict[str, dict] = {"v1": {"reduce_lr_on_plateau": None, "early_stopping_patience": 1,
-                                     "gradient_clip_norm": None, "shuffle_buffer_examples": 10000}}
+                                     "gradient_clip_norm": None, "shuffle_buffer_examples": 10000},
+                              "b1024": {"batch_size": 1024, "epochs": 30}}
 SCHEDULE_OF_VARIANT: Dict[str, str] = {f"{m}_{s}": s for m in MODELS for s in SCHEDULES}
 SCHEDULE_VARIANTS: Dict[str, dict] = {
-    f"{m}_v1": {"architecture": m, "embedding_init_std": None, **({} if m == "tf4ctr" else NO_REGULARIZATION)} for m in MODELS
+    **{f"{m}_v1": {"architecture": m, "embedding_init_std": None, **({} if m == "tf4ctr" else NO_REGULARIZATION)}
+       for m in MODELS},
+    **{f"{m}_b1024": {"architecture": m} for m in MODELS},
 }
 # FADIDN's contrastive settings (docs/models.md "FADIDN"): lambda in {0.01, 0.05, 0.2},
 # tau in {0.1, 0.2, 0.5}, item side detached or not, chosen by validation AUC on ml1m-seq seed 0.
