@@ -119,8 +119,10 @@ REFERENCE_VARIANTS: Dict[str, dict] = {
 # 4,096, and room for the plateau schedule to run its course)
 SCHEDULES: Dict[str, dict] = {"v1": {"reduce_lr_on_plateau": None, "early_stopping_patience": 1,
                                      "gradient_clip_norm": None, "shuffle_buffer_examples": 10000},
-                              "b1024": {"batch_size": 1024, "epochs": 30}}
-SCHEDULE_OF_VARIANT: Dict[str, str] = {f"{m}_{s}": s for m in MODELS for s in SCHEDULES}
+                              "b1024": {"batch_size": 1024, "epochs": 30},
+                              "fuxictr": {"batch_size": 4096, "epochs": 10}}  # the reference forms' (peers README)
+SCHEDULE_OF_VARIANT: Dict[str, str] = {f"{m}_{s}": s for m in MODELS for s in SCHEDULES if s != "fuxictr"}
+SCHEDULE_OF_VARIANT.update({name: "fuxictr" for name in REFERENCE_VARIANTS})
 SCHEDULE_VARIANTS: Dict[str, dict] = {
     **{f"{m}_v1": {"architecture": m, "embedding_init_std": None, **({} if m == "tf4ctr" else NO_REGULARIZATION)}
        for m in MODELS},
