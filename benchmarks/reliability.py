@@ -58,6 +58,7 @@ import concurrent.futures
 import dataclasses
 import datetime
 import json
+import math
 import random
 import shlex
 import shutil
@@ -357,9 +358,9 @@ def malformed_kinds(valid: ValidRequests, max_message_mb: int) -> List[Kind]:
 
 
 def kind_counts(kinds: List[Kind], requests: int, heavy: int) -> Dict[str, int]:
-    """Requests per kind: ``heavy`` for each heavy kind, the rest of ``requests`` shared."""
+    """Requests per kind: ``heavy`` for each heavy kind, the rest of ``requests`` (at least) shared."""
     light = [k for k in kinds if not k.heavy]
-    share = max(1, (requests - heavy * (len(kinds) - len(light))) // len(light))
+    share = max(1, math.ceil((requests - heavy * (len(kinds) - len(light))) / len(light)))
     return {k.name: heavy if k.heavy else share for k in kinds}
 
 
@@ -780,7 +781,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--small", action="store_true",
                         help=f"the quick check: {SMALL['requests']} malformed requests, {SMALL['heavy']} of each heavy kind, "
                              f"{SMALL['clients']} clients, {SMALL['duration']:g} s soak")
-    parser.add_argument("--requests", type=int, help=f"malformed requests in all (default {FULL['requests']:,})")
+    parser.add_argument("--requests", type=int, help=f"malformed requests in all, at least (default {FULL['requests']:,})")
     parser.add_argument("--clients", type=int,
                         help=f"clients of the soak and the largest throughput level (default {FULL['clients']})")
     parser.add_argument("--duration", type=float, help=f"seconds of the soak (default {FULL['duration']:g})")
