@@ -16,9 +16,9 @@ building and hot-swap push are reused). Clients call the official gRPC API
    declared shapes, ragged inputs, empty batches, no candidate, garbage tf.Examples, bad UTF-8,
    messages over --max-message-mb, rows over --max-batch-size, NaN floats, duplicate inputs...),
    ``--requests`` in all (each kind its share; the heavy kinds, 64 MB messages and 100,000-row
-   requests, 10 each), sent by 4 clients with a valid request after every 10. Per kind: the gRPC
-   status expected and the ones received. The server's resident memory (VmRSS) after loading and
-   warming up, its peak during the corpus, and after the corpus plus a settling pause.
+   requests, 10 each, 1 with --small), sent by 4 clients with a valid request after every 10. Per
+   kind: the gRPC status expected and the ones received. The server's resident memory (VmRSS) after
+   loading and warming up, its peak during the corpus, and after the corpus plus a settling pause.
 2. Soak: ``--clients`` clients send valid requests back to back for ``--duration`` seconds; at half
    time version+1 is pushed as TFX's Pusher writes it (saved_model.pb last). Throughput, p50/p99,
    failed valid requests, calls shed by ``--max-pending`` (RESOURCE_EXHAUSTED, counted apart: not a
@@ -428,11 +428,12 @@ def run_corpus(address: str, kinds: List[Kind], counts: Dict[str, int], valid_po
             with lock:
                 (results[kind.name] if kind else valid).add(code, details, time.perf_counter() - started)
 
-        started = time.perf_counter()
+        corpus_started = time.perf_counter()
         load = os.getloadavg()[0]
         with concurrent.futures.ThreadPoolExecutor(CORPUS_CLIENTS) as pool:
             list(pool.map(send, enumerate(schedule(kinds, counts))))
-    return {"kinds": results, "valid": valid, "seconds": time.perf_counter() - started, "load_1min": round(load, 2)}
+    seconds = time.perf_counter() - corpus_started
+    return {"kinds": results, "valid": valid, "seconds": seconds, "load_1min": round(load, 2)}
 
 
 class RssSampler:
