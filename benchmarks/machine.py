@@ -84,6 +84,18 @@ def process_cpu_seconds(pid: int) -> Optional[float]:
         return None
 
 
+def process_rss_bytes(pid: int) -> Optional[int]:
+    """Resident memory of a process (Linux /proc/<pid>/status VmRSS), None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def cpu_times() -> Optional[Tuple[float, float]]:
     """(idle, total) jiffies of the whole machine (Linux /proc/stat)."""
     try:

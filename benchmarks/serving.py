@@ -40,6 +40,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import argparse
+import collections
 import dataclasses
 import datetime
 import glob
@@ -150,12 +151,26 @@ def push_version(base: str, name: str, version: int) -> Tuple[int, float]:
     return version + 1, time.perf_counter() - started
 
 
+def pusher(base: str, name: str, versions: Dict[str, int]) -> Callable[[], Tuple[int, float]]:
+    """The ``swap`` of ``measure_throughput``: pushes version+1 of model ``name`` (``push_version``)
+    and records it in ``versions``."""
+    def swap() -> Tuple[int, float]:
+        new_version, copy_seconds = push_version(base, name, versions[name])
+        versions[name] = new_version
+        return new_version, copy_seconds
+
+    return swap
+
+
 # ---- the server -----------------------------------------------------------------------------
 class Server:
     """``ctr-pipeline serve`` in a subprocess (default) or ``serving.server.serve`` in-process."""
 
     def __init__(self, base: str, log_path: str, in_process: bool, poll_seconds: float,
-                 workers: int, max_batch_size: int, start_timeout: float):
+                 workers: int, max_batch_size: int, start_timeout: float,
+                 extra_env: Optional[Dict[str, str]] = None):
+        """``extra_env``: environment variables of the server subprocess only (e.g.
+        MALLOC_ARENA_MAX), on top of this process's."""
         self.in_process = in_process
         self.log_path = log_path
         self.process: Optional[subprocess.Popen] = None
@@ -174,7 +189,7 @@ class Server:
             "--max-batch-size", str(max_batch_size),
         ]
         env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2",
-                   PYTHONUNBUFFERED="1")
+                   PYTHONUNBUFFERED="1", **(extra_env or {}))
         self._log = open(log_path, "w")
         self.process = subprocess.Popen(self.command, cwd=ROOT, env=env, stdout=self._log,
                                         stderr=subprocess.STDOUT)
@@ -368,6 +383,7 @@ class Outcome:
     ms: float
     version: Optional[int]  # None: failed
     error: str = ""
+    code: str = ""  # a failure's gRPC status name, WRONG_ANSWER for an answer of the wrong size
 
 
 def measure_throughput(address: str, pool: RequestPool, clients: int, duration: float,
@@ -404,8 +420,9 @@ def measure_throughput(address: str, pool: RequestPool, clients: int, duration: 
                 mine.append(Outcome(now, (now - started) * 1000, version))
             except (grpc.RpcError, AssertionError) as e:
                 now = time.perf_counter()
-                text = f"{e.code().name}: {e.details()}" if isinstance(e, grpc.RpcError) else str(e)
-                mine.append(Outcome(now, (now - started) * 1000, None, text[:300]))
+                code = e.code().name if isinstance(e, grpc.RpcError) else "WRONG_ANSWER"
+                text = f"{code}: {e.details()}" if isinstance(e, grpc.RpcError) else str(e)
+                mine.append(Outcome(now, (now - started) * 1000, None, text[:300], code))
 
     threads = [threading.Thread(target=run, args=(k,), daemon=True) for k in range(clients)]
     for t in threads:
@@ -459,6 +476,7 @@ def measure_throughput(address: str, pool: RequestPool, clients: int, duration: 
         "seconds": round(elapsed, 2),
         "requests": len(ok),
         "failures": len(failed),
+        "failures_by_code": dict(sorted(collections.Counter(o.code for o in failed).items())),
         "errors": sorted({o.error for o in failed})[:5],
         "requests_per_s": round(len(ok) / elapsed, 1),
         "candidates_per_s": round(len(ok) * pool.candidates / elapsed, 1),
@@ -896,12 +914,7 @@ def benchmark_model(args, address: str, base: str, name: str, versions: Dict[str
     throughput = []
     pool = pools[("serving_default", args.throughput_candidates)]
     for clients in levels:
-        swap = None
-        if clients == levels[-1]:
-            def swap(name=name):
-                new_version, copy_seconds = push_version(base, name, versions[name])
-                versions[name] = new_version
-                return new_version, copy_seconds
+        swap = pusher(base, name, versions) if clients == levels[-1] else None
         row = measure_throughput(address, pool, clients, args.duration, server, swap)
         throughput.append(row)
         print(f"throughput {clients:2d} clients: {row['requests_per_s']} req/s, "

@@ -32,6 +32,9 @@ Status codes (as TF Serving):
                     ``max_pending`` calls in flight (gRPC: "Concurrent RPC limit exceeded!")
   other codes       errors raised by the model keep their TensorFlow code; unexpected server
                     errors are INTERNAL. The server keeps serving after every error.
+A status message over 2 KB is cut, saying so (``servicers.MAX_DETAILS_BYTES``: gRPC clients refuse
+longer status metadata). Bytes that do not parse as the call's request message are answered
+INTERNAL ("Exception deserializing request!") by gRPC itself, as TF Serving's C++ gRPC does.
 
 Request limits, checked before any input tensor is decoded (defaults: ``serving.cli_options``):
 ``max_message_mb`` is gRPC's receive limit (TF Serving's own is 2 GB) and also bounds the bytes the

@@ -20,16 +20,32 @@ from serving.versions import ModelManager
 
 log = logging.getLogger("serving.server")  # one logger for the whole server, as before its split
 
+# A status message travels in the call's trailing metadata, percent-encoded (3 bytes for a byte that is
+# not printable ASCII), and gRPC clients refuse metadata over 8 KB by default (grpc.max_metadata_size;
+# at random up to 16 KB, always beyond): a longer message (e.g. naming 10,000 unexpected inputs) would
+# reach the client as RESOURCE_EXHAUSTED "Stream removed" instead of the request's own status.
+MAX_DETAILS_BYTES = 2048
+
+
+def bounded_details(message: str) -> str:
+    """``message`` cut to at most ``MAX_DETAILS_BYTES`` bytes of UTF-8, saying so when it is cut."""
+    data = message.encode("utf-8")
+    if len(data) <= MAX_DETAILS_BYTES:
+        return message
+    note = f" ... (cut: the message has {len(data):,} bytes)"
+    kept = data[: MAX_DETAILS_BYTES - len(note.encode())].decode("utf-8", "ignore")
+    return kept + note
+
 
 def _answer(context: grpc.ServicerContext, call):
     """Runs ``call``; a ServingError or any unexpected error becomes a gRPC status."""
     try:
         return call()
     except ServingError as e:
-        context.abort(e.code, e.message)
+        context.abort(e.code, bounded_details(e.message))
     except Exception as e:  # never let a request take the server down
         log.exception("unexpected error while answering a request")
-        context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}: {e}")
+        context.abort(grpc.StatusCode.INTERNAL, bounded_details(f"internal error: {type(e).__name__}: {e}"))
 
 
 def _requested_version(model_spec) -> Optional[int]:

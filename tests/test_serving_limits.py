@@ -11,7 +11,7 @@ import grpc
 import pytest
 import tensorflow as tf
 
-from serving import cli_options, grpc_client
+from serving import cli_options, grpc_client, servicers
 from tests import serving_fixtures as fx
 from tests.test_serving_client import REQUEST
 from tests.test_serving_server import install, rpc_error, running
@@ -97,6 +97,24 @@ def test_a_shape_that_would_decode_past_the_message_limit_is_refused_before_deco
     assert f"more than the limit of {MAX_MB} MB (ctr-pipeline serve --max-message-mb)" in error.details()
     proto.tensor_shape.dim[1].size = length  # the same value filling the history's own length: answered
     assert stubs.scores(request)[0].shape == (1,)
+
+
+# ---- error messages ---------------------------------------------------------------------------
+def test_an_error_naming_thousands_of_inputs_reaches_the_client_cut_short(stubs):
+    """The message names every unexpected input; uncut, 10,000 of them would be over the client's
+    metadata limit and arrive as RESOURCE_EXHAUSTED "Stream removed" instead of the request's status."""
+    request = fx.examples_request(fx.random_rows(2))
+    for k in range(10_000):
+        request.inputs[f"extra_{k:05d}"].CopyFrom(tf.make_tensor_proto(["x"]))
+    error = rpc_error(stubs.prediction.Predict, request)
+    assert error.code() == INVALID, error.details()
+    assert "inputs do not match the signature" in error.details() and "'extra_00000'" in error.details()
+    assert len(error.details().encode()) <= servicers.MAX_DETAILS_BYTES
+    assert error.details().endswith(" bytes)") and "(cut: the message has " in error.details()
+    non_ascii = fx.examples_request(fx.random_rows(2))
+    non_ascii.inputs["é" * 3000].CopyFrom(tf.make_tensor_proto(["x"]))  # 2 bytes each, percent-encoded
+    error = rpc_error(stubs.prediction.Predict, non_ascii)
+    assert error.code() == INVALID and "'éé" in error.details()
 
 
 # ---- load shedding ----------------------------------------------------------------------------
