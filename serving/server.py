@@ -16,6 +16,8 @@ semantics: a client written against it works unchanged against the real server.
   GetModelStatus (state END with the error) and retried only when its files change; the previous
   version keeps serving. Versions only move forward: to roll back, push the old model again as a
   new version.
+* The same poller gives freed heap memory back to the system every 10 s (``serving.heap``): glibc
+  keeps what a large request freed, and the server's RSS would stay at its peak after abuse.
 
 Status codes (as TF Serving):
   NOT_FOUND         unknown model, no loaded version, or a requested version that is not loaded
@@ -66,6 +68,7 @@ import grpc
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
 from serving.cli_options import DEFAULT_MAX_MESSAGE_MB, DEFAULT_MAX_PENDING, MB
+from serving.heap import HeapTrimmer
 from serving.servicers import ModelServicer, PredictionServicer
 from serving.versions import ModelManager
 
@@ -86,11 +89,13 @@ class ServerHandle:
         self._poller.start()
 
     def _poll_loop(self, poll_seconds: float) -> None:
+        trimmer = HeapTrimmer()  # freed request buffers go back to the system (serving.heap)
         while not self._stopped.wait(poll_seconds):
             try:
                 self.manager.poll_once()
             except Exception:  # e.g. the model base vanished: keep serving what is loaded
                 log.exception("model poll failed")
+            trimmer.maybe_trim()
 
     def stop(self, grace: Optional[float] = 1.0) -> None:
         """Stops polling and the server; requests in flight get ``grace`` seconds to finish."""
