@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import socket
 import subprocess
+import sys
 from typing import Dict, List, Optional, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -82,6 +84,13 @@ def process_cpu_seconds(pid: int) -> Optional[float]:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return None
+
+
+def command_line(argv: Optional[List[str]] = None) -> str:
+    """How the running benchmark script was called, as a shell line (``argv``: the arguments given
+    to its ``main``, default the process's own), its path relative to the working directory."""
+    script = os.path.relpath(os.path.abspath(sys.argv[0]), os.getcwd())
+    return shlex.join(["python", script] + (sys.argv[1:] if argv is None else list(argv)))
 
 
 def process_rss_bytes(pid: int) -> Optional[int]:

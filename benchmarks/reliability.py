@@ -436,54 +436,57 @@ def run_corpus(address: str, kinds: List[Kind], counts: Dict[str, int], valid_po
     return {"kinds": results, "valid": valid, "seconds": seconds, "load_1min": round(load, 2)}
 
 
-class RssSampler:
-    """Samples a process's VmRSS every ``interval`` seconds in a thread: ``peak`` bytes."""
+class BackgroundPoll:
+    """Calls ``poll()`` every ``interval`` seconds in a daemon thread while the ``with`` block runs."""
+
+    def __init__(self, interval: float):
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.poll()
+
+    def poll(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class RssSampler(BackgroundPoll):
+    """Samples a process's VmRSS every ``interval`` seconds: ``peak`` bytes."""
 
     def __init__(self, pid: int, interval: float = 0.1):
-        self.pid, self.interval, self.peak = pid, interval, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
+        super().__init__(interval)
+        self.pid, self.peak = pid, 0
 
-    def _sample(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, machine.process_rss_bytes(self.pid) or 0)
-
-    def __enter__(self) -> "RssSampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
+    def poll(self) -> None:
+        self.peak = max(self.peak, machine.process_rss_bytes(self.pid) or 0)
 
 
-class VersionWatcher:
-    """Polls a model's GetModelStatus in a thread: ``seen[(version, state)]``, when first seen
-    (perf_counter seconds)."""
+class VersionWatcher(BackgroundPoll):
+    """Polls a model's GetModelStatus: ``seen[(version, state)]``, when first seen (perf_counter seconds)."""
 
     def __init__(self, address: str, model: str, interval: float = 0.2):
-        self.address, self.model, self.interval = address, model, interval
+        super().__init__(interval)
+        self.address, self.model = address, model
         self.seen: Dict[tuple, float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
 
-    def _watch(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                states = serving_benchmark.model_status(self.address, self.model)
-            except grpc.RpcError:
-                continue
-            now = time.perf_counter()
-            for version, state in states.items():
-                self.seen.setdefault((int(version), state), now)
-
-    def __enter__(self) -> "VersionWatcher":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
+    def poll(self) -> None:
+        try:
+            states = serving_benchmark.model_status(self.address, self.model)
+        except grpc.RpcError:
+            return
+        now = time.perf_counter()
+        for version, state in states.items():
+            self.seen.setdefault((int(version), state), now)
 
 
 def swap_phases(on_disk_at: float, seen: Dict[tuple, float], swap: Dict[str, object]) -> Dict[str, Optional[float]]:
@@ -952,8 +955,7 @@ class Run:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    command = shlex.join(["python", os.path.relpath(os.path.abspath(sys.argv[0]), os.getcwd())]
-                         + (sys.argv[1:] if argv is None else list(argv)))
+    command = machine.command_line(argv)
     started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     wall_start = time.perf_counter()
     facts = machine.machine_facts({"tensorflow": tf.__version__, "grpcio": grpc.__version__})

@@ -47,7 +47,6 @@ import glob
 import json
 import random
 import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -793,8 +792,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    command = shlex.join(["python", os.path.relpath(os.path.abspath(sys.argv[0]), os.getcwd())]
-                         + (sys.argv[1:] if argv is None else list(argv)))
+    command = machine.command_line(argv)
     started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     wall_start = time.perf_counter()
     facts = machine.machine_facts({"tensorflow": tf.__version__, "grpcio": grpc.__version__})
