@@ -22,6 +22,6 @@ setup(
     python_requires=">=3.10,<3.11",
     packages=find_packages(include=["contract*", "pipeline*", "models*", "ingest*", "transforms*", "serving*"]),
     install_requires=read_pins("constraints-top.txt") + ["PyYAML>=6", "pydantic>=2,<3"],
-    extras_require={"test": ["pytest", "hypothesis"], "bench": ["matplotlib"]},
+    extras_require={"test": ["pytest", "hypothesis"]},
     entry_points={"console_scripts": ["ctr-pipeline=pipeline.cli:main"]},
 )

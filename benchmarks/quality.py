@@ -38,7 +38,7 @@ model should land between the two, well above the second.
 
 Results are appended to ``<output>/quality.json`` as they come (a re-run skips what is there,
 so an interrupted benchmark resumes); ``quality.md`` (mean +- std over seeds, RelaImpr vs DIN)
-and ``quality.png`` (AUC per model with error bars; needs matplotlib: ``pip install -r requirements/bench.txt``)
+and ``quality.png`` (AUC per model with error bars)
 are rewritten after every run.
 """
 from __future__ import annotations
@@ -353,15 +353,12 @@ def format_markdown(table: Dict[str, Dict[str, dict]], commands: List[str], meta
     return "\n".join(lines) + "\n"
 
 
-def plot(table: Dict[str, Dict[str, dict]], path: str) -> bool:
-    try:
-        import matplotlib
+def plot(table: Dict[str, Dict[str, dict]], path: str) -> None:
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("[quality] matplotlib is not installed (pip install -r requirements/bench.txt): no plot", flush=True)
-        return False
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     figure, axes = plt.subplots(1, len(table), figsize=(6 * len(table), 4), squeeze=False)
     for axis, (dataset, models) in zip(axes[0], table.items()):
         names = [n for n, e in models.items() if e["auc"]]
@@ -373,7 +370,6 @@ def plot(table: Dict[str, Dict[str, dict]], path: str) -> bool:
         axis.set_title(f"{dataset}: test AUC (mean ± std over seeds)")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    return True
 
 
 def write_outputs(results: List[dict], output: str, command: str, meta: dict) -> None:

@@ -15,6 +15,7 @@ Transformed features (model inputs, the output of the transform graph):
   ``hour``, ``weekday``             int64 [B] in [0, 24) and [0, 7)
   ``hist_<fb>_<item field>``        int64 [B, T], left-padded with 0 = pad, most recent last
   ``hist_<fb>_gap``                 int64 [B, T], bucketized time gap, 0 = pad
+  ``slice_*``                       int64 [B], the Evaluator's slices (``contract.slices``)
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from contract.features import (
     CLICK_PROB, CONTEXT_FIELDS, FEEDBACK_TYPES, GAP, ITEM_ID, LABEL, TIMESTAMP, USER_ID, history_name,
 )  # fmt: skip
 from contract.serving import read_feature_spec
+from contract.slices import TRANSFORM_SLICE_FEATURES
 
 
 GAP_BUCKETINGS = typing.get_args(GapBucketing)
@@ -62,7 +64,7 @@ class FeatureSpec:
 
     @staticmethod
     def reserved_names() -> Tuple[str, ...]:
-        return (LABEL, TIMESTAMP, CLICK_PROB) + CONTEXT_FIELDS
+        return (LABEL, TIMESTAMP, CLICK_PROB) + CONTEXT_FIELDS + TRANSFORM_SLICE_FEATURES
 
     @classmethod
     def from_config(cls, config) -> "FeatureSpec":

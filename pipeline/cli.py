@@ -68,7 +68,8 @@ def cmd_run(args) -> int:
         return 2
     summary = report.collect(config, models)
     print(report.format_report(summary))
-    print(f"pipeline wall time {time.perf_counter() - started:.0f}s; report: {os.path.join(config.pipeline_root, report.REPORT_FILE)}")
+    print(f"pipeline wall time {time.perf_counter() - started:.0f}s; report: {os.path.join(config.pipeline_root, report.REPORT_FILE)}, "
+          f"{report.write_page(config, summary)}")
     print(f"TensorFlow, Beam and TFX warnings: {console.log_file(config.pipeline_root)}")
     return 0
 
@@ -78,7 +79,10 @@ def cmd_report(args) -> int:
 
     config = _load(args.config)
     models = _models_arg(args.models) or list(config.training.models)
-    print(report.format_report(report.collect(config, models)))
+    summary = report.collect(config, models)
+    print(report.format_report(summary))
+    if args.html:
+        print(f"report page: {report.write_page(config, summary)}")
     return 0
 
 
@@ -110,6 +114,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True)
     parser.add_argument("--models", default="")
+    parser.add_argument("--html", action="store_true",
+                        help="also write the report as one self-contained HTML page (report.html in the pipeline root; "
+                             "every run writes it) with its plots")
 
 
 def add_validate_config_arguments(parser: argparse.ArgumentParser) -> None:

@@ -28,6 +28,8 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact, standard_artifacts
 from tfx.types.standard_artifact_utils import encode_split_names
 
+from pipeline.metrics import metric_label
+
 COUNTS_FILE = "counts.json"
 
 
@@ -174,12 +176,6 @@ def ThresholdCheck(evaluation: InputArtifact[standard_artifacts.ModelEvaluation]
 METRIC_NOT_FOUND = "Metric not found."
 
 
-def _metric_label(key) -> str:
-    """A MetricKey proto as a reader names it: ``auc``, ``auc (change against the baseline)``."""
-    label = key.name + (f" of model {key.model_name}" if key.model_name else "")
-    return label + (" (change against the baseline)" if key.is_diff else "")
-
-
 def check_thresholds_were_evaluated(result, where: str) -> None:
     """Raises when TFMA could not evaluate the blessing thresholds: when the evaluation config
     sets none (``missing_thresholds``), or when a threshold names a metric the evaluation never
@@ -189,7 +185,7 @@ def check_thresholds_were_evaluated(result, where: str) -> None:
     if result.missing_thresholds:
         raise RuntimeError(f"the evaluation config sets no blessing threshold ({where}): no model can be blessed")
     never_computed = sorted({
-        _metric_label(failure.metric_key)
+        metric_label(failure.metric_key)
         for per_slice in result.metric_validations_per_slice
         for failure in per_slice.failures
         if failure.message == METRIC_NOT_FOUND
@@ -208,7 +204,7 @@ def non_finite_refusals(result) -> list:
     from pipeline.metrics import NON_FINITE_WHY
 
     found = sorted({
-        (_metric_label(failure.metric_key), failure.metric_value.double_value.value)
+        (metric_label(failure.metric_key), failure.metric_value.double_value.value)
         for per_slice in result.metric_validations_per_slice
         for failure in per_slice.failures
         if failure.HasField("metric_value") and not math.isfinite(failure.metric_value.double_value.value)

@@ -86,3 +86,27 @@ class _GAUCCombiner(beam.CombineFn):
     def extract_output(self, accumulator) -> Dict[metric_types.MetricKey, float]:
         total, weight = accumulator
         return {self._key: total / weight if weight else float("nan")}
+
+
+def metric_label(key) -> str:
+    """A MetricKey proto as a reader names it: ``auc``, ``auc (change against the baseline)``."""
+    label = key.name + (f" of model {key.model_name}" if key.model_name else "")
+    return label + (" (change against the baseline)" if key.is_diff else "")
+
+
+def threshold_failures(validation_result) -> List[str]:
+    """One line per blessing threshold a model missed, with the numbers compared: ``auc 0.55 is
+    below its lower bound 0.6``, ``auc (change against the baseline) -0.02 is below -0.01``."""
+    lines = []
+    for per_slice in validation_result.metric_validations_per_slice:
+        for failure in per_slice.failures:
+            value = failure.metric_value.double_value.value if failure.HasField("metric_value") else None
+            threshold = failure.metric_threshold
+            bounds = threshold.change_threshold if threshold.HasField("change_threshold") else threshold.value_threshold
+            limits = [f"{side} bound {getattr(bounds, field).value:g}" for side, field in (("lower", "lower_bound"), ("upper", "upper_bound"))
+                      if bounds.HasField(field)]
+            shown = "not computed" if value is None else f"{value:.4f}"
+            lines.append(f"{metric_label(failure.metric_key)} {shown}: outside its {' and '.join(limits) or 'threshold'}"
+                         + (f" ({failure.message})" if failure.message else ""))
+    return lines
+

@@ -24,6 +24,7 @@ from contract.serving import OUTPUT_KEY, SERVING_DEFAULT, TRANSFORM_FEATURES
 from contract.trainer_args import TrainerArgs
 from pipeline import components
 from contract.features import LABEL, USER_ID
+from contract.slices import SLICE_FEATURES
 from contract.feature_spec import FeatureSpec
 from transforms.preprocessing import SPEC_KEY
 
@@ -42,9 +43,14 @@ FINITE = tfma.MetricThreshold(value_threshold=tfma.GenericValueThreshold(
 ))
 
 
+CALIBRATION_BUCKETS = 10
+
+
 def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
-    """AUC, logloss, gAUC and example count; blessing thresholds on the overall slice only: AUC's
-    bounds, and every metric but the example count finite."""
+    """AUC, logloss, gAUC and example count, overall and on each slice of ``contract.slices``,
+    with Poisson-bootstrap 95% intervals (``evaluation.confidence_intervals``); a calibration
+    plot; blessing thresholds on the overall slice only: AUC's bounds, and every metric but the
+    example count finite."""
     bound = config.evaluation
     auc_threshold = tfma.MetricThreshold(
         value_threshold=tfma.GenericValueThreshold(lower_bound={"value": bound.auc_lower_bound}),
@@ -61,7 +67,11 @@ def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
                 preprocessing_function_names=[TRANSFORM_FEATURES],
             )
         ],
-        slicing_specs=[tfma.SlicingSpec()],
+        slicing_specs=[tfma.SlicingSpec()] + [tfma.SlicingSpec(feature_keys=[name]) for name in SLICE_FEATURES],
+        options=tfma.Options(
+            compute_confidence_intervals={"value": bound.confidence_intervals},
+            confidence_intervals=tfma.ConfidenceIntervalOptions(method=tfma.ConfidenceIntervalOptions.POISSON_BOOTSTRAP),
+        ),
         metrics_specs=[
             tfma.MetricsSpec(
                 metrics=[
@@ -69,6 +79,7 @@ def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
                     tfma.MetricConfig(class_name="AUC", per_slice_thresholds=_overall(auc_threshold)),
                     tfma.MetricConfig(class_name="BinaryCrossEntropy", module="tensorflow_model_analysis.metrics",
                                       per_slice_thresholds=_overall(FINITE)),
+                    tfma.MetricConfig(class_name="CalibrationPlot", config=json.dumps({"num_buckets": CALIBRATION_BUCKETS})),
                 ]
             ),
             tfma.MetricsSpec(

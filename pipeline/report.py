@@ -21,6 +21,7 @@ from ml_metadata.proto import metadata_store_pb2
 from contract.features import LABEL
 from contract.auc import auc
 from pipeline.metrics import AUC, EXAMPLE_COUNT, GAUC_NAME, LOGLOSS, NON_FINITE_WHY
+from pipeline.report_evaluation import read_evaluation
 
 REPORT_FILE = "report.json"
 _OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
@@ -65,32 +66,6 @@ class PipelineRun:
     def state(self, node_id: str) -> str:
         execution = self.executions.get(node_id)
         return metadata_store_pb2.Execution.State.Name(execution.last_known_state) if execution else "NOT RUN"
-
-
-def _overall_metrics(evaluation_uri: str) -> Dict[str, float]:
-    import tensorflow_model_analysis as tfma
-
-    return candidate_metrics(tfma.load_metrics(evaluation_uri))
-
-
-BASELINE_MODEL = "baseline"  # TFMA's name for the baseline model's metrics (tfma.BASELINE_KEY)
-
-
-def candidate_metrics(metrics_for_slices) -> Dict[str, float]:
-    """The evaluated model's overall-slice metrics from TFMA's MetricsForSlice protos.
-
-    With a baseline (the latest blessed version of the same model), TFMA reports the baseline's
-    metrics and the differences beside the candidate's: only the candidate's are taken.
-    """
-    for metrics in metrics_for_slices:
-        if not metrics.slice_key.single_slice_keys:
-            return {
-                kv.key.name: kv.value.double_value.value
-                for kv in metrics.metric_keys_and_values
-                if not kv.key.HasField("sub_key") and not kv.key.is_diff and kv.key.model_name != BASELINE_MODEL
-                and kv.value.HasField("double_value")
-            }
-    return {}
 
 
 def oracle_auc(examples_uri: str, split: str = "test") -> Optional[float]:
@@ -142,7 +117,8 @@ def collect(config, models: List[str]) -> dict:
     rows = []
     for name in models:
         evaluation = run.outputs(f"Evaluator.{name}")
-        metrics = _overall_metrics(evaluation["evaluation"].uri) if "evaluation" in evaluation else {}
+        evaluated = read_evaluation(evaluation["evaluation"].uri) if "evaluation" in evaluation else {}
+        metrics = evaluated.get("metrics", {})
         blessed = _prop(evaluation["blessing"], "blessed") if "blessing" in evaluation else None
         pushed = run.outputs(f"Pusher.{name}").get("pushed_model")
         trainer = run.outputs(f"Trainer.{name}")
@@ -163,7 +139,14 @@ def collect(config, models: List[str]) -> dict:
             "train_examples_per_second": stats.get("train_examples_per_second"),
             "diagnostics": validation_diagnostics(stats),
             "validation_auc_by_epoch": [logs.get("val_auc") for logs in stats.get("epochs") or []],
+            "epochs": stats.get("epochs") or [],
+            "baseline_auc": evaluated.get("baseline", {}).get(AUC),
+            "intervals": evaluated.get("intervals", {}),
+            "slices": evaluated.get("slices", []),
+            "calibration": evaluated.get("calibration", []),
+            "validation": {"failures": evaluated.get("failures", [])},
             "model_uri": trainer["model"].uri if "model" in trainer else None,
+            "model_run_uri": trainer["model_run"].uri if "model_run" in trainer else None,
         })
     oracle = oracle_auc(example_gen["examples"].uri, config.evaluation.split) if "examples" in example_gen else None
     report = {
@@ -173,6 +156,37 @@ def collect(config, models: List[str]) -> dict:
     with open(os.path.join(config.pipeline_root, REPORT_FILE), "w", encoding="utf-8") as handle:
         json.dump(report, handle, indent=2)
     return report
+
+
+TENSORBOARD_DIR = "tensorboard"
+
+
+def link_tensorboard(pipeline_root: str, report: dict) -> str:
+    """``<pipeline_root>/tensorboard/<run id>/<model>``: a link to each model's Trainer logs, so
+    ``tensorboard --logdir <pipeline_root>/tensorboard`` shows every model of every run by name."""
+    run_dir = os.path.join(pipeline_root, TENSORBOARD_DIR, report["run_id"])
+    os.makedirs(run_dir, exist_ok=True)
+    for row in report["models"]:
+        link = os.path.join(run_dir, row["model"])
+        if row.get("model_run_uri") and not os.path.lexists(link):
+            os.symlink(os.path.abspath(row["model_run_uri"]), link)
+    return run_dir
+
+
+def write_page(config, report: dict) -> str:
+    """Writes the model cards of the pushed models (pipeline/model_card.py), the run's TensorBoard
+    folder and ``report.html`` (pipeline/report_page.py); returns the page's path."""
+    from contract.config import validate_model_params
+    from pipeline import model_card, report_page
+
+    architectures = {name: choice.architecture for name, choice in validate_model_params(config).items()}
+    cards = {}
+    for path in model_card.write_cards(report, config.pipeline_root, architectures, config.data.path):
+        with open(path, encoding="utf-8") as handle:
+            cards[os.path.splitext(os.path.basename(path))[0]] = {"path": path, "card": json.load(handle)}
+    link_tensorboard(config.pipeline_root, report)
+    page = dict(report, model_cards=cards, tensorboard_dir=os.path.join(config.pipeline_root, TENSORBOARD_DIR))
+    return report_page.write(page, os.path.join(config.pipeline_root, report_page.REPORT_PAGE))
 
 
 NOT_FINITE = "(!)"  # marks a nan or infinite metric in the table

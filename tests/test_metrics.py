@@ -42,7 +42,7 @@ def test_the_report_takes_the_candidates_metrics_not_the_baselines():
     import tensorflow_model_analysis as tfma
     from tensorflow_model_analysis.proto import metrics_for_slice_pb2
 
-    from pipeline.report import BASELINE_MODEL, candidate_metrics
+    from pipeline.report_evaluation import BASELINE_MODEL, candidate_metrics
 
     assert BASELINE_MODEL == tfma.BASELINE_KEY
     overall = metrics_for_slice_pb2.MetricsForSlice()

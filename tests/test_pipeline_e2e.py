@@ -29,11 +29,16 @@ def _config(root, data_dir, auc_lower_bound):
     return parse_config(raw)
 
 
+BAD_ROW = "u1,i1,1704071106,maybe,0,0,0.5,0.5\n"  # clicked is no flag: quarantined as invalid_flag
+
+
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("e2e"))
     data_dir = os.path.join(root, "data")
     synthetic.generate(data_dir, num_users=100, num_items=150, events_per_user=30, seed=3)
+    with open(os.path.join(data_dir, "events.csv"), "a", encoding="utf-8") as events:
+        events.write(BAD_ROW)
     config = _config(root, data_dir, auc_lower_bound=0.5)
     run_local(config)
     return root, data_dir, config, report.collect(config, ["dnn"])
@@ -46,8 +51,35 @@ def test_run_ends_with_a_blessed_pushed_model(first_run):
     assert 0.5 < row["gauc"] < 1 and row["logloss"] > 0
     assert row["pushed"].startswith(os.path.join(config.serving_root, "dnn") + os.sep)
     counts = summary["counts"]
-    assert counts["balanced"] and counts["log_rows_in"] == counts["examples_total"] > 0
+    assert counts["balanced"] and counts["log_rows_in"] == counts["examples_total"] + 1 > 1
+    assert counts["quarantined_by_reason"] == {"invalid_flag": 1}
     assert summary["oracle_auc"] > row["auc"]
+
+
+def test_the_evaluator_reports_intervals_slices_and_calibration(first_run):
+    from contract.slices import SLICE_FEATURES
+
+    (row,) = first_run[3]["models"]
+    low, high = row["intervals"]["auc"]
+    assert low < row["auc"] < high
+    assert {entry["feature"] for entry in row["slices"]} == set(SLICE_FEATURES)
+    for feature in SLICE_FEATURES:  # each slice feature partitions the test split
+        assert sum(e["examples"] for e in row["slices"] if e["feature"] == feature) == row["examples"]
+    assert sum(bucket["weight"] for bucket in row["calibration"]) == pytest.approx(row["examples"])
+
+
+def test_the_pushed_model_has_a_model_card(first_run):
+    _, _, config, summary = first_run
+    (row,) = summary["models"]
+    report.write_page(config, summary)
+    with open(os.path.join(config.pipeline_root, "model_cards", "dnn.json"), encoding="utf-8") as handle:
+        card = json.load(handle)
+    assert card["model_details"]["path"] == row["pushed"]
+    metrics = {(m["type"], m.get("slice", "")): m for m in card["quantitative_analysis"]["performance_metrics"]}
+    assert float(metrics[("auc", "")]["value"]) == pytest.approx(row["auc"], abs=1e-4)
+    assert "confidence_interval" in metrics[("auc", "")]
+    assert any(name.startswith("slice_history_length=") for _, name in metrics)
+    assert card["model_parameters"]["data"] and card["considerations"]["limitations"]
 
 
 def test_pushed_model_serves_both_signatures_with_warmup_and_config(first_run):
@@ -65,14 +97,63 @@ def test_pushed_model_serves_both_signatures_with_warmup_and_config(first_run):
     assert probs.shape == (16,) and np.all((probs > 0) & (probs < 1))
 
 
-def test_impossible_auc_bound_pushes_nothing(first_run):
+@pytest.fixture(scope="module")
+def refused_run(first_run):
+    """The same logs again with an AUC bound no model can meet."""
     root, data_dir, _, _ = first_run
     config = _config(root, data_dir, auc_lower_bound=0.999)
     versions_before = sorted(os.listdir(os.path.join(config.serving_root, "dnn")))
     run_local(config)
-    (row,) = report.collect(config, ["dnn"])["models"]
+    summary = report.collect(config, ["dnn"])
+    return config, summary, versions_before, report.write_page(config, summary)
+
+
+def test_impossible_auc_bound_pushes_nothing(refused_run):
+    config, summary, versions_before, _ = refused_run
+    (row,) = summary["models"]
     assert row["blessed"] is False and row["pushed"] is None
     assert sorted(os.listdir(os.path.join(config.serving_root, "dnn"))) == versions_before
+    (failure,) = row["validation"]["failures"]
+    assert failure.startswith(f"auc {row['auc']:.4f}: outside its lower bound 0.999")
+    assert row["baseline_auc"] is not None  # compared with the version the first run blessed
+
+
+def test_report_page_shows_the_refusal_the_quarantined_row_and_each_part(refused_run):
+    config, summary, _, page = refused_run
+    text = open(page, encoding="utf-8").read()
+    assert "refused" in text and "outside its lower bound 0.999" in text
+    assert "<td>quarantined: invalid_flag</td><td>1</td>" in text
+    assert text.count('src="data:image/png;base64,') >= 3  # training curves, stage times, calibration
+    assert "http://" not in text and "https://" not in text  # self-contained: nothing fetched
+    run_logs = os.path.join(config.pipeline_root, report.TENSORBOARD_DIR, summary["run_id"], "dnn")
+    assert glob.glob(os.path.join(run_logs, "**", "events.out.tfevents.*"), recursive=True)
+
+
+def test_report_page_renders_in_a_headless_browser(refused_run):
+    """Chromium (Debian's chromium-headless-shell, which .ci/run installs) renders the whole page:
+    the screenshot (kept beside the page) has text and the plots' colours, the DOM every part."""
+    import shutil
+    import subprocess
+
+    from PIL import Image
+
+    browser = shutil.which("chromium-headless-shell") or shutil.which("chromium")
+    if browser is None and not os.environ.get("CTR_REQUIRE_BROWSER"):
+        pytest.skip("no headless Chromium here (apt-get install chromium-headless-shell)")
+    assert browser, "CTR_REQUIRE_BROWSER is set but chromium-headless-shell is not on PATH"
+    _, _, _, page = refused_run
+    shot = os.path.join(os.path.dirname(page), "report.png")
+    subprocess.run([browser, "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1280,6000",
+                    f"--screenshot={shot}", f"file://{page}"], check=True, capture_output=True, timeout=120)
+    pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=np.int32)
+    assert pixels.shape == (6000, 1280, 3) and (pixels[-100:] == 255).all()  # blank at the bottom: the whole page is in it
+    red, blue = pixels[..., 0], pixels[..., 2]
+    assert (pixels.sum(axis=-1) < 384).mean() > 0.01  # text and tables drawn
+    assert (blue > red + 60).mean() > 0.001  # the plots' blue lines and bars: the images decoded
+    dom = subprocess.run([browser, "--no-sandbox", "--disable-gpu", "--dump-dom", f"file://{page}"],
+                         check=True, capture_output=True, text=True, timeout=120).stdout
+    for part in ("Models on the", "Rows", "Calibration", "Metrics by slice", "Training", "Stages"):
+        assert f"<h2>{part}" in dom, part
 
 
 def test_generate_data_request_gets_ranked_scores_from_the_served_model(first_run, capsys):

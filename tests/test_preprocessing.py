@@ -87,3 +87,22 @@ def test_log_gap_buckets_have_equal_widths_up_to_the_largest_train_gap():
     expected = [int((boundaries <= np.float32(np.log1p(g))).sum()) + 1 for g in gaps]
     assert list(out["hist_click_gap"][0][-4:]) == expected
     assert expected == sorted(expected, reverse=True) and len(set(expected)) == 4  # seconds and days stay apart
+
+
+def test_slice_features_bucket_history_length_recent_activity_and_new_users(analyzed):
+    """The Evaluator's slices (contract.slices) come out of the transform graph."""
+    from contract import slices
+
+    tft_dir, train = analyzed
+    seen_user, item = train[0]["user_id"], train[0]["item_id"]
+    t, day = 1_700_000_000, 86400
+    out = tft_fixture.transform(tft_dir, [
+        _example(seen_user, item, t),
+        _example(seen_user, item, t, click_items=[item] * 3, click_times=[t - 8 * day, t - day, t - 60]),
+        _example("never-seen-user", item, t, click_items=[item] * 6, click_times=[t - 60] * 6),
+    ], SPEC)
+    assert SPEC.max_length >= 6
+    assert [slices.value_label(slices.HISTORY_LENGTH, v) for v in out[slices.HISTORY_LENGTH]] == ["0", "1-4", "5-19"]
+    # the click 8 days before is outside the 7-day window
+    assert [slices.value_label(slices.USER_ACTIVITY, v) for v in out[slices.USER_ACTIVITY]] == ["0", "1-9", "1-9"]
+    assert list(out[slices.NEW_USER]) == [0, 0, 1]

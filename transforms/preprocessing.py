@@ -11,6 +11,9 @@ evaluation (TFMA's ``transform_features``) and serving (both signatures) run thi
   train-split boundaries (``gap_bucketing``: quantiles, or equal widths up to the largest log
   gap); 0 = pad.
 - Context: hour and weekday (Monday = 0) of the timestamp, UTC.
+- Slices (``contract.slices``, for the Evaluator; the models ignore them): click-history length
+  bucket, events-in-the-last-7-days bucket, and whether the user id is outside the train
+  vocabulary.
 """
 from __future__ import annotations
 
@@ -23,7 +26,8 @@ from typing import Dict
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from contract.features import LABEL, PAD_INDEX, TIMESTAMP
+from contract import slices
+from contract.features import ITEM_ID, LABEL, PAD_INDEX, TIMESTAMP, USER_ID
 from contract.feature_spec import FeatureSpec
 
 SPEC_KEY = "feature_spec"
@@ -91,6 +95,8 @@ def preprocessing_fn(inputs: Dict[str, tf.Tensor], custom_config: Dict) -> Dict[
             vocab_filename=spec.vocabulary_name(field),
         )
         outputs[field] = _indices(target, vocab_file, spec)
+        if field == USER_ID:
+            outputs[slices.NEW_USER] = tf.cast(tft.apply_vocabulary(target, vocab_file, default_value=-1) < 0, tf.int64)
         if field in spec.item_fields:
             for kind in spec.feedback_types:
                 sequence = histories[(kind, field)]
@@ -106,8 +112,29 @@ def preprocessing_fn(inputs: Dict[str, tf.Tensor], custom_config: Dict) -> Dict[
     for kind, gaps in log_gaps.items():
         buckets = tft.apply_buckets(gaps.flat_values, boundaries) + 1
         outputs[spec.history_gap(kind)] = left_pad(gaps.with_flat_values(buckets), spec.max_length, PAD_INDEX)
+    outputs.update(_slice_buckets(timestamp, histories, inputs, spec))
     outputs[LABEL] = _dense_1d(inputs[LABEL])
     return outputs
+
+
+def _bucket(counts: tf.Tensor, edges) -> tf.Tensor:
+    """int64 [B]: bucket i where edges[i - 1] <= count < edges[i], 0 below the first edge."""
+    return tf.reduce_sum(tf.cast(counts[:, tf.newaxis] >= tf.constant(edges, tf.int64), tf.int64), axis=1)
+
+
+def _slice_buckets(timestamp, histories, inputs, spec: FeatureSpec) -> Dict[str, tf.Tensor]:
+    """The history-length and user-activity slice features (contract.slices)."""
+    kind = "click" if "click" in spec.feedback_types else spec.feedback_types[0]
+    length = tf.minimum(histories[(kind, ITEM_ID)].row_lengths(), spec.max_length)
+    recent = tf.zeros_like(timestamp)
+    for feedback in spec.feedback_types:
+        age = timestamp[:, tf.newaxis] - _ragged(inputs[spec.history_timestamp(feedback)])
+        within = tf.cast((age >= 0) & (age <= slices.ACTIVITY_WINDOW_SECONDS), tf.int64)
+        recent += tf.reduce_sum(within, axis=1)
+    return {
+        slices.HISTORY_LENGTH: _bucket(tf.cast(length, tf.int64), slices.HISTORY_LENGTH_EDGES),
+        slices.USER_ACTIVITY: _bucket(tf.cast(recent, tf.int64), slices.USER_ACTIVITY_EDGES),
+    }
 
 
 def gap_boundaries(log_gaps: tf.Tensor, spec: FeatureSpec) -> tf.Tensor:
