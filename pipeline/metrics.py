@@ -17,7 +17,7 @@ from contract.auc import auc
 
 GAUC_NAME = "gauc"
 # the names TFMA emits for the other metrics ``pipeline.eval_config`` configures (thresholds may only use these)
-AUC, LOGLOSS, EXAMPLE_COUNT = "auc", "binary_crossentropy", "example_count"
+AUC, LOGLOSS, EXAMPLE_COUNT, MEAN_LABEL = "auc", "binary_crossentropy", "example_count", "mean_label"
 # why a metric can be nan or inf, and why that refuses the blessing (ThresholdCheck, the report)
 NON_FINITE_WHY = (
     "no threshold can judge it, so the model is not blessed; logloss (binary_crossentropy) is inf or nan "

@@ -78,8 +78,8 @@ def card(report: dict, row: dict, architecture: str, data_path: str) -> dict:
 
 def _diff(row: dict) -> str:
     if row.get("baseline_auc") is None:
-        return "the first blessed version of this model"
-    return f"test AUC {row['auc']:.4f} against {row['baseline_auc']:.4f} of the last blessed version"
+        return "The first blessed version of this model"
+    return f"Test AUC {row['auc']:.4f} against {row['baseline_auc']:.4f} of the last blessed version"
 
 
 def write_cards(report: dict, pipeline_root: str, architectures: dict, data_path: str) -> List[str]:

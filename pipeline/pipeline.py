@@ -76,6 +76,7 @@ def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
             tfma.MetricsSpec(
                 metrics=[
                     tfma.MetricConfig(class_name="ExampleCount"),
+                    tfma.MetricConfig(class_name="MeanLabel"),  # a slice's click rate
                     tfma.MetricConfig(class_name="AUC", per_slice_thresholds=_overall(auc_threshold)),
                     tfma.MetricConfig(class_name="BinaryCrossEntropy", module="tensorflow_model_analysis.metrics",
                                       per_slice_thresholds=_overall(FINITE)),

@@ -8,7 +8,7 @@ import os
 from typing import Dict, List, Optional, Tuple
 
 from contract.slices import SLICE_FEATURES
-from pipeline.metrics import AUC, EXAMPLE_COUNT, GAUC_NAME, LOGLOSS, threshold_failures
+from pipeline.metrics import AUC, EXAMPLE_COUNT, GAUC_NAME, LOGLOSS, MEAN_LABEL, threshold_failures
 
 BASELINE_MODEL = "baseline"  # TFMA's name for the baseline model's metrics (tfma.BASELINE_KEY)
 REPORTED = (AUC, GAUC_NAME, LOGLOSS, EXAMPLE_COUNT)
@@ -58,7 +58,7 @@ def _slice_value(key) -> Optional[int]:
 
 
 def slice_rows(metrics_for_slices) -> List[dict]:
-    """{feature, value, auc, gauc, logloss, examples} of the candidate on each single-feature slice."""
+    """{feature, value, auc, gauc, logloss, examples, mean_label} of the candidate on each single-feature slice."""
     rows = []
     for metrics in metrics_for_slices:
         keys = metrics.slice_key.single_slice_keys
@@ -66,7 +66,8 @@ def slice_rows(metrics_for_slices) -> List[dict]:
             continue
         values = _values(metrics)
         rows.append({"feature": keys[0].column, "value": _slice_value(keys[0]), "auc": values.get(AUC),
-                     "gauc": values.get(GAUC_NAME), "logloss": values.get(LOGLOSS), "examples": values.get(EXAMPLE_COUNT)})
+                     "gauc": values.get(GAUC_NAME), "logloss": values.get(LOGLOSS), "examples": values.get(EXAMPLE_COUNT),
+                     "mean_label": values.get(MEAN_LABEL)})
     return sorted(rows, key=lambda row: (SLICE_FEATURES.index(row["feature"]), row["value"]))
 
 

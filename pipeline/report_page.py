@@ -107,19 +107,28 @@ def rows_section(report: dict) -> str:
 
 
 def slices_section(report: dict) -> str:
+    """One row per slice value: its examples and click rate, then each model's AUC and logloss."""
     sliced = {row["model"]: row["slices"] for row in report["models"] if row.get("slices")}
     if not sliced:
         return ""
-    lines = []
+    by_value = {}
     for model, rows in sliced.items():
         for entry in rows:
-            lines.append([_esc(model), _esc(slices.TITLES.get(entry["feature"], entry["feature"])),
-                          _esc(slices.value_label(entry["feature"], entry["value"])), _num(entry.get("auc")),
-                          _num(entry.get("gauc")), _num(entry.get("logloss")), _num(entry.get("examples"), 0)])
+            by_value.setdefault((entry["feature"], entry["value"]), {})[model] = entry
+    lines = []
+    for (feature, value), entries in by_value.items():
+        first = next(iter(entries.values()))
+        line = [_esc(slices.TITLES.get(feature, feature)), _esc(slices.value_label(feature, value)),
+                _num(first.get("examples"), 0), _num(first.get("mean_label"), 3)]
+        for model in sliced:
+            entry = entries.get(model, {})
+            line += [_num(entry.get("auc")) if entry and report_plots.has_auc(entry) else "-", _num(entry.get("logloss"))]
+        lines.append(line)
+    header = ["slice", "value", "examples", "click rate"] + [f"{model} {metric}" for model in sliced for metric in ("AUC", "logloss")]
     png = report_plots.slice_auc(sliced, slices.TITLES, slices.value_label)
     return ("<h2>Metrics by slice</h2><p class=note>Computed by the Evaluator (TFMA) on the test split; "
-            "a slice with one class has no AUC.</p>" + _image(png, "AUC by slice")
-            + _table(["model", "slice", "value", "AUC", "gAUC", "logloss", "examples"], lines, "slices"))
+            "a slice without both clicks and non-clicks has no AUC (-).</p>" + _image(png, "AUC by slice")
+            + _table(header, lines, "slices"))
 
 
 def calibration_section(report: dict) -> str:

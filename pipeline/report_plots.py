@@ -74,9 +74,13 @@ def diagnostics(model: str, epochs: List[dict]) -> Optional[bytes]:
     return _png(figure)
 
 
+SHORTEST_STAGE_SECONDS = 1.0  # stages quicker than this are left out of the chart
+
+
 def stage_times(stages: Dict[str, dict]) -> bytes:
-    """Wall time per pipeline stage, longest first."""
-    timed = sorted(((node, info["seconds"]) for node, info in stages.items() if info.get("seconds") is not None),
+    """Wall time per pipeline stage of at least SHORTEST_STAGE_SECONDS, longest first."""
+    timed = sorted(((node, info["seconds"]) for node, info in stages.items()
+                    if info.get("seconds") is not None and info["seconds"] >= SHORTEST_STAGE_SECONDS),
                    key=lambda item: item[1])
     figure, axis = plt.subplots(figsize=(7, 0.3 * len(timed) + 1.0))
     axis.barh([node for node, _ in timed], [seconds for _, seconds in timed], color="#4c72b0")
@@ -104,6 +108,11 @@ def calibration(models: Dict[str, List[dict]]) -> Optional[bytes]:
     return _png(figure)
 
 
+def has_auc(slice_row: dict) -> bool:
+    """A slice with clicks and non-clicks: AUC is defined (TFMA writes 0 for a one-class slice)."""
+    return slice_row.get("mean_label") is None or 0.0 < slice_row["mean_label"] < 1.0
+
+
 def slice_auc(slices: Dict[str, List[dict]], titles: Dict[str, str], label) -> Optional[bytes]:
     """AUC per slice value, one panel per slice feature, one bar per model; ``label(feature, value)``
     names a value. ``slices``: model -> the Evaluator's slice rows ({feature, value, auc, ...})."""
@@ -115,7 +124,7 @@ def slice_auc(slices: Dict[str, List[dict]], titles: Dict[str, str], label) -> O
     for axis, feature in zip(axes[0], features):
         values = sorted({r["value"] for rows in slices.values() for r in rows if r["feature"] == feature})
         for offset, (model, rows) in enumerate(slices.items()):
-            auc_by_value = {r["value"]: r.get("auc") for r in rows if r["feature"] == feature}
+            auc_by_value = {r["value"]: r.get("auc") for r in rows if r["feature"] == feature and has_auc(r)}
             axis.bar([i + offset * width for i in range(len(values))], _finite([auc_by_value.get(v) for v in values]),
                      width=width, label=model)
         axis.set_xticks([i + 0.4 - width / 2 for i in range(len(values))])

@@ -114,7 +114,7 @@ def test_impossible_auc_bound_pushes_nothing(refused_run):
     assert row["blessed"] is False and row["pushed"] is None
     assert sorted(os.listdir(os.path.join(config.serving_root, "dnn"))) == versions_before
     (failure,) = row["validation"]["failures"]
-    assert failure.startswith(f"auc {row['auc']:.4f}: outside its lower bound 0.999")
+    assert failure == f"auc of model candidate {row['auc']:.4f}: outside its lower bound 0.999"  # TFMA's name beside the baseline
     assert row["baseline_auc"] is not None  # compared with the version the first run blessed
 
 

@@ -19,3 +19,39 @@ def test_a_nan_or_infinite_metric_is_marked_and_explained():
     table_row = next(line for line in text.splitlines() if line.startswith("din "))
     assert "nan(!)" in table_row and "inf(!)" in table_row and "0.7100" in table_row
     assert f"(!) din: gAUC inf, logloss nan, not finite: {NON_FINITE_WHY}" in text.splitlines()
+
+
+def _page_report():
+    from contract import slices
+
+    row = _report(auc=0.7012, intervals={"auc": (0.69, 0.712)}, baseline_auc=0.7123, blessed=False,
+                  validation={"failures": ["auc 0.7012: outside its lower bound 0.75"]},
+                  epochs=[{"auc": 0.6, "loss": 0.7, "loss_ctr": 0.69, "val_auc": 0.58, "val_loss": 0.71, "val_loss_ctr": 0.7},
+                          {"auc": 0.7, "loss": 0.6, "loss_ctr": 0.59, "val_auc": 0.62, "val_loss": 0.68, "val_loss_ctr": 0.67}],
+                  calibration=[{"predicted": 0.2, "observed": 0.25, "weight": 40.0}, {"predicted": 0.6, "observed": 0.5, "weight": 60.0}],
+                  slices=[{"feature": slices.HISTORY_LENGTH, "value": 0, "auc": 0.0, "logloss": 0.2, "examples": 3.0, "mean_label": 0.0},
+                          {"feature": slices.HISTORY_LENGTH, "value": 2, "auc": 0.7321, "logloss": 0.6, "examples": 97.0, "mean_label": 0.4}])
+    row["counts"] = {"log_rows_in": 101, "examples": {"test": 100}, "log_rows_quarantined": 1,
+                     "quarantined_by_reason": {"unparsable_timestamp": 1}}
+    row["stages"] = {"Trainer.din": {"seconds": 12.0, "state": "COMPLETE"}, "Pusher.din": {"seconds": 0.1, "state": "COMPLETE"}}
+    return row
+
+
+def test_the_page_shows_intervals_the_refusal_with_its_numbers_and_the_quarantine():
+    from pipeline import report_page
+
+    text = report_page.render(_page_report())
+    assert "0.7012 <span class=note>[0.6900, 0.7120]</span>" in text
+    assert "refused" in text and "against the last blessed version's 0.7123" in text
+    assert "auc 0.7012: outside its lower bound 0.75" in text
+    assert "<td>quarantined: unparsable_timestamp</td><td>1</td>" in text
+    assert text.count('src="data:image/png;base64,') == 4  # calibration, AUC by slice, training curves, stage times
+
+
+def test_a_one_class_slice_shows_no_auc():
+    from pipeline import report_page
+
+    text = report_page.render(_page_report())
+    one_class = "<tr><td>click history length</td><td>0</td><td>3</td><td>0.000</td><td>-</td>"
+    assert one_class in text
+    assert "<td>5-19</td><td>97</td><td>0.400</td><td>0.7321</td>" in text
