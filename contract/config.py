@@ -177,7 +177,7 @@ class EvaluationConfig(_Strict):
     auc_max_drop: float = pydantic.Field(0.01, ge=0)
     split: Literal["test", "eval"] = "test"
     # Poisson-bootstrap 95% intervals of every metric on every slice (TFMA, 20 resamples): the
-    # report shows them; they make the Evaluator about 3-5x slower
+    # report shows them; they make the Evaluator several times slower
     confidence_intervals: bool = True
 
 
