@@ -14,6 +14,7 @@ from typing import List
 
 from contract import slices
 from pipeline.metrics import AUC, GAUC_NAME, LOGLOSS
+from pipeline.report_evaluation import has_auc
 
 MODEL_CARDS_DIR = "model_cards"
 SCHEMA_VERSION = "0.0.2"
@@ -47,7 +48,7 @@ def card(report: dict, row: dict, architecture: str, data_path: str) -> dict:
     metrics = [_metric(name, row[name], (row.get("intervals") or {}).get(name))
                for name in _CARD_METRICS if row.get(name) is not None]
     for entry in row.get("slices") or []:
-        if entry.get("auc") is not None:
+        if entry.get("auc") is not None and has_auc(entry):
             label = f"{entry['feature']}={slices.value_label(entry['feature'], entry['value'])}"
             metrics.append(_metric(AUC, entry["auc"], slice_name=label))
     examples = (report.get("counts") or {}).get("examples") or {}

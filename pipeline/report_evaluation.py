@@ -57,6 +57,11 @@ def _slice_value(key) -> Optional[int]:
     return key.int64_value if key.HasField("int64_value") else None
 
 
+def has_auc(slice_row: dict) -> bool:
+    """A slice with clicks and non-clicks: AUC is defined (TFMA writes 0 for a one-class slice)."""
+    return slice_row.get("mean_label") is None or 0.0 < slice_row["mean_label"] < 1.0
+
+
 def slice_rows(metrics_for_slices) -> List[dict]:
     """{feature, value, auc, gauc, logloss, examples, mean_label} of the candidate on each single-feature slice."""
     rows = []

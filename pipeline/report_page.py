@@ -17,6 +17,7 @@ from typing import List, Optional
 
 from contract import slices
 from pipeline import report_plots
+from pipeline.report_evaluation import has_auc
 
 REPORT_PAGE = "report.html"
 
@@ -122,7 +123,7 @@ def slices_section(report: dict) -> str:
                 _num(first.get("examples"), 0), _num(first.get("mean_label"), 3)]
         for model in sliced:
             entry = entries.get(model, {})
-            line += [_num(entry.get("auc")) if entry and report_plots.has_auc(entry) else "-", _num(entry.get("logloss"))]
+            line += [_num(entry.get("auc")) if entry and has_auc(entry) else "-", _num(entry.get("logloss"))]
         lines.append(line)
     header = ["slice", "value", "examples", "click rate"] + [f"{model} {metric}" for model in sliced for metric in ("AUC", "logloss")]
     png = report_plots.slice_auc(sliced, slices.TITLES, slices.value_label)

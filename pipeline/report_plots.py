@@ -11,6 +11,8 @@ from typing import Dict, List, Optional
 
 import matplotlib
 
+from pipeline.report_evaluation import has_auc
+
 matplotlib.use("Agg")  # no display: the report is written by pipeline runs and CI
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
@@ -106,11 +108,6 @@ def calibration(models: Dict[str, List[dict]]) -> Optional[bytes]:
     axis.tick_params(labelsize=7)
     axis.legend(fontsize=7)
     return _png(figure)
-
-
-def has_auc(slice_row: dict) -> bool:
-    """A slice with clicks and non-clicks: AUC is defined (TFMA writes 0 for a one-class slice)."""
-    return slice_row.get("mean_label") is None or 0.0 < slice_row["mean_label"] < 1.0
 
 
 def slice_auc(slices: Dict[str, List[dict]], titles: Dict[str, str], label) -> Optional[bytes]:

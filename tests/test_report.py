@@ -55,3 +55,16 @@ def test_a_one_class_slice_shows_no_auc():
     one_class = "<tr><td>click history length</td><td>0</td><td>3</td><td>0.000</td><td>-</td>"
     assert one_class in text
     assert "<td>5-19</td><td>97</td><td>0.400</td><td>0.7321</td>" in text
+
+
+def test_a_model_card_lists_overall_metrics_with_intervals_and_no_auc_for_a_one_class_slice():
+    from pipeline import model_card
+
+    report = _page_report()
+    row = dict(report["models"][0], pushed="/serving/din/17", gauc=None)
+    card = model_card.card(report, row, "DIN", "/data/logs")
+    metrics = card["quantitative_analysis"]["performance_metrics"]
+    assert metrics[0] == {"type": "auc", "value": "0.7012", "confidence_interval": {"lower_bound": "0.6900", "upper_bound": "0.7120"}}
+    assert [m["slice"] for m in metrics if "slice" in m] == ["slice_history_length=5-19"]  # the one-class slice has none
+    assert card["model_details"]["version"] == {"name": "17", "diff": "Test AUC 0.7012 against 0.7123 of the last blessed version"}
+    assert card["model_parameters"]["data"] == [{"name": "test split", "description": "100 examples built from the logs at /data/logs"}]
