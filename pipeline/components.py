@@ -28,7 +28,7 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact, standard_artifacts
 from tfx.types.standard_artifact_utils import encode_split_names
 
-from pipeline.metrics import metric_label
+from pipeline.metrics import NON_FINITE_WHY, metric_label
 
 COUNTS_FILE = "counts.json"
 
@@ -201,8 +201,6 @@ def non_finite_refusals(result) -> list:
     """One line per metric whose value is nan or infinite: it failed the thresholds that keep it
     finite (``pipeline.FINITE``, AUC's lower bound), so TFMA did not bless the model. The line
     names the metric and its value and says why."""
-    from pipeline.metrics import NON_FINITE_WHY
-
     found = sorted({
         (metric_label(failure.metric_key), failure.metric_value.double_value.value)
         for per_slice in result.metric_validations_per_slice

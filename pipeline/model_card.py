@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import List
+from typing import Dict
 
 from contract import slices
 from pipeline.metrics import AUC, GAUC_NAME, LOGLOSS
@@ -83,16 +83,17 @@ def _diff(row: dict) -> str:
     return f"Test AUC {row['auc']:.4f} against {row['baseline_auc']:.4f} of the last blessed version"
 
 
-def write_cards(report: dict, pipeline_root: str, architectures: dict, data_path: str) -> List[str]:
-    """Writes the card of every model the run pushed; returns their paths."""
+def write_cards(report: dict, pipeline_root: str, architectures: dict, data_path: str) -> Dict[str, dict]:
+    """Writes the card of every model the run pushed; returns model -> {"path", "card"}."""
     folder = os.path.join(pipeline_root, MODEL_CARDS_DIR)
-    paths = []
+    written = {}
     for row in report["models"]:
         if not row.get("pushed"):
             continue
         os.makedirs(folder, exist_ok=True)
-        path = os.path.join(folder, f"{row['model']}.json")
-        with open(path, "w", encoding="utf-8") as handle:
-            json.dump(card(report, row, architectures.get(row["model"], row["model"]), data_path), handle, indent=2)
-        paths.append(path)
-    return paths
+        entry = {"path": os.path.join(folder, f"{row['model']}.json"),
+                 "card": card(report, row, architectures.get(row["model"], row["model"]), data_path)}
+        with open(entry["path"], "w", encoding="utf-8") as handle:
+            json.dump(entry["card"], handle, indent=2)
+        written[row["model"]] = entry
+    return written

@@ -180,10 +180,7 @@ def write_page(config, report: dict) -> str:
     from pipeline import model_card, report_page
 
     architectures = {name: choice.architecture for name, choice in validate_model_params(config).items()}
-    cards = {}
-    for path in model_card.write_cards(report, config.pipeline_root, architectures, config.data.path):
-        with open(path, encoding="utf-8") as handle:
-            cards[os.path.splitext(os.path.basename(path))[0]] = {"path": path, "card": json.load(handle)}
+    cards = model_card.write_cards(report, config.pipeline_root, architectures, config.data.path)
     link_tensorboard(config.pipeline_root, report)
     page = dict(report, model_cards=cards, tensorboard_dir=os.path.join(config.pipeline_root, TENSORBOARD_DIR))
     return report_page.write(page, os.path.join(config.pipeline_root, report_page.REPORT_PAGE))

@@ -18,13 +18,15 @@ def _is_model(key, model_name: str) -> bool:
     return (key.model_name == BASELINE_MODEL) == (model_name == BASELINE_MODEL)
 
 
+def _model_values(metrics, model_name: str = ""):
+    """A model's plain metric values (no sub-key, no difference against the baseline)."""
+    return [kv for kv in metrics.metric_keys_and_values
+            if not kv.key.HasField("sub_key") and not kv.key.is_diff and _is_model(kv.key, model_name)]
+
+
 def _values(metrics, model_name: str = "") -> Dict[str, float]:
-    return {
-        kv.key.name: kv.value.double_value.value
-        for kv in metrics.metric_keys_and_values
-        if not kv.key.HasField("sub_key") and not kv.key.is_diff and _is_model(kv.key, model_name)
-        and kv.value.HasField("double_value")
-    }
+    return {kv.key.name: kv.value.double_value.value for kv in _model_values(metrics, model_name)
+            if kv.value.HasField("double_value")}
 
 
 def _intervals(metrics) -> Dict[str, Tuple[float, float]]:
@@ -32,9 +34,8 @@ def _intervals(metrics) -> Dict[str, Tuple[float, float]]:
     return {
         kv.key.name: (kv.confidence_interval.lower_bound.double_value.value,
                       kv.confidence_interval.upper_bound.double_value.value)
-        for kv in metrics.metric_keys_and_values
-        if not kv.key.HasField("sub_key") and not kv.key.is_diff and _is_model(kv.key, "")
-        and kv.HasField("confidence_interval") and kv.confidence_interval.lower_bound.HasField("double_value")
+        for kv in _model_values(metrics)
+        if kv.HasField("confidence_interval") and kv.confidence_interval.lower_bound.HasField("double_value")
     }
 
 

@@ -11,6 +11,7 @@ from typing import Dict, List, Optional
 
 import matplotlib
 
+from pipeline.report import DIAGNOSTIC_PREFIX
 from pipeline.report_evaluation import has_auc
 
 matplotlib.use("Agg")  # no display: the report is written by pipeline runs and CI
@@ -62,13 +63,13 @@ def training_curves(model: str, epochs: List[dict]) -> bytes:
 def diagnostics(model: str, epochs: List[dict]) -> Optional[bytes]:
     """The model's module diagnostics (attention entropy, slot cosine, ...) per epoch on the
     validation split; None when the model declares none."""
-    names = sorted(key[len("val_diag_"):] for key in (epochs[0] if epochs else {}) if key.startswith("val_diag_"))
+    names = sorted(key[len(DIAGNOSTIC_PREFIX):] for key in (epochs[0] if epochs else {}) if key.startswith(DIAGNOSTIC_PREFIX))
     if not names:
         return None
     figure, axis = plt.subplots(figsize=(5.5, 2.8))
     x = list(range(1, len(epochs) + 1))
     for name in names:
-        axis.plot(x, _finite([logs.get(f"val_diag_{name}") for logs in epochs]), marker="o", markersize=3, label=name)
+        axis.plot(x, _finite([logs.get(DIAGNOSTIC_PREFIX + name) for logs in epochs]), marker="o", markersize=3, label=name)
     axis.set_title(f"{model}: diagnostics on the validation split (entropy 1.0 = uniform)", fontsize=9)
     axis.set_xlabel("epoch", fontsize=8)
     axis.tick_params(labelsize=7)

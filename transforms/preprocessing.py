@@ -102,17 +102,16 @@ def preprocessing_fn(inputs: Dict[str, tf.Tensor], custom_config: Dict) -> Dict[
                 sequence = histories[(kind, field)]
                 indexed = sequence.with_flat_values(_indices(sequence.flat_values, vocab_file, spec))
                 outputs[spec.history(kind, field)] = left_pad(indexed, spec.max_length, PAD_INDEX)
-    log_gaps = {}
+    ages, log_gaps = {}, {}
     for kind in spec.feedback_types:
-        stamps = _ragged(inputs[spec.history_timestamp(kind)])
-        gaps = tf.maximum(timestamp[:, tf.newaxis] - stamps, 0)
-        log_gaps[kind] = tf.math.log1p(tf.cast(gaps, tf.float32))
+        ages[kind] = timestamp[:, tf.newaxis] - _ragged(inputs[spec.history_timestamp(kind)])
+        log_gaps[kind] = tf.math.log1p(tf.cast(tf.maximum(ages[kind], 0), tf.float32))
     # one set of boundaries for every feedback type (one gap table in the model)
     boundaries = gap_boundaries(tf.concat(list(log_gaps.values()), axis=1).flat_values, spec)
     for kind, gaps in log_gaps.items():
         buckets = tft.apply_buckets(gaps.flat_values, boundaries) + 1
         outputs[spec.history_gap(kind)] = left_pad(gaps.with_flat_values(buckets), spec.max_length, PAD_INDEX)
-    outputs.update(_slice_buckets(timestamp, histories, inputs, spec))
+    outputs.update(_slice_buckets(timestamp, histories, ages, spec))
     outputs[LABEL] = _dense_1d(inputs[LABEL])
     return outputs
 
@@ -122,13 +121,13 @@ def _bucket(counts: tf.Tensor, edges) -> tf.Tensor:
     return tf.reduce_sum(tf.cast(counts[:, tf.newaxis] >= tf.constant(edges, tf.int64), tf.int64), axis=1)
 
 
-def _slice_buckets(timestamp, histories, inputs, spec: FeatureSpec) -> Dict[str, tf.Tensor]:
-    """The history-length and user-activity slice features (contract.slices)."""
+def _slice_buckets(timestamp, histories, ages, spec: FeatureSpec) -> Dict[str, tf.Tensor]:
+    """The history-length and user-activity slice features (contract.slices); ``ages``: per
+    feedback type, the request timestamp minus each history timestamp (ragged [B, None])."""
     kind = "click" if "click" in spec.feedback_types else spec.feedback_types[0]
     length = tf.minimum(histories[(kind, ITEM_ID)].row_lengths(), spec.max_length)
     recent = tf.zeros_like(timestamp)
-    for feedback in spec.feedback_types:
-        age = timestamp[:, tf.newaxis] - _ragged(inputs[spec.history_timestamp(feedback)])
+    for age in ages.values():
         within = tf.cast((age >= 0) & (age <= slices.ACTIVITY_WINDOW_SECONDS), tf.int64)
         recent += tf.reduce_sum(within, axis=1)
     return {
