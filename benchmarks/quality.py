@@ -175,6 +175,7 @@ def dataset_config(name: str, base_config: str, data_path: str, workdir: str, se
     raw["training"]["models"] = models
     raw["training"].update(SCHEDULES.get(schedule_name, {}))
     raw.setdefault("evaluation", {})["auc_max_drop"] = 1.0  # every seed is evaluated, none is held back
+    raw["evaluation"]["confidence_intervals"] = False  # seeds give the spread; the bootstrap would multiply the Evaluator time
     path = os.path.join(workdir, name, f"config-seed{seed}{'-' + schedule_name if schedule_name else ''}.yaml")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w", encoding="utf-8") as handle:
