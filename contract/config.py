@@ -176,8 +176,8 @@ class EvaluationConfig(_Strict):
     # no-regression gate against the latest blessed model: AUC may drop by at most this much
     auc_max_drop: float = pydantic.Field(0.01, ge=0)
     split: Literal["test", "eval"] = "test"
-    # Poisson-bootstrap 95% intervals of every metric on every slice (TFMA, 20 resamples): the
-    # report shows them; they make the Evaluator several times slower
+    # Poisson-bootstrap 95% intervals of the overall metrics (TFMA, 20 resamples) in the report
+    # and the model cards; the slices have none (benchmarks/evaluator.py measures the cost)
     confidence_intervals: bool = True
 
 

@@ -1,5 +1,5 @@
 """The TFX pipeline: logs -> sequences -> statistics/schema/validation -> Transform ->
-per model (Trainer, WarmupRequests, Evaluator, ThresholdCheck, Pusher, ModelsConfig).
+per model (Trainer, WarmupRequests, Evaluator, SliceEvaluator, ThresholdCheck, Pusher, ModelsConfig).
 
 One shared Transform feeds one Trainer/Evaluator/Pusher per model in ``training.models``;
 component ids carry the model name (``Trainer.din``), and each model is gated against its own
@@ -46,11 +46,41 @@ FINITE = tfma.MetricThreshold(value_threshold=tfma.GenericValueThreshold(
 CALIBRATION_BUCKETS = 10
 
 
+def _metrics(auc_threshold: Optional[tfma.MetricThreshold] = None) -> List[tfma.MetricsSpec]:
+    """AUC, logloss, gAUC, example count and click rate; with ``auc_threshold``, the blessing
+    thresholds on the overall slice: that one on AUC, and logloss and gAUC finite."""
+    def thresholds(threshold):
+        return _overall(threshold) if auc_threshold else []
+
+    return [
+        tfma.MetricsSpec(metrics=[
+            tfma.MetricConfig(class_name="ExampleCount"),
+            tfma.MetricConfig(class_name="MeanLabel"),  # a slice's click rate
+            tfma.MetricConfig(class_name="AUC", per_slice_thresholds=thresholds(auc_threshold)),
+            tfma.MetricConfig(class_name="BinaryCrossEntropy", module="tensorflow_model_analysis.metrics",
+                              per_slice_thresholds=thresholds(FINITE)),
+        ]),
+        tfma.MetricsSpec(
+            metrics=[tfma.MetricConfig(class_name="GAUC", module="pipeline.metrics", per_slice_thresholds=thresholds(FINITE))],
+            query_key=USER_ID,
+        ),
+    ]
+
+
+def _model_specs() -> List[tfma.ModelSpec]:
+    return [tfma.ModelSpec(signature_name=SERVING_DEFAULT, label_key=LABEL, prediction_key=OUTPUT_KEY,
+                           preprocessing_function_names=[TRANSFORM_FEATURES])]
+
+
 def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
-    """AUC, logloss, gAUC and example count, overall and on each slice of ``contract.slices``,
-    with Poisson-bootstrap 95% intervals (``evaluation.confidence_intervals``); a calibration
-    plot; blessing thresholds on the overall slice only: AUC's bounds, and every metric but the
-    example count finite."""
+    """The gate (``Evaluator.<model>``): the overall slice's metrics with Poisson-bootstrap 95%
+    intervals (``evaluation.confidence_intervals``), a calibration plot, and the blessing
+    thresholds: AUC's bounds, and logloss and gAUC finite.
+
+    With intervals, the slices are a second evaluation (``slice_eval_config``, node
+    ``SliceEvaluator.<model>``): TFMA bootstraps every slice it computes, and each slicing
+    feature adds a pass over the examples per resample (benchmarks/evaluator.py measures it).
+    Without intervals, this one evaluation computes the slices too."""
     bound = config.evaluation
     auc_threshold = tfma.MetricThreshold(
         value_threshold=tfma.GenericValueThreshold(lower_bound={"value": bound.auc_lower_bound}),
@@ -58,36 +88,33 @@ def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
             direction=tfma.MetricDirection.HIGHER_IS_BETTER, absolute={"value": -bound.auc_max_drop}
         ),
     )
+    specs = _metrics(auc_threshold)
+    specs[0].metrics.append(
+        tfma.MetricConfig(class_name="CalibrationPlot", config=json.dumps({"num_buckets": CALIBRATION_BUCKETS}))
+    )
     return tfma.EvalConfig(
-        model_specs=[
-            tfma.ModelSpec(
-                signature_name=SERVING_DEFAULT,
-                label_key=LABEL,
-                prediction_key=OUTPUT_KEY,
-                preprocessing_function_names=[TRANSFORM_FEATURES],
-            )
-        ],
-        slicing_specs=[tfma.SlicingSpec()] + [tfma.SlicingSpec(feature_keys=[name]) for name in SLICE_FEATURES],
+        model_specs=_model_specs(),
+        slicing_specs=[tfma.SlicingSpec()] + ([] if bound.confidence_intervals else _slices()),
         options=tfma.Options(
             compute_confidence_intervals={"value": bound.confidence_intervals},
             confidence_intervals=tfma.ConfidenceIntervalOptions(method=tfma.ConfidenceIntervalOptions.POISSON_BOOTSTRAP),
         ),
-        metrics_specs=[
-            tfma.MetricsSpec(
-                metrics=[
-                    tfma.MetricConfig(class_name="ExampleCount"),
-                    tfma.MetricConfig(class_name="MeanLabel"),  # a slice's click rate
-                    tfma.MetricConfig(class_name="AUC", per_slice_thresholds=_overall(auc_threshold)),
-                    tfma.MetricConfig(class_name="BinaryCrossEntropy", module="tensorflow_model_analysis.metrics",
-                                      per_slice_thresholds=_overall(FINITE)),
-                    tfma.MetricConfig(class_name="CalibrationPlot", config=json.dumps({"num_buckets": CALIBRATION_BUCKETS})),
-                ]
-            ),
-            tfma.MetricsSpec(
-                metrics=[tfma.MetricConfig(class_name="GAUC", module="pipeline.metrics", per_slice_thresholds=_overall(FINITE))],
-                query_key=USER_ID,
-            ),
-        ],
+        metrics_specs=specs,
+    )
+
+
+def _slices() -> List[tfma.SlicingSpec]:
+    return [tfma.SlicingSpec(feature_keys=[name]) for name in SLICE_FEATURES]
+
+
+def slice_eval_config() -> tfma.EvalConfig:
+    """The slices (``SliceEvaluator.<model>``): the same metrics on each slice of
+    ``contract.slices``, without intervals or thresholds."""
+    return tfma.EvalConfig(
+        model_specs=_model_specs(),
+        slicing_specs=_slices(),
+        options=tfma.Options(compute_confidence_intervals={"value": False}),
+        metrics_specs=_metrics(),
     )
 
 
@@ -153,7 +180,8 @@ def create_pipeline(config: PipelineConfig, models: Optional[List[str]] = None, 
 
 
 def _model_nodes(config: PipelineConfig, spec: FeatureSpec, name: str, choice: ModelChoice, example_gen, transform) -> list:
-    """Trainer, WarmupRequests, resolver, Evaluator, ThresholdCheck, Pusher, ModelsConfig of one model."""
+    """Trainer, WarmupRequests, resolver, Evaluator, SliceEvaluator (with intervals), ThresholdCheck,
+    Pusher, ModelsConfig of one model."""
     trainer = tfx.components.Trainer(
         run_fn=RUN_FN,
         examples=transform.outputs["transformed_examples"],
@@ -186,6 +214,14 @@ def _model_nodes(config: PipelineConfig, spec: FeatureSpec, name: str, choice: M
         eval_config=eval_config(config),
         example_splits=[config.evaluation.split],
     ).with_id(f"Evaluator.{name}")
+    nodes = [trainer, warmed, baseline, evaluator]
+    if config.evaluation.confidence_intervals:  # else the Evaluator computes the slices (eval_config)
+        nodes.append(tfx.components.Evaluator(
+            examples=example_gen.outputs["examples"],
+            model=warmed.outputs["warmed_model"],
+            eval_config=slice_eval_config(),
+            example_splits=[config.evaluation.split],
+        ).with_id(f"SliceEvaluator.{name}"))
     threshold_check = components.ThresholdCheck(evaluation=evaluator.outputs["evaluation"]).with_id(f"ThresholdCheck.{name}")
     pusher = tfx.components.Pusher(
         model=warmed.outputs["warmed_model"],
@@ -197,6 +233,6 @@ def _model_nodes(config: PipelineConfig, spec: FeatureSpec, name: str, choice: M
     models_config = components.ModelsConfig(
         pushed_model=pusher.outputs["pushed_model"], serving_root=config.serving_root
     ).with_id(f"ModelsConfig.{name}")
-    return [trainer, warmed, baseline, evaluator, threshold_check, pusher, models_config]
+    return nodes + [threshold_check, pusher, models_config]
 
 

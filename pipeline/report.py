@@ -117,7 +117,9 @@ def collect(config, models: List[str]) -> dict:
     rows = []
     for name in models:
         evaluation = run.outputs(f"Evaluator.{name}")
-        evaluated = read_evaluation(evaluation["evaluation"].uri) if "evaluation" in evaluation else {}
+        slices = run.outputs(f"SliceEvaluator.{name}").get("evaluation")
+        evaluated = (read_evaluation(evaluation["evaluation"].uri, slices.uri if slices else None)
+                     if "evaluation" in evaluation else {})
         metrics = evaluated.get("metrics", {})
         blessed = _prop(evaluation["blessing"], "blessed") if "blessing" in evaluation else None
         pushed = run.outputs(f"Pusher.{name}").get("pushed_model")

@@ -1,6 +1,6 @@
-"""What the report reads from one Evaluator's output (TFMA): the candidate's and the baseline's
-metrics, their bootstrap 95% intervals, the per-slice metrics, the calibration buckets and the
-missed blessing thresholds."""
+"""What the report reads from a model's two TFMA evaluations: from the gate (``Evaluator.<model>``)
+the candidate's and the baseline's metrics, their bootstrap 95% intervals, the calibration buckets
+and the missed blessing thresholds; from ``SliceEvaluator.<model>`` the per-slice metrics."""
 from __future__ import annotations
 
 import glob
@@ -94,8 +94,9 @@ def calibration_buckets(plots_for_slices) -> List[dict]:
     return []
 
 
-def read_evaluation(evaluation_uri: str) -> dict:
-    """Everything the report shows of one Evaluator output."""
+def read_evaluation(evaluation_uri: str, slices_uri: Optional[str] = None) -> dict:
+    """Everything the report shows of a model's gate evaluation and its slices (``slices_uri``;
+    without it, from the gate's evaluation: a run without intervals computes them there)."""
     import tensorflow_model_analysis as tfma
 
     metrics = list(tfma.load_metrics(evaluation_uri))
@@ -104,7 +105,7 @@ def read_evaluation(evaluation_uri: str) -> dict:
         "metrics": candidate_metrics(metrics),
         "baseline": candidate_metrics(metrics, BASELINE_MODEL),
         "intervals": {k: v for k, v in (_intervals(overall) if overall is not None else {}).items() if k in REPORTED},
-        "slices": slice_rows(metrics),
+        "slices": slice_rows(tfma.load_metrics(slices_uri)) if slices_uri else slice_rows(metrics),
         "calibration": calibration_buckets(tfma.load_plots(evaluation_uri)),
         # an evaluation written without its validation result (an interrupted Evaluator) has no failures to show
         "failures": (threshold_failures(tfma.load_validation_result(evaluation_uri))

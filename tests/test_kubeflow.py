@@ -83,7 +83,7 @@ def test_components_and_their_order(spec, demo_config_file):
     models = list(demo_config_file[1]["training"]["models"])
     assert spec["pipelineSpec"]["pipelineInfo"]["name"] == demo_config_file[1]["pipeline_name"]
     shared = ["SequenceExampleGen", "StatisticsGen", "ExampleValidator", "AnomalyGate", "Transform"]
-    per_model = ["Trainer", "WarmupRequests", "Evaluator", "ThresholdCheck", "Pusher", "ModelsConfig"]
+    per_model = ["Trainer", "WarmupRequests", "Evaluator", "SliceEvaluator", "ThresholdCheck", "Pusher", "ModelsConfig"]
     expected = set(shared) | {"FeatureSpecSchemaGen"} | {f"{c}.{m}" for c in per_model for m in models}
     assert expected <= set(tasks)
     upstream = _upstream(spec)
@@ -93,6 +93,7 @@ def test_components_and_their_order(spec, demo_config_file):
         for before, after in zip(chain, chain[1:]):
             assert before in upstream[after], f"{before} must run before {after}"
         assert f"Evaluator.{model}" in upstream[f"ThresholdCheck.{model}"]
+        assert f"WarmupRequests.{model}" in upstream[f"SliceEvaluator.{model}"]
         other = [m for m in models if m != model]
         assert not any(f"Trainer.{o}" in upstream[f"Pusher.{model}"] for o in other), "models are independent"
     assert "FeatureSpecSchemaGen" in upstream["Transform"]

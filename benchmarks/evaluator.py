@@ -1,0 +1,133 @@
+"""What the Evaluator's bootstrap intervals and slices cost: TFMA on one model of a finished run
+with the pipeline's evaluation configurations and variants of them, one after another.
+
+    python benchmarks/evaluator.py --config configs/demo.yaml [--model dnn]
+        [--variants gate,slices,one_pass] [--output benchmarks/results]
+
+It evaluates the newest run's ``WarmupRequests.<model>`` SavedModel on its evaluation split
+(``evaluation.split``) as the TFX Evaluator does (serialized tf.Examples, no baseline: a first
+run's evaluation), under the config's Beam settings. Variants:
+
+* ``gate``: ``Evaluator.<model>`` with ``evaluation.confidence_intervals: true`` (the overall
+  slice with its bootstrap intervals; ``pipeline.pipeline.eval_config``);
+* ``slices``: ``SliceEvaluator.<model>``, which runs beside it (every slice, no intervals;
+  ``slice_eval_config``);
+* ``no_intervals``: ``Evaluator.<model>`` with ``confidence_intervals: false`` (the overall slice
+  and every slice in one evaluation, no intervals, no SliceEvaluator);
+* ``one_pass``: the overall slice and every slice in one evaluation with intervals (the design
+  before the two were split: TFMA bootstraps every slice).
+
+Per variant: wall seconds and the process's CPU seconds. Writes ``evaluator.json`` and
+``evaluator.md`` to ``--output``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import tempfile
+import time
+from typing import Callable, Dict, List
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from benchmarks import machine  # noqa: E402
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import apache_beam as beam  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tensorflow_model_analysis as tfma  # noqa: E402
+from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
+from tfx_bsl.tfxio import raw_tf_record  # noqa: E402
+
+from contract.config import PipelineConfig, load_config  # noqa: E402
+from pipeline.pipeline import eval_config, slice_eval_config  # noqa: E402
+from pipeline.report import PipelineRun  # noqa: E402
+
+
+def _with_intervals(config: PipelineConfig, intervals: bool) -> PipelineConfig:
+    return config.model_copy(update={"evaluation": config.evaluation.model_copy(update={"confidence_intervals": intervals})})
+
+
+def _one_pass(config: PipelineConfig) -> tfma.EvalConfig:
+    """The evaluation without intervals (the overall slice and every slice), with intervals."""
+    one = eval_config(_with_intervals(config, False))
+    one.options.compute_confidence_intervals.value = True
+    return one
+
+
+# variant -> its EvalConfig for the pipeline's config
+VARIANTS: Dict[str, Callable[[PipelineConfig], tfma.EvalConfig]] = {
+    "gate": lambda config: eval_config(_with_intervals(config, True)),
+    "slices": lambda config: slice_eval_config(),
+    "no_intervals": lambda config: eval_config(_with_intervals(config, False)),
+    "one_pass": _one_pass,
+}
+
+
+def evaluate(model_path: str, files: List[str], config: tfma.EvalConfig, beam_args: List[str], output: str) -> None:
+    """TFMA as the TFX Evaluator runs it on serialized tf.Examples (no schema, no baseline yet)."""
+    config = tfma.utils.update_eval_config_with_defaults(config, has_baseline=False, rubber_stamp=True)
+    shared_model = tfma.default_eval_shared_model(eval_saved_model_path=model_path, eval_config=config)
+    tfxio = raw_tf_record.RawTfRecordTFXIO(files, raw_record_column_name=tfma.constants.ARROW_INPUT_COLUMN,
+                                           telemetry_descriptors=["ctr-pipeline-benchmark"])
+    with beam.Pipeline(options=PipelineOptions(beam_args)) as pipeline:
+        _ = (pipeline | "Read" >> tfxio.BeamSource()
+             | "Evaluate" >> tfma.ExtractEvaluateAndWriteResults(eval_shared_model=shared_model, eval_config=config, output_path=output))
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=os.path.join(ROOT, "configs", "demo.yaml"))
+    parser.add_argument("--model", default="dnn")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"comma-separated, of: {', '.join(VARIANTS)}")
+    parser.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "results"))
+    args = parser.parse_args(argv)
+    variants = args.variants.split(",")
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        parser.error(f"unknown variants {sorted(unknown)}; known: {', '.join(VARIANTS)}")
+
+    config = load_config(args.config)
+    run = PipelineRun(config.metadata_path, config.pipeline_name)
+    model = run.outputs(f"WarmupRequests.{args.model}").get("warmed_model")
+    examples = run.outputs("SequenceExampleGen").get("examples")
+    if model is None or examples is None:
+        raise SystemExit(f"the newest run of {config.pipeline_name} has no warmed model {args.model!r}: run the pipeline first")
+    split_dir = os.path.join(examples.uri, f"Split-{config.evaluation.split}")
+    files = [os.path.join(split_dir, name) for name in sorted(os.listdir(split_dir))]
+    examples_count = sum(1 for _ in tf.data.TFRecordDataset(files, compression_type="GZIP"))
+    model_path = os.path.join(model.uri, "Format-Serving") if os.path.isdir(os.path.join(model.uri, "Format-Serving")) else model.uri
+
+    facts = machine.machine_facts({"tensorflow_model_analysis": tfma.__version__})
+    rows = []
+    for name in variants:
+        with tempfile.TemporaryDirectory() as output:
+            started, cpu_started = time.perf_counter(), _cpu_seconds()
+            evaluate(model_path, files, VARIANTS[name](config), config.beam_pipeline_args(), output)
+            row = {"variant": name, "seconds": round(time.perf_counter() - started, 1),
+                   "cpu_seconds": round(_cpu_seconds() - cpu_started, 1), "load_average_end": machine.load_average()}
+        print(f"{name}: {row['seconds']} s wall, {row['cpu_seconds']} s CPU", flush=True)
+        rows.append(row)
+
+    figures = {"command": machine.command_line(argv), "machine": facts, "model": args.model,
+               "examples": examples_count, "split": config.evaluation.split, "rows": rows}
+    lines = [
+        "# Evaluator cost", "", f"`{figures['command']}`", "",
+        f"- machine: {machine.describe()}; load average at the start {facts['load_average_start']}",
+        f"- model `{args.model}` of the newest run of `{config.pipeline_name}`, {examples_count} "
+        f"{config.evaluation.split} examples, Beam `{' '.join(config.beam_pipeline_args())}`", "",
+        "| variant | wall s | CPU s | load at the end |", "|---|---:|---:|---|",
+    ] + [f"| {r['variant']} | {r['seconds']} | {r['cpu_seconds']} | {r['load_average_end']} |" for r in rows]
+    machine.save_results(args.output, "evaluator", figures, "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
