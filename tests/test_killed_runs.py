@@ -144,3 +144,7 @@ def test_a_run_killed_in_the_trainer_is_cleaned_up_by_the_next_run(tmp_path):
     assert any(line.split()[0] == "dnn" for line in second.stdout.splitlines() if line.strip()), second.stdout
     (row,) = json.loads((root / "report.json").read_text())["models"]
     assert row["model"] == "dnn" and row["auc"] is not None, row
+    # without intervals the one Evaluator computes the slices too: no SliceEvaluator runs
+    from contract.slices import SLICE_FEATURES
+    assert {entry["feature"] for entry in row["slices"]} == set(SLICE_FEATURES) and not row["intervals"], row
+    assert "SliceEvaluator.dnn" not in json.loads((root / "report.json").read_text())["stages"]
