@@ -1,6 +1,7 @@
 # ctr-pipeline: `make demo` sets up .venv and runs the local pipeline on synthetic logs;
 # `make test` runs the whole test suite (what CI runs), `make test-fast` all but the tests marked
-# slow (pytest.ini). All create the virtualenv on first use.
+# slow (pytest.ini). All create the virtualenv on first use. Tests run a file per process on
+# TEST_WORKERS processes (pytest-xdist; TEST_WORKERS=0 runs them in this process).
 VENV        ?= .venv
 PY          := $(VENV)/bin/python
 CLI         := $(VENV)/bin/ctr-pipeline
@@ -9,6 +10,8 @@ DEMO_USERS  ?= 800
 DEMO_EVENTS ?= 60
 DEMO_DATA   := data/demo
 PYTEST_ARGS ?=
+TEST_WORKERS ?= 2
+PYTEST      := TF_USE_LEGACY_KERAS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 .PHONY: demo test test-fast install clean-demo
 
@@ -27,10 +30,10 @@ demo: $(STAMP) $(DEMO_DATA)/events.csv
 	$(CLI) run --config configs/demo.yaml
 
 test: $(STAMP)
-	TF_USE_LEGACY_KERAS=1 $(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	TF_USE_LEGACY_KERAS=1 $(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PYTEST) -m "not slow" $(PYTEST_ARGS)
 
 clean-demo:
 	rm -rf $(DEMO_DATA) runs/demo serving_models
