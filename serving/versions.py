@@ -25,6 +25,10 @@ log = logging.getLogger("serving.server")  # one logger for the whole server, as
 
 State = get_model_status_pb2.ModelVersionStatus.State
 UNKNOWN_ERROR = 2  # tensorflow.error.Code.UNKNOWN
+# While a version loads and warms up, this many requests run at a time (the others wait, holding
+# neither the GIL nor a core): under 50 clients a load otherwise gets a fiftieth of the GIL and
+# took 36 s instead of about 10 s (benchmarks/reliability.py's soak).
+REQUESTS_DURING_LOAD = 1
 
 
 @dataclasses.dataclass
@@ -38,7 +42,9 @@ class ModelManager:
     """Which versions are loaded, served and known, with the poller's loading logic.
 
     ``serving[name]`` is the version answering requests; a version leaves it atomically (under
-    ``_lock``) when a newer one is ready, and is unloaded when its last request finishes.
+    ``_lock``) when a newer one is ready, and is unloaded when its last request finishes. While the
+    poller loads a version, requests take turns (``REQUESTS_DURING_LOAD`` at a time): the version
+    serving keeps answering, and the load is not starved by them.
     """
 
     def __init__(self, model_base: str, max_batch_size: int = 1000):
@@ -52,26 +58,41 @@ class ModelManager:
         self._poll_lock = threading.Lock()
         self._fingerprints: Dict[Tuple[str, int], tuple] = {}  # as seen at the previous poll
         self._failed: Dict[Tuple[str, int], tuple] = {}  # fingerprint of a version that failed
+        self._loading = threading.Event()
+        self._turns_during_load = threading.Semaphore(REQUESTS_DURING_LOAD)
 
     # -- requests --
     @contextlib.contextmanager
     def acquire(self, name: str, version: Optional[int] = None) -> Iterator[Servable]:
         """The servable answering a request; it stays loaded until the block exits."""
-        with self._lock:
-            servable = self.serving.get(name)
-            if servable is None or (version is not None and servable.version != version):
-                wanted = f"version {version}" if version is not None else "latest version"
-                raise ServingError(
-                    grpc.StatusCode.NOT_FOUND, f"servable not found: model '{name}', {wanted}"
-                )
-            servable.in_flight += 1
-        try:
-            yield servable
-        finally:
+        with self._turn():
             with self._lock:
-                servable.in_flight -= 1
-                if servable.retired and servable.in_flight == 0:
-                    self._unload(servable)
+                servable = self._reserve(name, version)
+            try:
+                yield servable
+            finally:
+                with self._lock:
+                    servable.in_flight -= 1
+                    if servable.retired and servable.in_flight == 0:
+                        self._unload(servable)
+
+    @contextlib.contextmanager
+    def _turn(self) -> Iterator[None]:
+        """A request's turn: at once, or while a version loads, one of ``REQUESTS_DURING_LOAD``."""
+        if not self._loading.is_set():
+            yield
+            return
+        with self._turns_during_load:
+            yield
+
+    def _reserve(self, name: str, version: Optional[int]) -> Servable:
+        """The servable for a request, its ``in_flight`` counted (called under ``_lock``)."""
+        servable = self.serving.get(name)
+        if servable is None or (version is not None and servable.version != version):
+            wanted = f"version {version}" if version is not None else "latest version"
+            raise ServingError(grpc.StatusCode.NOT_FOUND, f"servable not found: model '{name}', {wanted}")
+        servable.in_flight += 1
+        return servable
 
     def version_statuses(
         self, name: str, version: Optional[int] = None
@@ -123,6 +144,7 @@ class ModelManager:
     def _load(self, name: str, version: int, path: str, fingerprint: tuple) -> bool:
         key = (name, version)
         self._set_status(name, version, VersionStatus(State.LOADING))
+        self._loading.set()
         try:
             servable = Servable(name, version, path)
             servable.warm_up(self.max_batch_size)
@@ -132,6 +154,8 @@ class ModelManager:
             self._set_status(name, version, VersionStatus(State.END, code, str(e)))
             self._failed[key] = fingerprint
             return False
+        finally:
+            self._loading.clear()
         self._failed.pop(key, None)
         self._swap_in(servable)
         log.info("serving %s (%d warmup requests replayed)", servable, servable.warmup_count)

@@ -25,8 +25,8 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import cli_options, model_config, server, warmup
-from serving.servable import predict, read_signature_defs
+from serving import cli_options, model_config, server, servicers, versions, warmup
+from serving.servable import Servable, predict, read_signature_defs
 from tests import serving_fixtures as fx
 
 State = get_model_status_pb2.ModelVersionStatus.State
@@ -300,6 +300,60 @@ def test_hot_swap_under_load_loses_no_request(tmp_path, templates):
     assert after[1] == 2
     np.testing.assert_allclose(after[0], expected[2], rtol=0, atol=1e-7)
     assert statuses[1].state == State.END and statuses[2].state == State.AVAILABLE
+
+
+def test_while_a_version_loads_the_served_one_answers_requests_one_at_a_time(tmp_path, templates, monkeypatch):
+    """A load is not starved by many clients (the swap under 50 clients): while version 2 loads,
+    version 1 answers every request, REQUESTS_DURING_LOAD at a time; after the swap, at once."""
+    install(templates, tmp_path, 1)
+    request = fx.examples_request(fx.random_rows(2))
+    loading, release = threading.Event(), threading.Event()
+    warm_up = Servable.warm_up
+
+    def held_warm_up(self, max_batch_size):
+        if self.version == 2:
+            loading.set()
+            release.wait(60)
+        return warm_up(self, max_batch_size)
+
+    together, peak, lock = [0], [0], threading.Lock()
+    answer = servicers.predict
+
+    def slow_predict(*args):
+        with lock:
+            together[0] += 1
+            peak[0] = max(peak[0], together[0])
+        try:
+            time.sleep(0.3)  # long enough for the burst's requests to overlap if allowed
+            return answer(*args)
+        finally:
+            with lock:
+                together[0] -= 1
+
+    def burst(stubs, n=4):
+        """(the most requests answered together, the versions answering) for n requests at once."""
+        peak[0] = 0
+        versions = []
+        threads = [threading.Thread(target=lambda: versions.append(stubs.scores(request)[1])) for _ in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return peak[0], sorted(versions)
+
+    monkeypatch.setattr(Servable, "warm_up", held_warm_up)
+    monkeypatch.setattr(servicers, "predict", slow_predict)
+    with running(tmp_path, poll_seconds=NEVER) as (handle, stubs):
+        assert burst(stubs) == (4, [1, 1, 1, 1])
+        install(templates, tmp_path, 2)
+        handle.manager.poll_once()  # first sight of version 2: wait until its files settle
+        poller = threading.Thread(target=handle.manager.poll_once)
+        poller.start()
+        assert loading.wait(60)
+        assert burst(stubs) == (versions.REQUESTS_DURING_LOAD, [1, 1, 1, 1])
+        release.set()
+        poller.join()
+        assert burst(stubs) == (4, [2, 2, 2, 2])
 
 
 def test_old_version_unloads_only_after_its_requests_finish(tmp_path, templates):
