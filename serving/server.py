@@ -11,8 +11,8 @@ semantics: a client written against it works unchanged against the real server.
 * A background poller notices a newer version directory, loads it fully (replaying
   ``assets.extra/tf_serving_warmup_requests``), switches to it atomically and unloads the old
   version once the requests in flight on it have finished: no request fails during a swap.
-  While a version loads, the served one answers requests one at a time
-  (``versions.REQUESTS_DURING_LOAD``), so that many clients do not starve the load of the GIL.
+  While a version loads, the served one answers requests one at a time, resting after each as
+  long as it took (``versions.REQUESTS_DURING_LOAD``), so that many clients do not starve the load.
   A directory is loaded only after it stayed unchanged for one poll interval (so a model still
   being copied is not loaded half-written). A version that fails to load is logged, reported by
   GetModelStatus (state END with the error) and retried only when its files change; the previous

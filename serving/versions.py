@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import logging
 import threading
+import time
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import grpc
@@ -26,8 +27,9 @@ log = logging.getLogger("serving.server")  # one logger for the whole server, as
 State = get_model_status_pb2.ModelVersionStatus.State
 UNKNOWN_ERROR = 2  # tensorflow.error.Code.UNKNOWN
 # While a version loads and warms up, this many requests run at a time (the others wait, holding
-# neither the GIL nor a core): under 50 clients a load otherwise gets a fiftieth of the GIL and
-# took 36 s instead of about 10 s (benchmarks/reliability.py's soak).
+# neither the GIL nor a core), each followed by a rest as long as it took: under 50 clients the
+# load otherwise shares the GIL and the cores with them, and took 24 s instead of about 8 s
+# (benchmarks/reliability.py's soak; benchmarks/results/reliability_load_turns).
 REQUESTS_DURING_LOAD = 1
 
 
@@ -43,8 +45,9 @@ class ModelManager:
 
     ``serving[name]`` is the version answering requests; a version leaves it atomically (under
     ``_lock``) when a newer one is ready, and is unloaded when its last request finishes. While the
-    poller loads a version, requests take turns (``REQUESTS_DURING_LOAD`` at a time): the version
-    serving keeps answering, and the load is not starved by them.
+    poller loads a version, requests take turns (``REQUESTS_DURING_LOAD`` at a time, each turn
+    followed by a rest as long): the version serving keeps answering, and the load gets at least
+    half of the time.
     """
 
     def __init__(self, model_base: str, max_batch_size: int = 1000):
@@ -78,12 +81,15 @@ class ModelManager:
 
     @contextlib.contextmanager
     def _turn(self) -> Iterator[None]:
-        """A request's turn: at once, or while a version loads, one of ``REQUESTS_DURING_LOAD``."""
+        """A request's turn: at once, or while a version loads, one of ``REQUESTS_DURING_LOAD``
+        followed by a rest as long as the request took."""
         if not self._loading.is_set():
             yield
             return
         with self._turns_during_load:
+            started = time.perf_counter()
             yield
+            time.sleep(time.perf_counter() - started)  # and rests as long: half the time is the load's
 
     def _reserve(self, name: str, version: Optional[int]) -> Servable:
         """The servable for a request, its ``in_flight`` counted (called under ``_lock``)."""

@@ -304,7 +304,8 @@ def test_hot_swap_under_load_loses_no_request(tmp_path, templates):
 
 def test_while_a_version_loads_the_served_one_answers_requests_one_at_a_time(tmp_path, templates, monkeypatch):
     """A load is not starved by many clients (the swap under 50 clients): while version 2 loads,
-    version 1 answers every request, REQUESTS_DURING_LOAD at a time; after the swap, at once."""
+    version 1 answers every request, REQUESTS_DURING_LOAD at a time, each turn followed by a rest
+    as long as the request; after the swap, all at once."""
     install(templates, tmp_path, 1)
     request = fx.examples_request(fx.random_rows(2))
     loading, release = threading.Event(), threading.Event()
@@ -316,7 +317,7 @@ def test_while_a_version_loads_the_served_one_answers_requests_one_at_a_time(tmp
             release.wait(60)
         return warm_up(self, max_batch_size)
 
-    together, peak, lock = [0], [0], threading.Lock()
+    together, peak, started, lock = [0], [0], [0.0], threading.Lock()
     answer = servicers.predict
 
     def slow_predict(*args):
@@ -333,6 +334,7 @@ def test_while_a_version_loads_the_served_one_answers_requests_one_at_a_time(tmp
     def burst(stubs, n=4):
         """(the most requests answered together, the versions answering) for n requests at once."""
         peak[0] = 0
+        started[0] = time.perf_counter()
         versions = []
         threads = [threading.Thread(target=lambda: versions.append(stubs.scores(request)[1])) for _ in range(n)]
         for t in threads:
@@ -351,6 +353,7 @@ def test_while_a_version_loads_the_served_one_answers_requests_one_at_a_time(tmp
         poller.start()
         assert loading.wait(60)
         assert burst(stubs) == (versions.REQUESTS_DURING_LOAD, [1, 1, 1, 1])
+        assert time.perf_counter() - started[0] >= 4 * 2 * 0.3  # each turn: the request, then a rest as long
         release.set()
         poller.join()
         assert burst(stubs) == (4, [2, 2, 2, 2])
