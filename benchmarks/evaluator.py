@@ -1,10 +1,10 @@
 """What the Evaluator's bootstrap intervals and slices cost: TFMA on one model of a finished run
 with the pipeline's evaluation configurations and variants of them, one after another.
 
-    python benchmarks/evaluator.py --config configs/demo.yaml [--model dnn]
-        [--variants gate,slices,one_pass] [--output benchmarks/results]
+    python benchmarks/evaluator.py --config configs/demo.yaml [--models dnn[,din,...]]
+        [--variants gate,slices,no_intervals,one_pass,slices_together] [--output benchmarks/results]
 
-It evaluates the newest run's ``WarmupRequests.<model>`` SavedModel on its evaluation split
+It evaluates the newest run's ``WarmupRequests.<model>`` SavedModel of each model on its evaluation split
 (``evaluation.split``) as the TFX Evaluator does (serialized tf.Examples, no baseline: a first
 run's evaluation), under the config's Beam settings. Variants:
 
@@ -16,8 +16,11 @@ run's evaluation), under the config's Beam settings. Variants:
   and every slice in one evaluation, no intervals, no SliceEvaluator);
 * ``one_pass``: the overall slice and every slice in one evaluation with intervals (the design
   before the two were split: TFMA bootstraps every slice).
+* ``slices_together``: ``slices`` for all the models in one evaluation (one TFMA model spec per
+  model), against ``slices`` once per model: what one SliceEvaluator for every model would save.
 
-Per variant: wall seconds and the process's CPU seconds. Writes ``evaluator.json`` and
+The variants but ``slices_together`` run once per model. Per run: wall seconds and the process's
+CPU seconds. Writes ``evaluator.json`` and
 ``evaluator.md`` to ``--output``.
 """
 from __future__ import annotations
@@ -63,13 +66,35 @@ VARIANTS: Dict[str, Callable[[PipelineConfig], tfma.EvalConfig]] = {
     "slices": lambda config: slice_eval_config(),
     "no_intervals": lambda config: eval_config(_with_intervals(config, False)),
     "one_pass": _one_pass,
+    "slices_together": lambda config: slice_eval_config(),
 }
+TOGETHER = "slices_together"
 
 
-def evaluate(model_path: str, files: List[str], config: tfma.EvalConfig, beam_args: List[str], output: str) -> None:
-    """TFMA as the TFX Evaluator runs it on serialized tf.Examples (no schema, no baseline yet)."""
+def _named(config: tfma.EvalConfig, names: List[str]) -> tfma.EvalConfig:
+    """``config`` with one copy of its model spec per model, named after it."""
+    (spec,) = config.model_specs
+    named = tfma.EvalConfig()
+    named.CopyFrom(config)
+    del named.model_specs[:]
+    for name in names:
+        named.model_specs.add().CopyFrom(spec)
+        named.model_specs[-1].name = name
+    return named
+
+
+def evaluate(model_paths: Dict[str, str], files: List[str], config: tfma.EvalConfig, beam_args: List[str], output: str) -> None:
+    """TFMA as the TFX Evaluator runs it on serialized tf.Examples (no schema, no baseline yet);
+    with several models, one evaluation of all of them."""
+    if len(model_paths) > 1:
+        config = _named(config, list(model_paths))
     config = tfma.utils.update_eval_config_with_defaults(config, has_baseline=False, rubber_stamp=True)
-    shared_model = tfma.default_eval_shared_model(eval_saved_model_path=model_path, eval_config=config)
+    shared_model = [
+        tfma.default_eval_shared_model(eval_saved_model_path=path, eval_config=config,
+                                       model_name=name if len(model_paths) > 1 else "")
+        for name, path in model_paths.items()
+    ]
+    shared_model = shared_model[0] if len(shared_model) == 1 else shared_model
     tfxio = raw_tf_record.RawTfRecordTFXIO(files, raw_record_column_name=tfma.constants.ARROW_INPUT_COLUMN,
                                            telemetry_descriptors=["ctr-pipeline-benchmark"])
     with beam.Pipeline(options=PipelineOptions(beam_args)) as pipeline:
@@ -85,9 +110,9 @@ def _cpu_seconds() -> float:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=os.path.join(ROOT, "configs", "demo.yaml"))
-    parser.add_argument("--model", default="dnn")
-    parser.add_argument("--variants", default=",".join(VARIANTS),
-                        help=f"comma-separated, of: {', '.join(VARIANTS)}")
+    parser.add_argument("--models", default="dnn", help="comma-separated models of the run (default dnn)")
+    parser.add_argument("--variants", default=",".join(v for v in VARIANTS if v != TOGETHER),
+                        help=f"comma-separated, of: {', '.join(VARIANTS)} (default: all but {TOGETHER})")
     parser.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "results"))
     args = parser.parse_args(argv)
     variants = args.variants.split(",")
@@ -97,35 +122,40 @@ def main(argv=None) -> None:
 
     config = load_config(args.config)
     run = PipelineRun(config.metadata_path, config.pipeline_name)
-    model = run.outputs(f"WarmupRequests.{args.model}").get("warmed_model")
     examples = run.outputs("SequenceExampleGen").get("examples")
-    if model is None or examples is None:
-        raise SystemExit(f"the newest run of {config.pipeline_name} has no warmed model {args.model!r}: run the pipeline first")
+    model_paths = {}
+    for name in args.models.split(","):
+        model = run.outputs(f"WarmupRequests.{name}").get("warmed_model")
+        if model is None or examples is None:
+            raise SystemExit(f"the newest run of {config.pipeline_name} has no warmed model {name!r}: run the pipeline first")
+        serving = os.path.join(model.uri, "Format-Serving")
+        model_paths[name] = serving if os.path.isdir(serving) else model.uri
     split_dir = os.path.join(examples.uri, f"Split-{config.evaluation.split}")
     files = [os.path.join(split_dir, name) for name in sorted(os.listdir(split_dir))]
     examples_count = sum(1 for _ in tf.data.TFRecordDataset(files, compression_type="GZIP"))
-    model_path = os.path.join(model.uri, "Format-Serving") if os.path.isdir(os.path.join(model.uri, "Format-Serving")) else model.uri
 
     facts = machine.machine_facts({"tensorflow_model_analysis": tfma.__version__})
+    runs = [(v, {m: p}) for v in variants if v != TOGETHER for m, p in model_paths.items()]
+    runs += [(TOGETHER, model_paths)] if TOGETHER in variants else []
     rows = []
-    for name in variants:
+    for name, paths in runs:
         with tempfile.TemporaryDirectory() as output:
             started, cpu_started = time.perf_counter(), _cpu_seconds()
-            evaluate(model_path, files, VARIANTS[name](config), config.beam_pipeline_args(), output)
-            row = {"variant": name, "seconds": round(time.perf_counter() - started, 1),
+            evaluate(paths, files, VARIANTS[name](config), config.beam_pipeline_args(), output)
+            row = {"variant": name, "models": ",".join(paths), "seconds": round(time.perf_counter() - started, 1),
                    "cpu_seconds": round(_cpu_seconds() - cpu_started, 1), "load_average_end": machine.load_average()}
-        print(f"{name}: {row['seconds']} s wall, {row['cpu_seconds']} s CPU", flush=True)
+        print(f"{name} ({row['models']}): {row['seconds']} s wall, {row['cpu_seconds']} s CPU", flush=True)
         rows.append(row)
 
-    figures = {"command": machine.command_line(argv), "machine": facts, "model": args.model,
+    figures = {"command": machine.command_line(argv), "machine": facts, "models": list(model_paths),
                "examples": examples_count, "split": config.evaluation.split, "rows": rows}
     lines = [
         "# Evaluator cost", "", f"`{figures['command']}`", "",
         f"- machine: {machine.describe()}; load average at the start {facts['load_average_start']}",
-        f"- model `{args.model}` of the newest run of `{config.pipeline_name}`, {examples_count} "
+        f"- models {', '.join(f'`{m}`' for m in model_paths)} of the newest run of `{config.pipeline_name}`, {examples_count} "
         f"{config.evaluation.split} examples, Beam `{' '.join(config.beam_pipeline_args())}`", "",
-        "| variant | wall s | CPU s | load at the end |", "|---|---:|---:|---|",
-    ] + [f"| {r['variant']} | {r['seconds']} | {r['cpu_seconds']} | {r['load_average_end']} |" for r in rows]
+        "| variant | models | wall s | CPU s | load at the end |", "|---|---|---:|---:|---|",
+    ] + [f"| {r['variant']} | {r['models']} | {r['seconds']} | {r['cpu_seconds']} | {r['load_average_end']} |" for r in rows]
     machine.save_results(args.output, "evaluator", figures, "\n".join(lines) + "\n")
 
 
