@@ -68,7 +68,7 @@ from contract.model_params import DUMNParams
 from models.base import CTRModel, ModelOutput, probability
 from models.dumn_memory import UserMemory, mean_slot_cosine
 from models.dumn_purification import FeedbackEncoder, orthogonal_map
-from models.dumn_triplet import TripletSamples, own_pool
+from models.dumn_triplet import TripletSamples, own_pools
 from models.inputs import GAP_TABLE
 from models.layers import LogitHead, flatten_fields, normalized_entropy
 
@@ -76,6 +76,7 @@ from models.layers import LogitHead, flatten_fields, normalized_entropy
 # and the triplet loss.
 PURIFIED_BY = {"click": "dislike", "unclick": "like"}  # eq. 6-7: <click, dislike>, <unclick, like>
 TRIPLET_NEGATIVE = {"click": "unclick", "unclick": "click", "like": "dislike", "dislike": "like"}  # 3.6
+TRIPLET_PAIRS = ("click", "like")  # one of each pair: its pools and its partner's are mined together
 
 
 # ---- layers --------------------------------------------------------------------------------------
@@ -137,6 +138,8 @@ class DUMN(CTRModel):
       o_j is at the embeddings' init scale (normal(0, 1e-4)), so without it every position scored
       alike and alpha stayed uniform (``pooling_entropy`` 1.0), as the pre-LN of docs/models.md prevents for
       the dot-product attentions.
+      The W_c rows that read LN(o_j) are applied as one dot product per position, from o_j's mean
+      and variance (``FeedbackEncoder._normalized_sequence_scores``), not to a materialised LN(o).
     * The orthogonal projection of eq. 6 divides by |b|^2 and defines project(a, 0) = 0 (docs/models.md):
       a user without dislikes (likes) keeps f_c (f_u) unchanged.
     * Memories are model state shared by all users (docs/models.md), m=64 x Z=32 by default (paper
@@ -317,18 +320,19 @@ class DUMN(CTRModel):
             return r, terms, diagnostics
         encoded = short.encoded
         mining = self.params.triplet_loss and losses
-        accesses = {}
+        accesses, pools = {}, {}
+        if mining:  # each user's own pools, an item in both of a pair's sequences skipped from both
+            for fb in TRIPLET_PAIRS:
+                other = TRIPLET_NEGATIVE[fb]
+                pools[fb], pools[other] = own_pools(
+                    encoded[fb].mask, encoded[fb].item_id, encoded[other].mask, encoded[other].item_id
+                )
         for fb in FEEDBACK_TYPES:
             writes = tf.reduce_any(encoded[fb].mask, axis=1)  # users with at least one item of this type
             samples = None
-            if mining:  # each user's own pools, an item in both of them skipped from both
-                positive, negative = encoded[fb], encoded[TRIPLET_NEGATIVE[fb]]
-                samples = TripletSamples(
-                    positive.items,
-                    own_pool(positive.mask, positive.item_id, negative.mask, negative.item_id),
-                    negative.items,
-                    own_pool(negative.mask, negative.item_id, positive.mask, positive.item_id),
-                )
+            if mining:
+                negative = TRIPLET_NEGATIVE[fb]
+                samples = TripletSamples(encoded[fb].items, pools[fb], encoded[negative].items, pools[negative])
             accesses[fb] = self.memories[fb](short.f_o[fb], short.e_user, writes, samples, training=training)
             r[fb] = tf.cast(accesses[fb].r, short.e_user.dtype)
             if mining:

@@ -43,16 +43,40 @@ class FeedbackEncoder(tf_keras.layers.Layer):
             self.W_c_interaction = tf_keras.layers.Dense(1, use_bias=False, name="W_c_interaction")
             self.norm_target = PreLayerNorm(name="pre_ln_target")
 
+    def build(self, input_shape):
+        width = int(input_shape[-1])  # e_x's width, also O_x's (eq. 2's W_F maps back to it)
+        for layer in (self.W_c_sequence, self.norm_o, *((self.W_c_interaction, self.norm_target) if self.interaction else ())):
+            layer.build((None, width))  # their weights are read directly (``_normalized_sequence_scores``)
+        super().build(input_shape)
+
+    def _normalized_sequence_scores(self, o, target):
+        """[B, T] float32: the terms of eq. 3 that read LN(o_j), ``LN(o_j) W_c^o`` plus, with the
+        interaction, ``(LN(e_item) (.) LN(o_j)) W_c^int``.
+
+        Both are ``LN(o_j) . u`` with u [B, D] = W_c^o + LN(e_item) (.) W_c^int, and with
+        ``LN(o_j) = gamma (.) (o_j - mean_j) / std_j + beta``, ``LN(o_j) . u = (o_j . g - mean_j
+        sum(g)) / std_j + beta . u`` where g = gamma (.) u: the same numbers (to float rounding) without
+        materialising LN(o) [B, T, D], which cost DUMN more than its pooling itself.
+        """
+        o32 = tf.cast(o, tf.float32)
+        mean, variance = tf.nn.moments(o32, axes=[-1])  # [B, T]
+        u = tf.transpose(tf.cast(self.W_c_sequence.kernel, tf.float32))  # [1, D]
+        if self.interaction:
+            u += tf.cast(self.norm_target(target), tf.float32) * tf.transpose(tf.cast(self.W_c_interaction.kernel, tf.float32))
+        u = tf.broadcast_to(u, [tf.shape(o32)[0], tf.shape(u)[1]])  # [B, D]
+        g = self.norm_o.gamma * u
+        dot = tf.einsum("btd,bd->bt", o32, g)
+        return (dot - mean * tf.reduce_sum(g, -1, keepdims=True)) * tf.math.rsqrt(variance + self.norm_o.epsilon) + tf.reduce_sum(
+            self.norm_o.beta * u, -1, keepdims=True
+        )
+
     def call(self, x, mask, query=None, target=None):
         """Without ``query``: eq. 1-2, ``x`` is e_x and the result (O_x [B, T, D], the attention
         weights [B, H, T, T]) (the user's side alone). With ``query`` [B, Q] (= [e_user, e_item])
         and ``target`` [B, D] (= e_item): eq. 3-5, ``x`` is O_x and the result (f [B, D], alpha [B, T])."""
         if query is None:
             return self.self_attention(x, x, x, key_mask=mask)  # eq. 1-2
-        o = self.norm_o(x)
-        logits = self.W_c_query(query)[:, tf.newaxis, :] + self.W_c_sequence(o)
-        if self.interaction:
-            logits += self.W_c_interaction(self.norm_target(target)[:, tf.newaxis, :] * o)
+        logits = tf.cast(self.W_c_query(query), tf.float32) + self._normalized_sequence_scores(x, target)
         scores = tf.nn.relu(logits)  # eq. 3
-        alpha = masked_softmax(tf.squeeze(scores, -1), mask)  # eq. 4
+        alpha = tf.cast(masked_softmax(scores, mask), x.dtype)  # eq. 4
         return tf.einsum("bt,btd->bd", alpha, x), alpha  # eq. 5

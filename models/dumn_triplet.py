@@ -18,7 +18,7 @@ MINING = typing.get_args(TripletMining)
 
 class TripletSamples(NamedTuple):
     """One memory's triplet candidates, per example: its own pools of two feedback types,
-    [B, T, N*E] item embeddings and [B, T] masks (``own_pool``)."""
+    [B, T, N*E] item embeddings and [B, T] masks (``own_pools``)."""
 
     positives: tf.Tensor
     positive_mask: tf.Tensor
@@ -26,17 +26,21 @@ class TripletSamples(NamedTuple):
     negative_mask: tf.Tensor
 
 
-def own_pool(mask: tf.Tensor, item_id: tf.Tensor, other_mask: tf.Tensor, other_item_id: tf.Tensor) -> tf.Tensor:
-    """Mining scope of eq. 17 (docs/models.md, v2): [B, T] bool, the real positions of each user's sequence
-    whose item that same user does not also have in the paired sequence.
+def own_pools(mask: tf.Tensor, item_id: tf.Tensor, other_mask: tf.Tensor, other_item_id: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+    """Mining scope of eq. 17 (docs/models.md, v2) for two paired feedback sequences: ([B, T],
+    [B, T']) bool, the real positions of each user's sequence whose item that same user does not
+    also have in the paired sequence.
 
     mask, item_id [B, T]; other_mask, other_item_id [B, T'] (the paired feedback type). An item in
-    both of a user's pools says nothing about the user's preference and is skipped from both (each
-    pool calls this with the other as ``other``). Pools are per user: an item one user clicked and
-    another unclicked stays in both users' pools.
+    both of a user's pools says nothing about the user's preference and is skipped from both. Pools
+    are per user: an item one user clicked and another unclicked stays in both users' pools.
     """
-    same = tf.equal(item_id[:, :, tf.newaxis], other_item_id[:, tf.newaxis, :]) & other_mask[:, tf.newaxis, :]
-    return mask & ~tf.reduce_any(same, axis=2)
+    shared = (
+        tf.equal(item_id[:, :, tf.newaxis], other_item_id[:, tf.newaxis, :])
+        & mask[:, :, tf.newaxis]
+        & other_mask[:, tf.newaxis, :]
+    )  # [B, T, T']: position i of one sequence holds the item of position j of the other
+    return mask & ~tf.reduce_any(shared, axis=2), other_mask & ~tf.reduce_any(shared, axis=1)
 
 
 def triplet_loss(
@@ -51,7 +55,7 @@ def triplet_loss(
     """Eq. 17, 19 in each user's own pools: (loss, has_term [B] bool).
 
     anchors [B, Z]; positives [B, T, Z] and negatives [B, T', Z], example b's own pools, real where
-    the masks [B, T], [B, T'] are True (``own_pool``). Per example: the hardest positive is its real
+    the masks [B, T], [B, T'] are True (``own_pools``). Per example: the hardest positive is its real
     positive of least cosine similarity to the anchor, the hardest negative its real negative of
     greatest similarity; the term is ``max(d(q, s+) - d(q, s-) + margin, 0)`` with ``d = 1 - cos``.
     An example with an empty positive or negative pool has no term; the loss is the float32 mean
@@ -76,11 +80,12 @@ def triplet_loss(
         d_neg = 1.0 - tf.reduce_max(tf.where(negative_mask, negative_cos, BELOW_ANY_COSINE), axis=1)
         hinge = tf.where(has_term, tf.nn.relu(d_pos - d_neg + margin), 0.0)  # eq. 17
     else:
-        # d(q, s+) - d(q, s-) = cos(q, s-) - cos(q, s+) for every pair [B, T, T']
-        pairs = positive_mask[:, :, tf.newaxis] & negative_mask[:, tf.newaxis, :]
+        # d(q, s+) - d(q, s-) = cos(q, s-) - cos(q, s+) for every pair [B, T, T']. A pad gets a
+        # cosine that puts every pair it is in below the margin (hinge exactly 0, no gradient), so
+        # no pair-sized mask is built; the pairs are counted per example instead.
+        positive_cos = tf.where(positive_mask, positive_cos, ABOVE_ANY_COSINE + margin)
+        negative_cos = tf.where(negative_mask, negative_cos, BELOW_ANY_COSINE - margin)
         pair_hinge = tf.nn.relu(negative_cos[:, tf.newaxis, :] - positive_cos[:, :, tf.newaxis] + margin)  # eq. 17
-        hinge = tf.math.divide_no_nan(
-            tf.reduce_sum(tf.where(pairs, pair_hinge, 0.0), axis=[1, 2]),
-            tf.reduce_sum(tf.cast(pairs, tf.float32), axis=[1, 2]),
-        )
+        pairs = tf.reduce_sum(tf.cast(positive_mask, tf.float32), 1) * tf.reduce_sum(tf.cast(negative_mask, tf.float32), 1)
+        hinge = tf.math.divide_no_nan(tf.reduce_sum(pair_hinge, axis=[1, 2]), pairs)
     return tf.math.divide_no_nan(tf.reduce_sum(hinge), tf.reduce_sum(tf.cast(has_term, tf.float32))), has_term

@@ -9,7 +9,7 @@ import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import tensorflow as tf
 import tf_keras
@@ -23,15 +23,23 @@ ABOVE_ANY_COSINE, BELOW_ANY_COSINE = 2.0, -2.0
 PRE_LN_EPSILON = 1e-12
 
 
-def pre_layer_norm(x: tf.Tensor, gain, bias) -> tf.Tensor:
+def layer_norm_moments(x: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """``x`` in float32 with its mean and variance over the last axis: what two pre-LNs of the
+    same input share (``pre_layer_norm(..., moments=)``)."""
+    x32 = tf.cast(x, tf.float32)
+    mean, variance = tf.nn.moments(x32, axes=[-1], keepdims=True)
+    return x32, mean, variance
+
+
+def pre_layer_norm(x: tf.Tensor, gain, bias, moments: Optional[Tuple[tf.Tensor, tf.Tensor, tf.Tensor]] = None) -> tf.Tensor:
     """The pre-LN before every W_Q / W_K (docs/models.md "Attention numerics"): ``x`` normalised over its
     last axis with ``PRE_LN_EPSILON``, times ``gain`` plus ``bias``, computed in float32 (the gain
     and bias are cast to float32 too, also under mixed precision) and returned in ``x``'s dtype.
 
     ``gain`` and ``bias`` broadcast against ``x``: [D] for one norm, [k, D] for a gain per head.
+    ``moments``: ``layer_norm_moments(x)`` when already computed (the result is the same).
     """
-    x32 = tf.cast(x, tf.float32)
-    mean, variance = tf.nn.moments(x32, axes=[-1], keepdims=True)
+    x32, mean, variance = moments if moments is not None else layer_norm_moments(x)
     normed = tf.nn.batch_normalization(
         x32, mean, variance, offset=tf.cast(bias, tf.float32), scale=tf.cast(gain, tf.float32),
         variance_epsilon=PRE_LN_EPSILON,
@@ -52,8 +60,10 @@ class PreLayerNorm(tf_keras.layers.Layer):
         self.beta = self.add_weight(name="beta", shape=dim, initializer="zeros", experimental_autocast=False)
         super().build(input_shape)
 
-    def call(self, x):
-        return pre_layer_norm(tf.cast(x, self.compute_dtype), self.gamma, self.beta)
+    def call(self, x, moments=None):
+        """``moments``: ``layer_norm_moments`` of ``x`` in the compute dtype, when another norm of
+        the same ``x`` has them (the result is the same, the moments are computed once)."""
+        return pre_layer_norm(tf.cast(x, self.compute_dtype), self.gamma, self.beta, moments)
 
 
 def masked_softmax(logits: tf.Tensor, mask: tf.Tensor, axis: int = -1) -> tf.Tensor:
@@ -269,8 +279,10 @@ class MultiHeadAttention(tf_keras.layers.Layer):
 
     def call(self, query, key, value, key_mask):
         scale = tf.math.rsqrt(tf.cast(self.head_dim, query.dtype))  # on q: [B, Tq, D], not the logits
-        q = self._split(self.w_q(self.norm_q(query)) * scale)
-        k, v = self._split(self.w_k(self.norm_k(key))), self._split(self.w_v(value))
+        # self-attention: the two pre-LNs share the input's moments (their gains and biases differ)
+        moments = layer_norm_moments(tf.cast(query, self.norm_q.compute_dtype)) if key is query else None
+        q = self._split(self.w_q(self.norm_q(query, moments)) * scale)
+        k, v = self._split(self.w_k(self.norm_k(key, moments))), self._split(self.w_v(value))
         logits = tf.einsum("bhqd,bhkd->bhqk", q, k)
         weights = masked_softmax(logits, key_mask[:, tf.newaxis, tf.newaxis, :])
         out = tf.einsum("bhqk,bhkd->bhqd", weights, v)

@@ -141,9 +141,11 @@ def assert_gradient_reaches(grad_norms: Dict[str, float], must_reach: Iterable[s
 
 
 def logged_metrics(model, features, labels) -> Dict[str, float]:
-    """What a ``fit`` epoch of one step on the batch logs (``loss``, ``loss_<term>``, ``diag_<name>``, ...)."""
+    """What a ``fit`` epoch of one step on the batch, validated on the same batch, logs (``loss``,
+    ``loss_<term>``, ``val_diag_<name>``, ...)."""
     model.compile(optimizer=tf_keras.optimizers.Adam(1e-3))
-    history = model.fit(tf.data.Dataset.from_tensors((features, labels)), epochs=1, verbose=0)
+    data = tf.data.Dataset.from_tensors((features, labels))
+    history = model.fit(data, validation_data=data, epochs=1, verbose=0)
     return {k: v[-1] for k, v in history.history.items()}
 
 
@@ -204,7 +206,7 @@ def assert_builds_in_a_graph_with_unknown_batch(model, features):
     assert probability.shape == (int(features["user_id"].shape[0]),)
 
 
-def run_standard_checks(name: str, params=None, fit_steps: int = 1) -> Callable:
+def run_standard_checks(name: str, params=None, fit_steps: int = 1, learning_rate: float = 1e-2) -> Callable:
     """Graph build, shape/range, padding, learning in ``fit_steps`` steps: the checks shared by all models."""
     features, labels = random_batch()
     # without dropout (the default's 0.1) the fit step is deterministic: the loss must fall
@@ -213,7 +215,7 @@ def run_standard_checks(name: str, params=None, fit_steps: int = 1) -> Callable:
     assert_output_shape_and_range(model, features)
     assert_padding_changes_nothing(model, features)
     assert_serving_path_skips_the_loss_terms(model, features)
-    assert_fit_step_lowers_loss(model, features, labels, steps=fit_steps)
+    assert_fit_step_lowers_loss(model, features, labels, learning_rate, steps=fit_steps)
     return model
 
 

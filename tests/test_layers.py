@@ -123,6 +123,28 @@ def test_multi_head_attention_matches_a_per_head_reference_with_masking_and_scal
     assert np.abs(weights.numpy()[:, 0] - weights.numpy()[:, 1]).max() > 1e-3
 
 
+def test_self_attention_shares_the_pre_ln_moments_and_keeps_each_norms_gain():
+    """Query and key the same tensor (DUMN's eq. 1-2): the two pre-LNs reuse one mean and variance,
+    and the result is the reference's and, to the bit, that of the same call with a copy of the key."""
+    from models.layers import MultiHeadAttention
+
+    rng = np.random.default_rng(2)
+    x = tf.constant(rng.normal(size=(3, 5, 6)).astype(np.float32))
+    key_mask = np.array([[True] * 5, [True, True, False, False, False], [False, True, False, True, True]])
+    layer = MultiHeadAttention(num_heads=2, head_dim=3)
+    layer(x, x, x, tf.constant(key_mask))
+    for norm in (layer.norm_q, layer.norm_k):  # distinct gains and biases: sharing must not merge them
+        norm.gamma.assign(rng.normal(size=6).astype(np.float32))
+        norm.beta.assign(rng.normal(size=6).astype(np.float32))
+    out, weights = layer(x, x, x, tf.constant(key_mask))
+    copy_out, copy_weights = layer(x, tf.identity(x), x, tf.constant(key_mask))
+    np.testing.assert_array_equal(out.numpy(), copy_out.numpy())
+    np.testing.assert_array_equal(weights.numpy(), copy_weights.numpy())
+    expected_out, expected_weights = _reference_mha(layer, x.numpy(), x.numpy(), x.numpy(), key_mask)
+    np.testing.assert_allclose(weights.numpy(), expected_weights, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(out.numpy(), expected_out, rtol=1e-4, atol=1e-5)
+
+
 def test_pre_ln_gives_non_uniform_attention_at_the_embeddings_init_scale():
     """Embeddings start normal(0, 1e-4): without the pre-LN the logits would be ~1e-8 and every
     row uniform; with it the attention at initialisation is already measurably non-uniform."""
