@@ -49,7 +49,7 @@ both of the user's pools skipped; likewise M_u (unclick vs click), M_l (like vs 
 (dislike vs like). The term is averaged over the examples that have one. Logged as
 ``triplet_click``, ``triplet_unclick``, ``triplet_like``, ``triplet_dislike``.
 
-Diagnostics (``diag_<name>``, docs/models.md "Attention numerics"): ``purification_entropy`` and
+Diagnostics (``val_diag_<name>``, docs/models.md "Attention numerics"): ``purification_entropy`` and
 ``pooling_entropy``, the mean normalised entropies of eq. 1 (real query rows) and eq. 4, averaged
 over the feedback sequences; with the memory, ``slot_cosine`` (mean cosine between two distinct
 slots, averaged over the four memories; about 0 for the orthogonal start, 1 = collapsed) and

@@ -23,7 +23,7 @@ similar to the anchor; random negatives other users' unclick items of the batch,
 ``L_cl`` is InfoNCE with temperature tau (eq. 5) and ``L = L_ce + lambda_cl * L_cl`` (eq. 7).
 Prediction: MLP (256, 128) over [E_u, e_tar, f_c, f_v].
 
-Diagnostics (docs/models.md "Attention numerics", logged as ``diag_<name>`` / ``val_diag_<name>``):
+Diagnostics (docs/models.md "Attention numerics", logged on the validation split as ``val_diag_<name>``):
 ``<f>_profile_entropy``, the mean normalised entropy of eq. 2 over every (attribute, head, user-field
 row) with at least two real positions, and ``<f>_target_entropy``, that of eq. 4 over its M+1
 user-field rows (declared only when M+1 >= 2: a single row has no entropy), for f in click, unclick.
