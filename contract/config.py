@@ -185,6 +185,13 @@ class BeamConfig(_Strict):
     direct_running_mode: Literal["in_memory", "multi_threading", "multi_processing"] = "in_memory"
     direct_num_workers: int = pydantic.Field(1, ge=0)  # 0 = one per core
     extra_args: List[str] = []  # e.g. ["--runner=DataflowRunner", "--project=..."]
+    # event files are read in parts of about this size, each a unit of Beam's work (gzip files
+    # whole, Parquet by row groups; ingest.file_parts)
+    read_part_mb: float = pydantic.Field(64.0, gt=0)
+
+    @property
+    def read_part_bytes(self) -> int:
+        return max(1, int(self.read_part_mb * 2**20))
 
     def pipeline_args(self) -> List[str]:
         """Beam pipeline options of these settings."""

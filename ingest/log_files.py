@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from contract.config import DataConfig
+from ingest.file_parts import FilePart, parquet_parts, text_parts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +45,7 @@ class Reject(Exception):
 
 Record = Union[Dict[str, str], Reject]  # column name -> stripped value, or why the row is unusable
 Row = Tuple[str, str, Record]  # (source, raw, record)
-RowReader = Callable[[str, Sequence[str]], Iterator[Row]]  # (path, needed columns) -> rows
+RowReader = Callable[..., Iterator[Row]]  # (path, needed columns, part=None) -> rows
 
 
 def quarantine(source: str, reject: Reject, raw: str) -> Quarantined:
@@ -96,33 +97,50 @@ def _check_columns(path: str, names: Sequence[str], needed: Sequence[str]) -> No
         raise ValueError(f"{path}: column(s) {missing} not found; the file has {list(names)}")
 
 
-def text_rows(path: str, needed: Sequence[str], layout: TextLayout) -> Iterator[Row]:
+def text_rows(path: str, needed: Sequence[str], layout: TextLayout, part: Optional[FilePart] = None) -> Iterator[Row]:
+    """The rows of a text file, or of the lines starting in ``part``'s byte range (numbered as in
+    the whole file: ``part.rows_before`` is the count of newlines before the range)."""
+    start, stop = (part.start, part.stop) if part else (0, None)
     with _open_binary(path) as handle:
-        names = layout.names
-        for number, line in enumerate(handle, start=1):
-            if names is None:
-                names = _header(path, line, layout, needed)
-                continue
-            source = f"{path}:{number}"
-            try:
-                text = line.decode(layout.encoding).rstrip("\r\n")
-            except UnicodeDecodeError as exc:
-                raw = line.decode(layout.encoding, "backslashreplace").rstrip("\r\n")
-                detail = f"bytes {exc.start}..{exc.end - 1} of the line are not valid {layout.encoding}"
-                yield source, raw, Reject("undecodable_row", detail)
-                continue
-            if not text.strip():
-                continue
-            try:
-                fields = layout.split(text)
-            except csv.Error as exc:
-                yield source, text, Reject("malformed_row", f"not a valid CSV line: {exc}")
-                continue
-            if len(fields) != len(names):
-                detail = f"{len(fields)} fields, expected {len(names)} ({', '.join(names)})"
-                yield source, text, Reject("wrong_column_count", detail)
-            else:
-                yield source, text, {name: value.strip() for name, value in zip(names, fields)}
+        names, number, position = layout.names, 0, 0
+        if names is None:
+            first = handle.readline()
+            if not first:
+                return
+            names, number, position = _header(path, first, layout, needed), 1, len(first)
+        if start > 0:  # the first line starting at or after ``start``: past the newline before it
+            handle.seek(start - 1)
+            position = start - 1 + len(handle.readline())
+            number = part.rows_before + (1 if position > start else 0)
+        while stop is None or position < stop:
+            line = handle.readline()
+            if not line:
+                return
+            position += len(line)
+            number += 1
+            row = _text_row(f"{path}:{number}", line, names, layout)
+            if row is not None:
+                yield row
+
+
+def _text_row(source: str, line: bytes, names: Sequence[str], layout: TextLayout) -> Optional[Row]:
+    """One line as a row; None for a blank line (it carries no row)."""
+    try:
+        text = line.decode(layout.encoding).rstrip("\r\n")
+    except UnicodeDecodeError as exc:
+        raw = line.decode(layout.encoding, "backslashreplace").rstrip("\r\n")
+        detail = f"bytes {exc.start}..{exc.end - 1} of the line are not valid {layout.encoding}"
+        return source, raw, Reject("undecodable_row", detail)
+    if not text.strip():
+        return None
+    try:
+        fields = layout.split(text)
+    except csv.Error as exc:
+        return source, text, Reject("malformed_row", f"not a valid CSV line: {exc}")
+    if len(fields) != len(names):
+        detail = f"{len(fields)} fields, expected {len(names)} ({', '.join(names)})"
+        return source, text, Reject("wrong_column_count", detail)
+    return source, text, {name: value.strip() for name, value in zip(names, fields)}
 
 
 def _as_text(value: object) -> str:
@@ -143,12 +161,16 @@ def _as_text(value: object) -> str:
     return str(value).strip()
 
 
-def _parquet_rows(path: str, needed: Sequence[str]) -> Iterator[Row]:
+def _parquet_rows(path: str, needed: Sequence[str], part: Optional[FilePart] = None) -> Iterator[Row]:
+    """The rows of a Parquet file, or of ``part``'s row groups (numbered as in the whole file)."""
     columns = list(dict.fromkeys(needed))
     parquet_file = pq.ParquetFile(path)
     _check_columns(path, parquet_file.schema_arrow.names, columns)
-    number = 0
-    for batch in parquet_file.iter_batches(columns=columns):
+    groups, number = None, 0
+    if part is not None:
+        stop = parquet_file.metadata.num_row_groups if part.stop is None else part.stop
+        groups, number = list(range(part.start, stop)), part.rows_before
+    for batch in parquet_file.iter_batches(columns=columns, row_groups=groups):
         for row in batch.to_pylist():
             number += 1
             source = f"{path}:row {number}"
@@ -176,10 +198,19 @@ def _generic_kind(path: str, data: DataConfig) -> str:
 
 
 def generic_rows(data: DataConfig) -> RowReader:
-    def read(path: str, needed: Sequence[str]) -> Iterator[Row]:
-        return _parquet_rows(path, needed) if _generic_kind(path, data) == "parquet" else text_rows(path, needed, _CSV)
+    def read(path: str, needed: Sequence[str], part: Optional[FilePart] = None) -> Iterator[Row]:
+        if _generic_kind(path, data) == "parquet":
+            return _parquet_rows(path, needed, part)
+        return text_rows(path, needed, _CSV, part)
 
     return read
+
+
+def event_file_parts(path: str, data: DataConfig, part_bytes: int) -> List[FilePart]:
+    """An event file cut into parts of about ``part_bytes`` (``ingest.file_parts``)."""
+    if data.format == "generic" and _generic_kind(path, data) == "parquet":
+        return parquet_parts(path, part_bytes)
+    return text_parts(path, part_bytes)
 
 
 def generic_columns(path: str, data: DataConfig) -> Tuple[str, ...]:

@@ -1,6 +1,7 @@
 """Beam: interaction logs -> one raw tf.Example per event with its behaviour histories.
 
-Scaling: events are grouped by (user, time window), never by user alone, so one worker holds at
+Scaling: each event file is read in parts (``ingest.file_parts``: byte ranges, Parquet row
+groups), so one large file is read by several workers. Events are grouped by (user, time window), never by user alone, so one worker holds at
 most one window of one user's events. A window's history from earlier windows arrives as a
 carried ``HistoryState`` (the last T events of each feedback type: O(4T) per window), computed
 from the per-window tails. A user with years of history never needs all of it in one place.
@@ -26,8 +27,8 @@ from tfx_bsl.coders import example_coder
 
 from contract.feature_spec import FeatureSpec
 from contract.features import CLICK_PROB, ITEM_ID, LABEL, TIMESTAMP, USER_ID
+from ingest import file_parts, sources
 from ingest import history as hist
-from ingest import sources
 from ingest.splits import SplitByTime, user_split
 
 SPLITS = ("train", "eval", "test")
@@ -41,12 +42,13 @@ def quarantine_record(q: sources.Quarantined) -> dict:
 
 # ---- reading and validating --------------------------------------------------------------------
 class _ReadAndValidate(beam.DoFn):
-    """One log file -> its events grouped by (user, time window), or quarantined rows.
+    """One part of a log file (``ingest.file_parts``) -> its events grouped by (user, time
+    window), or quarantined rows.
 
-    Yields ``((user_id, window), [events])``: a file's events are grouped here before Beam groups
-    them across files, so Beam handles one element per (user, window) and read batch instead of
+    Yields ``((user_id, window), [events])``: a part's events are grouped here before Beam groups
+    them across parts, so Beam handles one element per (user, window) and read batch instead of
     one per event. At most ``FLUSH_EVENTS`` events are held at once; a (user, window) flushed
-    twice arrives as two lists.
+    twice arrives as two lists. ``newline_counts`` (a side input) numbers a text part's lines.
     """
 
     FLUSH_EVENTS = 100_000
@@ -55,10 +57,11 @@ class _ReadAndValidate(beam.DoFn):
         self.data_config = data_config
         self.window_key = _window_key(window_seconds)
 
-    def process(self, path, items, users):
+    def process(self, part, items, users, newline_counts):
+        part = file_parts.with_lines_before(part, newline_counts)
         pending: Dict[Tuple[str, int], List[dict]] = {}
         held = 0
-        for record in sources.read_events(path, self.data_config):
+        for record in sources.read_events(part.path, self.data_config, part):
             if isinstance(record, sources.Quarantined):
                 yield beam.pvalue.TaggedOutput(QUARANTINE, quarantine_record(record))
                 continue
@@ -218,14 +221,18 @@ class BuildExamples(beam.PTransform):
         users, user_rows = sources.load_users(data)
         items_side = pipeline | "Items" >> beam.Create([items])
         users_side = pipeline | "Users" >> beam.Create([users])
-        read = (
+        part_bytes = self.config.beam.read_part_bytes
+        parts = (
             pipeline
             | "LogFiles" >> beam.Create(sources.list_event_files(data))
-            | "Read" >> beam.ParDo(
-                _ReadAndValidate(data, self.config.sequences.window_days * 86400),
-                beam.pvalue.AsSingleton(items_side), beam.pvalue.AsSingleton(users_side),
-            ).with_outputs(QUARANTINE, main="events")
+            | "FileParts" >> beam.FlatMap(sources.event_file_parts, data, part_bytes)
+            | "SpreadParts" >> beam.Reshuffle()
         )
+        newlines = parts | "CountNewlines" >> beam.FlatMap(file_parts.newline_counts)
+        read = parts | "Read" >> beam.ParDo(
+            _ReadAndValidate(data, self.config.sequences.window_days * 86400),
+            beam.pvalue.AsSingleton(items_side), beam.pvalue.AsSingleton(users_side), beam.pvalue.AsList(newlines),
+        ).with_outputs(QUARANTINE, main="events")
         windows = (
             read.events
             | "GroupWindow" >> beam.GroupByKey()

@@ -1,7 +1,7 @@
 """Readers of interaction logs: every row becomes an ``Event`` or a ``Quarantined`` record.
 
-This module is the readers' API: ``read_events``, ``list_event_files``, ``load_items``,
-``load_users``, ``Event``, ``Quarantined``. Rows and files are read in ``log_files``, values
+This module is the readers' API: ``read_events``, ``list_event_files``, ``event_file_parts``,
+``load_items``, ``load_users``, ``Event``, ``Quarantined``. Rows and files are read in ``log_files``, values
 parsed in ``log_values`` and ``timestamps``, the items/users tables built in ``log_tables``.
 
 Nothing is dropped silently: a row that cannot be used is returned as ``Quarantined`` with a
@@ -90,8 +90,9 @@ from typing import Callable, Dict, Iterator, Optional, Tuple, Union
 
 from contract.config import ColumnMap, DataConfig
 from contract.features import CLICK_PROB, DISLIKED, ITEM_ID, LABEL, LIKED, TIMESTAMP, USER_ID
-from ingest.log_files import (  # noqa: F401 (list_event_files: the readers' API is this module)
-    KUAIRAND, Quarantined, Reject, RowReader, TextLayout, generic_rows, list_event_files, quarantine, split_on,
+from ingest.file_parts import FilePart
+from ingest.log_files import (  # noqa: F401 (list_event_files, event_file_parts: the readers' API is this module)
+    KUAIRAND, Quarantined, Reject, RowReader, TextLayout, event_file_parts, generic_rows, list_event_files, quarantine, split_on,
     text_rows,
 )  # fmt: skip
 from ingest.log_tables import load_items, load_users  # noqa: F401 (the readers' API is this module)
@@ -168,10 +169,11 @@ def _event(values: Dict[str, str], event_format: _EventFormat, max_timestamp: in
     return Event(values[USER_ID], values[ITEM_ID], timestamp, clicked, liked, disliked, click_prob, source)
 
 
-def read_events(path: str, data: DataConfig) -> Iterator[Union[Event, Quarantined]]:
-    """Streams one event file: one ``Event`` or ``Quarantined`` per row."""
+def read_events(path: str, data: DataConfig, part: Optional[FilePart] = None) -> Iterator[Union[Event, Quarantined]]:
+    """Streams one event file, or one part of it (``ingest.file_parts``): one ``Event`` or
+    ``Quarantined`` per row, with the source it has in the whole file."""
     event_format = _event_format(data)
-    for source, raw, record in event_format.rows(path, list(event_format.columns.values())):
+    for source, raw, record in event_format.rows(path, list(event_format.columns.values()), part=part):
         if isinstance(record, Reject):
             yield quarantine(source, record, raw)
             continue
