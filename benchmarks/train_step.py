@@ -34,10 +34,9 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import tensorflow as tf  # noqa: E402
 import tensorflow_transform as tft  # noqa: E402
 import tf_keras  # noqa: E402
-from tfx.components.util import tfxio_utils  # noqa: E402
-from tfx.proto import example_gen_pb2  # noqa: E402
 
 from models import registry  # noqa: E402
+from models.multiworker import example_dataset_factory  # noqa: E402
 from models.trainer import (  # noqa: E402
     ThroughputLogger, distribution_strategy, make_dataset, make_optimizer, shuffle_buffer_size, vocabulary_sizes,
 )  # fmt: skip
@@ -57,14 +56,7 @@ def transform_outputs(config) -> Dict[str, str]:
 
 def trainer_inputs():
     """The ``fn_args`` the Trainer's ``make_dataset`` reads: a tfxio dataset factory for tf.Examples."""
-
-    def factory(files, options, schema):
-        return tfxio_utils.make_tfxio(
-            file_pattern=files, telemetry_descriptors=["benchmark"],
-            payload_format=example_gen_pb2.PayloadFormat.FORMAT_TF_EXAMPLE, schema=schema,
-        ).TensorFlowDataset(options)
-
-    return types.SimpleNamespace(data_accessor=types.SimpleNamespace(tf_dataset_factory=factory))
+    return types.SimpleNamespace(data_accessor=example_dataset_factory())
 
 
 def input_examples_per_second(dataset: tf.data.Dataset, batch: int, warmup: int, steps: int) -> float:

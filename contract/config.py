@@ -169,6 +169,9 @@ class TrainingConfig(_Strict):
     shuffle_buffer_examples: Optional[int] = pydantic.Field(None, ge=1)
     seed: int = 0
     mixed_precision: bool = False
+    # processes training each model together (MultiWorkerMirroredStrategy, models.multiworker):
+    # locally started on loopback ports; on a cluster, the platform's workers (TF_CONFIG)
+    workers: int = pydantic.Field(1, ge=1)
 
 
 class EvaluationConfig(_Strict):

@@ -8,6 +8,8 @@ import pydantic
 
 from contract.config import TrainingConfig
 
+PLATFORM_KEY_PREFIX = "ai_platform_"  # tfx.extensions.google_cloud_ai_platform's custom_config keys
+
 
 class TrainerArgs(pydantic.BaseModel):
     """What one Trainer trains: the model, its validated parameters, the feature spec and the
@@ -28,4 +30,6 @@ class TrainerArgs(pydantic.BaseModel):
 
     @classmethod
     def from_custom_config(cls, custom_config: Dict[str, Any]) -> "TrainerArgs":
-        return cls.model_validate(custom_config)
+        """Reads ``custom_config`` without the keys TFX's Vertex AI Trainer reads itself
+        (``ai_platform_*``: the job's worker pools, region; ``pipeline.kubeflow``)."""
+        return cls.model_validate({k: v for k, v in custom_config.items() if not k.startswith(PLATFORM_KEY_PREFIX)})

@@ -2,7 +2,7 @@
 
 Reads the transformed examples through the tfxio dataset factory, trains the model named in
 ``custom_config`` under ``tf.distribute.MirroredStrategy`` (all GPUs when there are any, the CPU
-otherwise), stops early on the eval split's AUC, and exports the serving SavedModel.
+otherwise) or, with ``training.workers`` > 1, on several workers (``models.multiworker``), stops early on the eval split's AUC, and exports the serving SavedModel.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import tf_keras
 from tfx_bsl.public import tfxio
 
 from contract.trainer_args import TrainerArgs
-from models import registry
+from models import multiworker, registry
 from models.export import export_serving_model
 from contract.features import LABEL
 from contract.feature_spec import FeatureSpec
@@ -47,7 +47,9 @@ def make_dataset(fn_args, files, tft_output, batch_size: int, shuffle_buffer: Op
         shuffle_buffer_size=shuffle_buffer or 1,
     )  # tfxio shuffles the file order and then the records through a buffer reshuffled every pass
     dataset = fn_args.data_accessor.tf_dataset_factory(files, options, tft_output.transformed_metadata.schema)
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    sharding = tf.data.Options()  # between workers (models.multiworker): by element, whatever the file count
+    sharding.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(sharding).prefetch(tf.data.AUTOTUNE)
 
 
 def distribution_strategy(devices: Optional[list] = None) -> tf.distribute.Strategy:
@@ -156,4 +158,13 @@ def train(fn_args, strategy: Optional[tf.distribute.Strategy] = None):
 
 
 def run_fn(fn_args) -> None:
-    train(fn_args)
+    """The Trainer's entry point: trains in this process, or as one worker of the cluster in
+    ``TF_CONFIG``, or (``training.workers`` > 1 without ``TF_CONFIG``) on local worker processes."""
+    if multiworker.TF_CONFIG in os.environ:
+        multiworker.train_as_worker(fn_args, tf.distribute.MultiWorkerMirroredStrategy())
+        return
+    workers = TrainerArgs.from_custom_config(fn_args.custom_config).training.workers
+    if workers > 1:
+        multiworker.train_on_local_workers(fn_args, workers)
+    else:
+        train(fn_args)

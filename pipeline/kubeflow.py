@@ -15,6 +15,10 @@ volume mounted at the same path in every pod). ``--pipeline-root`` overrides the
 NVIDIA GPUs; on Vertex AI Pipelines use e.g. ``NVIDIA_TESLA_T4``) for every Trainer, through
 TFX's ``with_platform_config(ResourceSpec)``; the image must then hold the CUDA build of
 TensorFlow (``pip install 'tensorflow[and-cuda]==2.16.2'`` with the pins).
+
+``training.workers: N`` (``models.multiworker``): with ``--vertex-project`` every Trainer runs as
+a Vertex AI custom job of N replicas (TFX's Vertex AI Trainer; ``--gpus`` then go to each
+replica's machine, ``--machine-type``), otherwise the N worker processes share the Trainer's pod.
 """
 from __future__ import annotations
 
@@ -28,11 +32,34 @@ from typing import Optional
 
 RUNNERS = ("kubeflow",)
 DEFAULT_GPU_TYPE = "nvidia.com/gpu"
+DEFAULT_VERTEX_REGION = "us-central1"
+DEFAULT_MACHINE_TYPE = "n1-standard-8"
 TRAINER_PREFIX = "Trainer."
 
 
 def _is_local(path: str) -> bool:
     return "://" not in path
+
+
+def vertex_training(workers: int, image: str, project: str, region: str, machine_type: str, gpus: int, gpu_type: str) -> dict:
+    """TFX's Vertex AI Trainer settings (``ai_platform_*`` custom_config keys): a custom job with a
+    chief pool of one replica and a pool of ``workers`` - 1 more, each on ``machine_type`` with
+    ``gpus`` GPUs, all running ``image``. Vertex AI sets each replica's TF_CONFIG (the chief is
+    "chief", the others "worker"), so ``models.trainer.run_fn`` trains as one worker of the cluster."""
+    from tfx import v1 as tfx
+
+    machine = {"machine_type": machine_type}
+    if gpus:
+        machine.update(accelerator_type=gpu_type, accelerator_count=gpus)
+    pools = [{"machine_spec": machine, "replica_count": 1, "container_spec": {"image_uri": image}}]
+    if workers > 1:
+        pools.append({"machine_spec": machine, "replica_count": workers - 1, "container_spec": {"image_uri": image}})
+    platform = tfx.extensions.google_cloud_ai_platform
+    return {
+        platform.ENABLE_VERTEX_KEY: True,
+        platform.VERTEX_REGION_KEY: region,
+        platform.TRAINING_ARGS_KEY: {"project": project, "job_spec": {"worker_pool_specs": pools}},
+    }
 
 
 def compile_kubeflow(
@@ -43,8 +70,14 @@ def compile_kubeflow(
     gpus: int = 0,
     gpu_type: str = DEFAULT_GPU_TYPE,
     pipeline_root: Optional[str] = None,
+    vertex_project: Optional[str] = None,
+    vertex_region: str = DEFAULT_VERTEX_REGION,
+    machine_type: str = DEFAULT_MACHINE_TYPE,
 ) -> dict:
-    """Writes the KFP v2 pipeline job spec of ``config`` to ``output_file``; returns it as a dict."""
+    """Writes the KFP v2 pipeline job spec of ``config`` to ``output_file``; returns it as a dict.
+    With ``vertex_project`` each Trainer is a Vertex AI custom job of ``training.workers``
+    replicas (``vertex_training``); without, a Trainer step is one pod, its ``training.workers``
+    processes started in it (``models.multiworker``)."""
     from kfp.pipeline_spec import pipeline_spec_pb2
     from tfx import v1 as tfx
 
@@ -56,8 +89,11 @@ def compile_kubeflow(
         raise ValueError(f"--gpus must be >= 0, got {gpus}")
     if pipeline_root:
         config = config.model_copy(update={"pipeline_root": pipeline_root})
-    pipeline = create_pipeline(config, models, for_kubeflow=True)
-    if gpus:
+    vertex = None
+    if vertex_project:
+        vertex = vertex_training(config.training.workers, image, vertex_project, vertex_region, machine_type, gpus, gpu_type)
+    pipeline = create_pipeline(config, models, for_kubeflow=True, vertex_training=vertex)
+    if gpus and not vertex:
         resources = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec(
             accelerator=pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec.AcceleratorConfig(
                 type=gpu_type, count=gpus
@@ -95,6 +131,11 @@ def add_compile_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpus", type=int, default=0, help="GPUs requested by each Trainer step (default 0)")
     parser.add_argument("--gpu-type", default=DEFAULT_GPU_TYPE,
                         help=f"accelerator type of --gpus (default {DEFAULT_GPU_TYPE}; Vertex AI: e.g. NVIDIA_TESLA_T4)")
+    parser.add_argument("--vertex-project", default=None,
+                        help="run each Trainer as a Vertex AI custom job in this GCP project, with training.workers replicas")
+    parser.add_argument("--vertex-region", default=DEFAULT_VERTEX_REGION, help=f"its region (default {DEFAULT_VERTEX_REGION})")
+    parser.add_argument("--machine-type", default=DEFAULT_MACHINE_TYPE,
+                        help=f"machine of each Vertex AI training replica (default {DEFAULT_MACHINE_TYPE})")
 
 
 def run_compile(args: argparse.Namespace) -> int:
@@ -105,7 +146,8 @@ def run_compile(args: argparse.Namespace) -> int:
                          "(run locally with `ctr-pipeline run`)")
     config = load_config(args.config)
     models = [m.strip() for m in args.models.split(",") if m.strip()] or None
-    spec = compile_kubeflow(config, args.image, args.output, models, args.gpus, args.gpu_type, args.pipeline_root)
+    spec = compile_kubeflow(config, args.image, args.output, models, args.gpus, args.gpu_type, args.pipeline_root,
+                            args.vertex_project, args.vertex_region, args.machine_type)
     tasks = spec["pipelineSpec"]["root"]["dag"]["tasks"]
     print(f"wrote {args.output}: KFP v2 pipeline '{spec['pipelineSpec']['pipelineInfo']['name']}', "
           f"{len(tasks)} steps, image {args.image}")

@@ -135,8 +135,12 @@ TRAINER_CODE = ("models", "contract")
 CODE_FINGERPRINT = "code_fingerprint"
 
 
-def create_pipeline(config: PipelineConfig, models: Optional[List[str]] = None, for_kubeflow: bool = False) -> tfx.dsl.Pipeline:
-    """Builds the pipeline for ``config`` (``models`` narrows ``training.models``)."""
+def create_pipeline(
+    config: PipelineConfig, models: Optional[List[str]] = None, for_kubeflow: bool = False, vertex_training: Optional[dict] = None,
+) -> tfx.dsl.Pipeline:
+    """Builds the pipeline for ``config`` (``models`` narrows ``training.models``). With
+    ``vertex_training`` (``pipeline.kubeflow.vertex_training``: TFX's ``ai_platform_*`` settings)
+    every Trainer runs as a Vertex AI custom job with those worker pools."""
     choices = validate_model_params(config)
     names = models or list(choices)
     unknown = set(names) - set(choices)
@@ -168,7 +172,7 @@ def create_pipeline(config: PipelineConfig, models: Optional[List[str]] = None, 
     transform.add_upstream_node(anomaly_gate)
     nodes = [example_gen, statistics_gen, schema_gen, example_validator, anomaly_gate, transform]
     for name in names:
-        nodes += _model_nodes(config, spec, name, choices[name], example_gen, transform)
+        nodes += _model_nodes(config, spec, name, choices[name], example_gen, transform, vertex_training)
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,
@@ -179,10 +183,13 @@ def create_pipeline(config: PipelineConfig, models: Optional[List[str]] = None, 
     )
 
 
-def _model_nodes(config: PipelineConfig, spec: FeatureSpec, name: str, choice: ModelChoice, example_gen, transform) -> list:
+def _model_nodes(
+    config: PipelineConfig, spec: FeatureSpec, name: str, choice: ModelChoice, example_gen, transform, vertex_training: Optional[dict],
+) -> list:
     """Trainer, WarmupRequests, resolver, Evaluator, SliceEvaluator (with intervals), ThresholdCheck,
     Pusher, ModelsConfig of one model."""
-    trainer = tfx.components.Trainer(
+    trainer_component = tfx.extensions.google_cloud_ai_platform.Trainer if vertex_training else tfx.components.Trainer
+    trainer = trainer_component(
         run_fn=RUN_FN,
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
@@ -195,7 +202,7 @@ def _model_nodes(config: PipelineConfig, spec: FeatureSpec, name: str, choice: M
             feature_spec=spec.to_dict(),
             training=config.training,
             code_fingerprint=components.code_fingerprint(*TRAINER_CODE),
-        ).to_custom_config(),
+        ).to_custom_config() | (vertex_training or {}),
     ).with_id(f"Trainer.{name}")
     warmed = components.WarmupRequests(
         model=trainer.outputs["model"], examples=example_gen.outputs["examples"], model_name=name

@@ -145,6 +145,38 @@ def test_gpus_are_requested_for_the_trainers_only(spec):
             assert not resources, name
 
 
+def test_training_workers_become_a_vertex_custom_job_of_that_many_replicas(demo_config_file, tmp_path):
+    """Issue 22 §4: ``training.workers: 3`` with ``--vertex-project``: every Trainer is TFX's Vertex AI
+    Trainer, its job a chief pool of 1 and a worker pool of 2 on the image, the GPUs on each replica's
+    machine (not the pod); the run_fn still reads its own arguments from the same custom_config."""
+    from contract.trainer_args import TrainerArgs
+
+    raw = dict(demo_config_file[1], training={**demo_config_file[1]["training"], "workers": 3})
+    config_path = tmp_path / "workers.yaml"
+    config_path.write_text(yaml.safe_dump(raw))
+    output = tmp_path / "vertex.json"
+    args = _compile_args(config=config_path, output=output, gpus=1, gpu_type="NVIDIA_TESLA_T4",
+                         vertex_project="my-project", vertex_region="europe-west4", machine_type="n1-highmem-8")
+    assert kubeflow.run_compile(args) == 0
+    spec = json.loads(output.read_text())
+    executors = spec["pipelineSpec"]["deploymentSpec"]["executors"]
+    trainers = [name for name in _tasks(spec) if name.startswith("Trainer.")]
+    assert len(trainers) == 6
+    for name in trainers:
+        custom = json.loads(_parameter(spec, name, "custom_config")["stringValue"])
+        assert custom["ai_platform_enable_vertex"] is True and custom["ai_platform_vertex_region"] == "europe-west4"
+        job = custom["ai_platform_training_args"]
+        assert job["project"] == "my-project"
+        machine = {"machine_type": "n1-highmem-8", "accelerator_type": "NVIDIA_TESLA_T4", "accelerator_count": 1}
+        assert job["job_spec"]["worker_pool_specs"] == [
+            {"machine_spec": machine, "replica_count": 1, "container_spec": {"image_uri": IMAGE}},
+            {"machine_spec": machine, "replica_count": 2, "container_spec": {"image_uri": IMAGE}},
+        ]
+        assert TrainerArgs.from_custom_config(custom).training.workers == 3
+        executor = next(e for n, e in executors.items() if n.startswith(name))
+        assert "google_cloud_ai_platform" in json.dumps(executor) and not executor["container"].get("resources")
+
+
 def test_only_kubeflow_is_supported(demo_config_file, tmp_path):
     with pytest.raises(ValueError, match="supported: kubeflow"):
         kubeflow.run_compile(_compile_args(runner="airflow", config=demo_config_file[0], output=tmp_path / "x.json"))

@@ -184,3 +184,47 @@ def test_generate_data_request_gets_ranked_scores_from_the_served_model(first_ru
         by_item = {row["item_id"]: row["score"] for row in ranking}
         reference = {row["item_id"]: row["score"] for row in rankings["serving_default"]}
         assert by_item == pytest.approx(reference, abs=1e-5)
+
+
+def _trained(config, transform, model_dir, name, params, workers, batch_size):
+    """Runs the Trainer's ``run_fn`` on the run's Transform outputs; (training stats, signatures)."""
+    import types
+
+    from contract.config import validate_model_params
+    from contract.feature_spec import FeatureSpec
+    from contract.trainer_args import TrainerArgs
+    from models import multiworker, trainer
+
+    training = config.training.model_copy(update={"models": {name: params}, "workers": workers, "batch_size": batch_size})
+    choice = validate_model_params(config.model_copy(update={"training": training}))[name]
+    examples = transform["transformed_examples"].uri
+    fn_args = types.SimpleNamespace(
+        train_files=[os.path.join(examples, "Split-train", "*")], eval_files=[os.path.join(examples, "Split-eval", "*")],
+        transform_output=transform["transform_graph"].uri, serving_model_dir=os.path.join(model_dir, "serving"),
+        model_run_dir=os.path.join(model_dir, "logs"), data_accessor=multiworker.example_dataset_factory(),
+        custom_config=TrainerArgs(model_name=name, architecture=choice.architecture, model_params=choice.params.model_dump(mode="json"),
+                                  feature_spec=FeatureSpec.from_config(config).to_dict(), training=training).to_custom_config(),
+    )
+    trainer.run_fn(fn_args)
+    with open(os.path.join(fn_args.model_run_dir, trainer.TRAINING_STATS), encoding="utf-8") as handle:
+        stats = json.load(handle)
+    loaded = tf.saved_model.load(fn_args.serving_model_dir)
+    signatures = {key: sorted((name, spec.shape.as_list(), spec.dtype.name) for name, spec in fn.structured_input_signature[1].items())
+                  for key, fn in loaded.signatures.items()}
+    return stats, signatures
+
+
+@pytest.mark.parametrize("name, params", [("dnn", {"mlp_units": [32]}), ("camn", {})])
+def test_two_local_workers_train_a_model_like_one_process(first_run, tmp_path, name, params):
+    """Issue 22 §4: ``training.workers: 2`` trains on two local processes (MultiWorkerMirroredStrategy
+    on loopback ports) with global batches of the one-process size: one export with the same
+    signatures, the stats of both replicas, and a validation AUC within 0.01 of one process's."""
+    _, _, config, _ = first_run
+    transform = report.PipelineRun(config.metadata_path, config.pipeline_name).outputs("Transform")
+    alone, alone_signatures = _trained(config, transform, str(tmp_path / "one"), name, params, workers=1, batch_size=128)
+    together, signatures = _trained(config, transform, str(tmp_path / "two"), name, params, workers=2, batch_size=64)
+    assert (alone["replicas"], together["replicas"]) == (1, 2)
+    assert signatures == alone_signatures
+    assert sorted(os.listdir(tmp_path / "two")) == ["logs", "serving"]  # the other worker's export left nothing behind
+    best = lambda stats: max(epoch["val_auc"] for epoch in stats["epochs"])  # noqa: E731
+    assert len(together["epochs"]) == len(alone["epochs"]) and abs(best(together) - best(alone)) <= 0.01, (alone, together)
