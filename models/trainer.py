@@ -2,7 +2,8 @@
 
 Reads the transformed examples through the tfxio dataset factory, trains the model named in
 ``custom_config`` under ``tf.distribute.MirroredStrategy`` (all GPUs when there are any, the CPU
-otherwise) or, with ``training.workers`` > 1, on several workers (``models.multiworker``), stops early on the eval split's AUC, and exports the serving SavedModel.
+otherwise) or, with ``training.workers`` > 1, on several workers (``models.multiworker``), stops
+early on the eval split's AUC, and exports the serving SavedModel.
 """
 from __future__ import annotations
 

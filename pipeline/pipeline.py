@@ -127,7 +127,7 @@ def _data_files(path: str) -> List[str]:
 EXAMPLE_SECTIONS = {"data", "sequences", "split", "features"}
 # the code behind each cached step (see components.code_fingerprint)
 EXAMPLE_CODE = (
-    "ingest.sequences", "ingest.splits", "ingest.history", "ingest.sources", "ingest.log_files", "ingest.log_values",
+    "ingest.sequences", "ingest.splits", "ingest.history", "ingest.sources", "ingest.log_files", "ingest.file_parts", "ingest.log_values",
     "ingest.timestamps", "ingest.log_tables", "contract",
 )
 TRANSFORM_CODE = ("transforms.preprocessing", "contract")
