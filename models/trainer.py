@@ -136,6 +136,9 @@ def train(fn_args, strategy: Optional[tf.distribute.Strategy] = None):
     with strategy.scope():
         model = registry.build(args.architecture, spec, vocab, args.model_params, name=name)
         model.compile(optimizer=make_optimizer(training))
+    # train_step/test_step return metric results, already global: Keras' default would sum them
+    # again over the workers of a MultiWorkerMirroredStrategy (a training AUC of 1.13 on two)
+    model.distribute_reduction_method = "first"
     throughput = ThroughputLogger(batch)
     callbacks = schedule_callbacks(training) + [tf_keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir), throughput]
     started = time.perf_counter()
