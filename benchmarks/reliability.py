@@ -436,31 +436,7 @@ def run_corpus(address: str, kinds: List[Kind], counts: Dict[str, int], valid_po
     return {"kinds": results, "valid": valid, "seconds": seconds, "load_1min": round(load, 2)}
 
 
-class BackgroundPoll:
-    """Calls ``poll()`` every ``interval`` seconds in a daemon thread while the ``with`` block runs."""
-
-    def __init__(self, interval: float):
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.poll()
-
-    def poll(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-class RssSampler(BackgroundPoll):
+class RssSampler(machine.BackgroundPoll):
     """Samples a process's VmRSS every ``interval`` seconds: ``peak`` bytes."""
 
     def __init__(self, pid: int, interval: float = 0.1):
@@ -471,7 +447,7 @@ class RssSampler(BackgroundPoll):
         self.peak = max(self.peak, machine.process_rss_bytes(self.pid) or 0)
 
 
-class VersionWatcher(BackgroundPoll):
+class VersionWatcher(machine.BackgroundPoll):
     """Polls a model's GetModelStatus: ``seen[(version, state)]``, when first seen (perf_counter seconds)."""
 
     def __init__(self, address: str, model: str, interval: float = 0.2):

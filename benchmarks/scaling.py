@@ -26,7 +26,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from typing import Dict, List, Optional, Tuple
 
@@ -41,35 +40,19 @@ Sample = Tuple[float, float]  # (unix seconds, MB resident in the process tree)
 STAGE_GROUPS = ("SequenceExampleGen", "StatisticsGen", "Transform", "Trainer", "Evaluator", "SliceEvaluator")
 
 
-class TreeMemory:
-    """Samples the resident memory of a process and its descendants in a thread."""
+class TreeMemory(machine.BackgroundPoll):
+    """Samples the resident memory of a process and its descendants while the ``with`` block runs."""
 
-    def __init__(self, pid: int, every: float):
-        self.pid, self.every, self.samples = pid, every, []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+    def __init__(self, pid: int, interval: float):
+        super().__init__(interval)
+        self.pid, self.samples = pid, []
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                root = psutil.Process(self.pid)
-                processes = [root, *root.children(recursive=True)]
-                total = 0
-                for process in processes:
-                    try:
-                        total += process.memory_info().rss
-                    except psutil.Error:
-                        pass
-                self.samples.append((time.time(), total / 2**20))
-            except psutil.Error:
-                pass
-            self._stop.wait(self.every)
-
-    def stop(self) -> List[Sample]:
-        self._stop.set()
-        self._thread.join()
-        return self.samples
+    def poll(self) -> None:
+        try:
+            pids = [self.pid, *(child.pid for child in psutil.Process(self.pid).children(recursive=True))]
+        except psutil.Error:
+            return  # the process has ended
+        self.samples.append((time.time(), sum(machine.process_rss_bytes(pid) or 0 for pid in pids) / 2**20))
 
 
 def run_child(argv: List[str], log_path: str, every: float) -> Tuple[float, List[Sample]]:
@@ -78,9 +61,9 @@ def run_child(argv: List[str], log_path: str, every: float) -> Tuple[float, List
     with open(log_path, "w", encoding="utf-8") as log:
         child = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *argv], cwd=ROOT, stdout=log,
                                  stderr=subprocess.STDOUT, env={**os.environ, "TF_USE_LEGACY_KERAS": "1"})
-        memory = TreeMemory(child.pid, every)
-        code = child.wait()
-    samples = memory.stop()
+        with TreeMemory(child.pid, every) as memory:
+            code = child.wait()
+    samples = memory.samples
     if code != 0:
         raise SystemExit(f"[scaling] ctr-pipeline {argv[0]} failed with exit code {code}; see {log_path}")
     return time.perf_counter() - started, samples
@@ -140,9 +123,9 @@ def one_size(events: int, events_per_user: int, models: List[str], scratch: str,
         ["score", "--config", config_path, "--model", models[-1], "--input", data, "--output", os.path.join(scratch, "scores")],
         os.path.join(scratch, "score.log"), every,
     )
-    stages[f"score ({models[-1]})"] = {"seconds": round(score_seconds, 1), "peak_rss_mb": round(max(mb for _, mb in score_samples))}
+    stages[f"score ({models[-1]})"] = {"seconds": round(score_seconds, 1), "peak_rss_mb": round(max((mb for _, mb in score_samples), default=0))}
     result = {"events": users * events_per_user, "users": users, "run_seconds": round(seconds, 1),
-              "run_peak_rss_mb": round(max(mb for _, mb in samples)), "load_average_before": load, "stages": stages}
+              "run_peak_rss_mb": round(max((mb for _, mb in samples), default=0)), "load_average_before": load, "stages": stages}
     print(f"[scaling] {result['events']:,} events: run {seconds:,.0f} s, peak {result['run_peak_rss_mb']:,} MB; "
           + ", ".join(f"{k} {v['seconds']:.0f} s" for k, v in stages.items()), flush=True)
     return result

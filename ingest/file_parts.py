@@ -33,10 +33,6 @@ class FilePart:
     rows_before: int = 0  # lines (text, header included) or rows (Parquet) before the part
     parquet: bool = False  # start/stop are row groups
 
-    @property
-    def whole_file(self) -> bool:
-        return self.start == 0 and self.stop is None
-
 
 def text_parts(path: str, part_bytes: int) -> List[FilePart]:
     """Byte ranges of about ``part_bytes`` (the whole file when it is gzip-compressed)."""

@@ -1,8 +1,8 @@
 """Beam: interaction logs -> one raw tf.Example per event with its behaviour histories.
 
 Scaling: each event file is read in parts (``ingest.file_parts``: byte ranges, Parquet row
-groups), so one large file is read by several workers. Events are grouped by (user, time window), never by user alone, so one worker holds at
-most one window of one user's events. A window's history from earlier windows arrives as a
+groups), so one large file is read by several workers. Events are grouped by (user, time window),
+never by user alone, so one worker holds at most one window of one user's events. A window's history from earlier windows arrives as a
 carried ``HistoryState`` (the last T events of each feedback type: O(4T) per window), computed
 from the per-window tails. A user with years of history never needs all of it in one place.
 

@@ -3,8 +3,8 @@
 
 Each worker reads the same transformed examples; Keras shards them between the workers by
 element (``make_dataset`` sets the DATA policy), and every worker shuffles with the same seed, so
-the workers' shards are disjoint and a global batch of N x ``batch_size`` holds the examples one
-process would read in a batch of that size. The chief (worker 0) exports the SavedModel and
+the workers' shards are disjoint; a global batch is N x ``batch_size`` examples
+(``tests/test_pipeline_e2e.py`` compares two workers at 64 with one process at 128). The chief (worker 0) exports the SavedModel and
 writes ``training_stats.json``; the others save into a scratch directory (every worker must take
 part in a save under this strategy) that is removed afterwards.
 
@@ -126,15 +126,14 @@ def train_as_worker(fn_args, strategy) -> None:
     from models import trainer
 
     fields = {name: getattr(fn_args, name) for name in (*_FN_ARGS, "data_accessor")}
-    if is_chief(json.loads(os.environ[TF_CONFIG])):
-        trainer.train(types.SimpleNamespace(**fields), strategy)
-        return
-    scratch = tempfile.mkdtemp(prefix="ctr-worker-")
-    fields.update(serving_model_dir=os.path.join(scratch, "model"), model_run_dir=os.path.join(scratch, "logs"))
+    scratch = None if is_chief(json.loads(os.environ[TF_CONFIG])) else tempfile.mkdtemp(prefix="ctr-worker-")
+    if scratch:
+        fields.update(serving_model_dir=os.path.join(scratch, "model"), model_run_dir=os.path.join(scratch, "logs"))
     try:
         trainer.train(types.SimpleNamespace(**fields), strategy)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def main(argv: List[str]) -> int:

@@ -51,9 +51,8 @@ def vertex_training(workers: int, image: str, project: str, region: str, machine
     machine = {"machine_type": machine_type}
     if gpus:
         machine.update(accelerator_type=gpu_type, accelerator_count=gpus)
-    pools = [{"machine_spec": machine, "replica_count": 1, "container_spec": {"image_uri": image}}]
-    if workers > 1:
-        pools.append({"machine_spec": machine, "replica_count": workers - 1, "container_spec": {"image_uri": image}})
+    pools = [{"machine_spec": machine, "replica_count": count, "container_spec": {"image_uri": image}}
+             for count in (1, workers - 1) if count]
     platform = tfx.extensions.google_cloud_ai_platform
     return {
         platform.ENABLE_VERTEX_KEY: True,

@@ -219,8 +219,7 @@ def test_two_local_workers_train_a_model_like_one_process(first_run, tmp_path, n
     """Issue 22 §4: ``training.workers: 2`` trains on two local processes (MultiWorkerMirroredStrategy
     on loopback ports) with global batches of the one-process size: one export with the same
     signatures, the stats of both replicas (metrics not summed over the workers), and a validation
-    AUC within 0.01 of one process's. Without dropout (each worker would draw its own masks) the
-    two runs see the same global batches, so they differ by float summation order only."""
+    AUC within 0.01 of one process's. Without dropout, since each worker would draw its own masks."""
     _, _, config, _ = first_run
     transform = report.PipelineRun(config.metadata_path, config.pipeline_name).outputs("Transform")
     alone, alone_signatures = _trained(config, transform, str(tmp_path / "one"), name, params, workers=1, batch_size=128)
