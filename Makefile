@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 PYTEST      := TF_USE_LEGACY_KERAS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
-.PHONY: demo test test-fast install clean-demo
+.PHONY: demo demo-daily test test-fast install clean-demo
 
 install: $(STAMP)
 
@@ -29,6 +29,10 @@ $(DEMO_DATA)/events.csv: | $(STAMP)
 demo: $(STAMP) $(DEMO_DATA)/events.csv
 	$(CLI) run --config configs/demo.yaml
 
+# daily retraining: two days delivered one at a time, a run after each (scripts/daily_demo.sh)
+demo-daily: $(STAMP)
+	CLI=$(CLI) sh scripts/daily_demo.sh
+
 test: $(STAMP)
 	$(PYTEST) $(PYTEST_ARGS)
 
@@ -36,4 +40,4 @@ test-fast: $(STAMP)
 	$(PYTEST) -m "not slow" $(PYTEST_ARGS)
 
 clean-demo:
-	rm -rf $(DEMO_DATA) runs/demo serving_models
+	rm -rf $(DEMO_DATA) runs/demo serving_models data/daily data/daily-source runs/daily serving_models_daily

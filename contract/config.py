@@ -46,6 +46,25 @@ class ColumnMap(_Strict):
     click_prob: Optional[str] = None  # synthetic logs: the true click probability
 
 
+# data.span_pattern's parts (ingest.spans): a date, or a span number
+DATE_PARTS = ("{YYYY}", "{MM}", "{DD}")
+NUMBER_PART = "{SPAN}"
+
+
+def span_pattern_problem(pattern: str) -> Optional[str]:
+    """Why ``pattern`` cannot name span folders, or None."""
+    if "/" in pattern or os.sep in pattern:
+        return "a span pattern names one folder level: no path separator"
+    has_date = [part in pattern for part in DATE_PARTS]
+    if NUMBER_PART in pattern:
+        if any(has_date):
+            return f"use either {NUMBER_PART} or the date parts {''.join(DATE_PARTS)}, not both"
+        return None
+    if not all(has_date):
+        return f"a span pattern holds {NUMBER_PART}, or all of {', '.join(DATE_PARTS)}"
+    return None
+
+
 class DataConfig(_Strict):
     """Where the interaction logs are and how to read them."""
 
@@ -60,11 +79,25 @@ class DataConfig(_Strict):
     user_attributes: List[str] = []  # user table columns used as user fields
     timestamp_format: Literal["auto", "seconds", "milliseconds", "microseconds", "iso8601"] = "auto"  # ingest.timestamps
     max_timestamp: int = 4102444800  # 2100-01-01: later timestamps are quarantined as absurd
+    # daily retraining (generic format): the events are dated folders under the events directory
+    # whose names match this pattern ({YYYY}, {MM}, {DD}, or {SPAN} for a number), one TFX span
+    # each; a run ingests only the spans after the last one ingested (ingest.spans)
+    span_pattern: Optional[str] = None
 
     @pydantic.model_validator(mode="after")
     def _feedback_source(self) -> "DataConfig":
         if self.format == "generic" and self.columns.rating is None and self.columns.clicked is None:
             raise ValueError("columns: set either `rating` or `clicked` so a click label exists")
+        return self
+
+    @pydantic.model_validator(mode="after")
+    def _span_folders(self) -> "DataConfig":
+        if self.span_pattern is not None:
+            if self.format != "generic":
+                raise ValueError(f"span_pattern: dated span folders are read in the generic format, not {self.format}")
+            problem = span_pattern_problem(self.span_pattern)
+            if problem:
+                raise ValueError(f"span_pattern {self.span_pattern!r}: {problem}")
         return self
 
     @pydantic.model_validator(mode="after")
@@ -172,6 +205,10 @@ class TrainingConfig(_Strict):
     # processes training each model together (MultiWorkerMirroredStrategy, models.multiworker):
     # locally started on loopback ports; on a cluster, the platform's workers (TF_CONFIG)
     workers: int = pydantic.Field(1, ge=1)
+    # start each model from the weights of its latest blessed version (models.warm_start: every
+    # variable of the same name and shape; embedding rows matched by vocabulary token), when
+    # there is one; daily retraining (data.span_pattern) wants it
+    warm_start: bool = False
 
 
 class EvaluationConfig(_Strict):

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from contract.config import DataConfig
 from ingest.file_parts import FilePart, parquet_parts, text_parts
+from ingest.spans import Span, list_spans
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,7 +259,8 @@ def table_files(data: DataConfig, kind: str) -> List[str]:
     return _data_files(os.path.join(_generic_base(data), relative), data, f"data.{kind}s")
 
 
-def _generic_event_files(data: DataConfig) -> List[str]:
+def generic_events_dir(data: DataConfig) -> str:
+    """The generic format's events file or directory."""
     if not os.path.exists(data.path):
         raise FileNotFoundError(f"data.path: {data.path} does not exist")
     if data.events is None:
@@ -267,8 +269,16 @@ def _generic_event_files(data: DataConfig) -> List[str]:
         target = os.path.join(data.path, data.events)
     else:
         raise ValueError(f"data.events is set, so data.path must be a directory, not the file {data.path}")
+    return target
+
+
+def _generic_event_files(data: DataConfig, spans: Optional[Sequence[Span]]) -> List[str]:
+    target = generic_events_dir(data)
     tables = table_files(data, "item") + table_files(data, "user")
-    return _data_files(target, data, "data.events", exclude=tables)
+    if data.span_pattern is None:
+        return _data_files(target, data, "data.events", exclude=tables)
+    chosen = list_spans(target, data.span_pattern) if spans is None else spans
+    return [path for span in chosen for path in _data_files(span.path, data, f"span {span.name}", exclude=tables)]
 
 
 def _matching(directory: str, patterns: Sequence[str]) -> List[str]:
@@ -287,8 +297,9 @@ _EVENT_FILE_PATTERNS = {
 }
 
 
-def list_event_files(data: DataConfig) -> List[str]:
-    """The event files to read, sorted; raises when there are none."""
+def list_event_files(data: DataConfig, spans: Optional[Sequence[Span]] = None) -> List[str]:
+    """The event files to read, sorted; raises when there are none. With ``data.span_pattern``:
+    the files of ``spans`` (default: every span folder), oldest span first."""
     if data.format == "generic":
-        return _generic_event_files(data)
+        return _generic_event_files(data, spans)
     return _matching(data.path, _EVENT_FILE_PATTERNS[data.format])

@@ -2,9 +2,11 @@
 
 Scaling: each event file is read in parts (``ingest.file_parts``: byte ranges, Parquet row
 groups), so one large file is read by several workers. Events are grouped by (user, time window),
-never by user alone, so one worker holds at most one window of one user's events. A window's history from earlier windows arrives as a
-carried ``HistoryState`` (the last T events of each feedback type: O(4T) per window), computed
-from the per-window tails. A user with years of history never needs all of it in one place.
+never by user alone, so one worker holds at most one window of one user's events. A window's
+history from earlier windows arrives as a carried ``HistoryState`` (the last T events of each
+feedback type: O(4T) per window), computed from the per-window tails (``ingest.windows``). A
+user with years of history never needs all of it in one place; with daily retraining, neither
+does a run need the days before it (their state is carried in).
 
 Nothing vanishes: every log row becomes an example or a quarantine record with its reason, and
 ``counts.json`` is checked: rows in = examples out + rows quarantined.
@@ -14,26 +16,24 @@ salted hash of user_id.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
 from typing import Dict, List, Optional, Tuple
 
 import apache_beam as beam
-import numpy as np
-import pyarrow as pa
-from tfx_bsl.coders import example_coder
 
 from contract.feature_spec import FeatureSpec
-from contract.features import CLICK_PROB, ITEM_ID, LABEL, TIMESTAMP, USER_ID
+from contract.features import ITEM_ID, USER_ID
 from ingest import file_parts, sources
-from ingest import history as hist
 from ingest.splits import SplitByTime, user_split
+from ingest.windows import (
+    QUARANTINE, STATE, after_carried_history, carried_states, dedupe_window, parse_state_record, rows_of_window, state_record,
+    window_key,
+)
 
 SPLITS = ("train", "eval", "test")
 ALL = "all"  # the unsplit output of ``BuildExamples(split=False)``
-QUARANTINE = "quarantine"
 
 
 def quarantine_record(q: sources.Quarantined) -> dict:
@@ -55,7 +55,7 @@ class _ReadAndValidate(beam.DoFn):
 
     def __init__(self, data_config, window_seconds: float):
         self.data_config = data_config
-        self.window_key = _window_key(window_seconds)
+        self.window_key = window_key(window_seconds)
 
     def process(self, part, items, users, newline_counts):
         part = file_parts.with_lines_before(part, newline_counts)
@@ -90,117 +90,6 @@ def _reference_error(event: sources.Event, reason: str, detail: str) -> dict:
     return {"source": event.source, "reason": reason, "detail": detail, "raw": json.dumps(event.as_dict())}
 
 
-# ---- per (user, window) --------------------------------------------------------------------------
-def _window_key(window_seconds: float):
-    def key(event):
-        return (event[USER_ID], int(event[TIMESTAMP] // window_seconds)), event
-
-    return key
-
-
-def _dedupe_window(keyed_batches, spec: FeatureSpec):
-    """Sorts one (user, window)'s events (they arrive as the read batches' lists); a repeated
-    (user, item, timestamp) is quarantined.
-
-    Yields ("events", (key, sorted events)), ("tail", (user, (window, state))) and quarantine.
-    """
-    (user, window), batches = keyed_batches
-    ordered: List[dict] = []
-    for event in sorted((e for batch in batches for e in batch), key=lambda e: (hist.event_order_key(e), e["source"])):
-        if ordered and hist.event_order_key(ordered[-1]) == hist.event_order_key(event):
-            yield beam.pvalue.TaggedOutput(
-                QUARANTINE,
-                {
-                    "source": event["source"],
-                    "reason": "duplicate_event",
-                    "detail": f"user {user!r} item {event[ITEM_ID]!r} at {event[TIMESTAMP]} already seen at {ordered[-1]['source']}",
-                    "raw": json.dumps(event),
-                },
-            )
-            continue
-        ordered.append(event)
-    tail = hist.HistoryState(spec.max_length, spec.feedback_types)
-    tail.extend(ordered)
-    yield beam.pvalue.TaggedOutput("tail", (user, (window, tail.snapshot())))
-    yield (user, window), ordered
-
-
-def _carried_states(user_tails, spec: FeatureSpec):
-    """For each window of a user: the history state carried in from all earlier windows."""
-    user, tails = user_tails
-    carried = hist.HistoryState(spec.max_length, spec.feedback_types)
-    for window, tail in sorted(tails, key=lambda wt: wt[0]):
-        yield (user, window), carried.snapshot()
-        carried = carried.merged_with(hist.HistoryState.from_snapshot(tail, spec.max_length, spec.feedback_types))
-
-
-@dataclasses.dataclass
-class WindowRows:
-    """The examples of one (user, window), columnar.
-
-    ``keys``: ``(timestamp, user_id, item_id)`` per row, in row order; ``scalars``: one value per
-    row of each scalar raw feature (user and item fields, ``timestamp``, the label); ``click_prob``
-    the generator's true click probability per row where the log has one; ``histories``: the
-    window's ``history.HistoryTable`` per feedback type (each past event once, rows index them).
-    ``serialized()`` gives the raw tf.Examples; batch scoring feeds the columns to the model as
-    they are (``serving.batch_score``).
-    """
-
-    keys: List[Tuple[int, str, str]]
-    scalars: Dict[str, np.ndarray]
-    click_prob: Optional[List[Optional[float]]]
-    histories: Dict[str, hist.HistoryTable]
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def serialized(self) -> List[bytes]:
-        """The raw tf.Examples, in row order: one C++ encoding of an Arrow record batch (tfx_bsl)."""
-        columns = {name: _scalar_column(values, "string" if values.dtype == object else "int64")
-                   for name, values in self.scalars.items()}
-        if self.click_prob is not None:
-            columns[CLICK_PROB] = pa.array([[] if p is None else [p] for p in self.click_prob], type=pa.list_(pa.float32()))
-        for table in self.histories.values():
-            for name, ragged in table.gathered().items():
-                arrow_type = _ARROW_TYPES["string" if ragged.values.dtype == object else "int64"]
-                columns[name] = pa.ListArray.from_arrays(pa.array(ragged.offsets), pa.array(ragged.values, type=arrow_type))
-        return example_coder.RecordBatchToExamples(pa.RecordBatch.from_arrays(list(columns.values()), list(columns)))
-
-
-def _rows_of_window(joined, spec: FeatureSpec, users: Optional[dict]) -> WindowRows:
-    """The ``WindowRows`` of one (user, window): its sorted events and the carried history state.
-
-    Vectorised: the window's histories come from one ``history.history_tables`` call.
-    """
-    (user, _), groups = joined
-    (events,) = groups["events"]
-    (carry,) = groups["carry"] or [{}]
-    past = {kind: list(carry.get(kind, ())) + window for kind, window in hist.split_by_feedback(spec, events).items()}
-    times = np.fromiter((int(e[TIMESTAMP]) for e in events), dtype=np.int64, count=len(events))
-    profile = (users or {}).get(user, {})
-    scalars = {USER_ID: np.full(len(events), user, dtype=object)}
-    for field in spec.user_fields[1:]:
-        scalars[field] = np.full(len(events), profile.get(field, ""), dtype=object)
-    for field in spec.item_fields:
-        scalars[field] = np.array([str(e.get(field, "")) for e in events], dtype=object)
-    scalars[TIMESTAMP] = times
-    scalars[LABEL] = np.fromiter((int(e[LABEL]) for e in events), dtype=np.int64, count=len(events))
-    click_prob = None
-    if any(e.get(CLICK_PROB) is not None for e in events):
-        click_prob = [None if e.get(CLICK_PROB) is None else float(e[CLICK_PROB]) for e in events]
-    keys = [(int(t), user, str(e[ITEM_ID])) for t, e in zip(times, events)]
-    return WindowRows(keys, scalars, click_prob, hist.history_tables(spec, past, times))
-
-
-_ARROW_TYPES = {"string": pa.binary(), "int64": pa.int64()}
-
-
-def _scalar_column(values, dtype: str) -> pa.Array:
-    """One value per row, as the one-element lists a tf.Example feature holds."""
-    offsets = pa.array(np.arange(len(values) + 1, dtype=np.int32))
-    return pa.ListArray.from_arrays(offsets, pa.array(values, type=_ARROW_TYPES[dtype]))
-
-
 # ---- the whole transform ---------------------------------------------------------------------------
 class BuildExamples(beam.PTransform):
     """Logs -> {"train"|"eval"|"test": serialized raw tf.Examples, "quarantine": dicts, "counts": dict}.
@@ -209,11 +98,18 @@ class BuildExamples(beam.PTransform):
     one ``WindowRows`` per (user, window) instead of the three splits (a batch per element keeps
     Beam's per-element cost off every row, and the rows stay columns until a model needs them);
     the counts then report ``examples: {"all": n}``.
+
+    Daily retraining (``data.span_pattern``): ``spans`` are the span folders to read (default:
+    all), ``prior_state`` the file pattern of the state an earlier run left (``STATE``, JSON lines
+    of ``state_record``); the histories start from it, and the output ``STATE`` holds each user's
+    state after these spans, for the next run.
     """
 
-    def __init__(self, config, spec: FeatureSpec, split: bool = True):
+    def __init__(self, config, spec: FeatureSpec, split: bool = True, spans=None, prior_state: Optional[str] = None):
         super().__init__()
         self.config, self.spec, self.split = config, spec, split
+        self.spans, self.prior_state = spans, prior_state
+        self.keep_state = config.data.span_pattern is not None
 
     def expand(self, pipeline):
         data = self.config.data
@@ -224,7 +120,7 @@ class BuildExamples(beam.PTransform):
         part_bytes = self.config.beam.read_part_bytes
         parts = (
             pipeline
-            | "LogFiles" >> beam.Create(sources.list_event_files(data))
+            | "LogFiles" >> beam.Create(sources.list_event_files(data, self.spans))
             | "FileParts" >> beam.FlatMap(sources.event_file_parts, data, part_bytes)
             | "SpreadParts" >> beam.Reshuffle()
         )
@@ -236,19 +132,32 @@ class BuildExamples(beam.PTransform):
         windows = (
             read.events
             | "GroupWindow" >> beam.GroupByKey()
-            | "SortDedupe" >> beam.FlatMap(_dedupe_window, self.spec).with_outputs(QUARANTINE, "tail", main="events")
+            | "SortDedupe" >> beam.FlatMap(dedupe_window, self.spec).with_outputs(QUARANTINE, "tail", main="events")
         )
-        carry = windows.tail | "TailsByUser" >> beam.GroupByKey() | "Carry" >> beam.FlatMap(_carried_states, self.spec)
-        window_rows = (
-            {"events": windows.events, "carry": carry}
+        if self.prior_state:
+            prior = pipeline | "PriorState" >> beam.io.ReadFromText(self.prior_state) | "ParseState" >> beam.Map(parse_state_record)
+        else:
+            prior = pipeline | "NoPriorState" >> beam.Create([])
+        carried = (
+            {"tails": windows.tail, "prior": prior}
+            | "TailsByUser" >> beam.CoGroupByKey()
+            | "Carry" >> beam.FlatMap(carried_states, self.spec, self.keep_state).with_outputs(STATE, main="carry")
+        )
+        joined = (
+            {"events": windows.events, "carry": carried.carry}
             | "Join" >> beam.CoGroupByKey()
+            | "AfterCarriedHistory" >> beam.FlatMap(after_carried_history).with_outputs(QUARANTINE, main="joined")
+        )
+        window_rows = (
+            joined.joined
             | "Rows" >> beam.Map(
-                lambda joined, users: _rows_of_window(joined, self.spec, users), beam.pvalue.AsSingleton(users_side)
+                lambda joined, users: rows_of_window(joined, self.spec, users), beam.pvalue.AsSingleton(users_side)
             )
         )
+        late = joined[QUARANTINE]
         if not self.split:
             outputs = {ALL: window_rows}
-            return self._with_quarantine_and_counts(pipeline, read, windows, outputs, item_rows + user_rows)
+            return self._with_quarantine_and_counts(pipeline, read, windows, late, outputs, item_rows + user_rows)
         keyed = window_rows | "PerExample" >> beam.FlatMap(lambda rows: zip(rows.keys, rows.serialized()))
         split = self.config.split
         if split.method == "time":
@@ -263,12 +172,15 @@ class BuildExamples(beam.PTransform):
             name: parts[i] | f"Examples{name}" >> beam.Map(lambda se: se[1]) | f"Order{name}" >> SeededOrder(split.seed)
             for i, name in enumerate(SPLITS)
         }
-        return self._with_quarantine_and_counts(pipeline, read, windows, outputs, item_rows + user_rows)
+        if self.keep_state:
+            outputs[STATE] = carried[STATE]
+        return self._with_quarantine_and_counts(pipeline, read, windows, late, outputs, item_rows + user_rows)
 
-    def _with_quarantine_and_counts(self, pipeline, read, windows, outputs, table_rows):
+    def _with_quarantine_and_counts(self, pipeline, read, windows, late, outputs, table_rows):
         outputs[QUARANTINE] = (
             read[QUARANTINE],
             windows[QUARANTINE],
+            late,
             pipeline | "TableRows" >> beam.Create([quarantine_record(q) for q in table_rows]),
         ) | "AllQuarantined" >> beam.Flatten()
         outputs["counts"] = self._counts(read, outputs, len(table_rows))
@@ -340,8 +252,13 @@ class SeededOrder(beam.PTransform):
         )
 
 
-def write_outputs(outputs, examples_uri: str, quarantine_dir: str, counts_path: str) -> None:
-    """Writes the splits in TFX's Examples layout (Split-<name>/*.gz), quarantine and counts."""
+def write_outputs(outputs, examples_uri: str, quarantine_dir: str, counts_path: str, state_dir: Optional[str] = None) -> None:
+    """Writes the splits in TFX's Examples layout (Split-<name>/*.gz), quarantine and counts, and
+    with ``state_dir`` the users' history states (``state-*.jsonl``)."""
+    if state_dir is not None:
+        outputs[STATE] | "StateJson" >> beam.Map(state_record) | "WriteState" >> beam.io.WriteToText(
+            os.path.join(state_dir, "state"), file_name_suffix=".jsonl"
+        )
     for name in SPLITS:
         outputs[name] | f"Write{name}" >> beam.io.WriteToTFRecord(
             os.path.join(examples_uri, f"Split-{name}", "data_tfrecord"), file_name_suffix=".gz"

@@ -59,6 +59,7 @@ REQUEST_EVENTS = 30
 REQUEST_CANDIDATES = 10
 STATIC_COLUMN = "click_prob_static"  # the no-sequence oracle (see the module docstring)
 STATIC_SAMPLES = 64  # re-simulated histories per user behind it (``generate``'s default)
+DATED_EVENTS, DATED_PATTERN = "events", "{YYYY}-{MM}-{DD}"  # generate(dated_folders=True)
 
 # ``generate``'s keyword arguments per preset (``ctr-pipeline generate-data --preset NAME``)
 PRESETS: Dict[str, dict] = {
@@ -130,10 +131,13 @@ def generate(
     days: int = 60,
     mechanisms: Mechanisms = DEFAULT_MECHANISMS,
     static_samples: int = STATIC_SAMPLES,
+    dated_folders: bool = False,
 ) -> Dict[str, float]:
     """Writes events.csv, items.csv, users.csv and request.json into ``output_dir``; returns a
     summary: sizes, rates, ``oracle_auc`` (of ``click_prob``) and ``no_sequence_oracle_auc`` (of
-    ``click_prob_static``, estimated from ``static_samples`` re-simulated histories per user)."""
+    ``click_prob_static``, estimated from ``static_samples`` re-simulated histories per user).
+    With ``dated_folders`` the events go to ``events/<YYYY-MM-DD>/events.csv`` instead, one
+    folder per UTC day (daily retraining: ``data_config(path, dated_folders=True)``)."""
     if min(num_users, num_items, events_per_user, days, static_samples) < 1:
         raise ValueError("num_users, num_items, events_per_user, days and static_samples must all be >= 1")
     os.makedirs(output_dir, exist_ok=True)
@@ -156,7 +160,10 @@ def generate(
             STATIC_COLUMN: static,
         }
     ).iloc[np.lexsort((user, timestamp))]
-    events.to_csv(os.path.join(output_dir, "events.csv"), index=False, float_format="%.6f")
+    if dated_folders:
+        _write_dated_folders(events, os.path.join(output_dir, DATED_EVENTS))
+    else:
+        events.to_csv(os.path.join(output_dir, "events.csv"), index=False, float_format="%.6f")
     items_table, users_table = _tables(items, users)
     items_table.to_csv(os.path.join(output_dir, "items.csv"), index=False)
     users_table.to_csv(os.path.join(output_dir, "users.csv"), index=False)
@@ -175,6 +182,13 @@ def generate(
     }
 
 
+def _write_dated_folders(events: pd.DataFrame, events_dir: str) -> None:
+    days = pd.to_datetime(events[TIMESTAMP], unit="s", utc=True).dt.strftime("%Y-%m-%d")
+    for day, rows in events.groupby(days, sort=True):
+        os.makedirs(os.path.join(events_dir, day), exist_ok=True)
+        rows.to_csv(os.path.join(events_dir, day, "events.csv"), index=False, float_format="%.6f")
+
+
 def oracles_on_test_split(events: pd.DataFrame, train: float = 0.8, eval_: float = 0.1) -> Dict[str, float]:
     """Both oracle AUCs on the rows a time split puts into test (the pipeline's rule: rows sorted
     by (timestamp, user_id, item_id), test from rank floor((train + eval) * n)), from the events
@@ -187,12 +201,13 @@ def oracles_on_test_split(events: pd.DataFrame, train: float = 0.8, eval_: float
     return result
 
 
-def data_config(path: str) -> dict:
+def data_config(path: str, dated_folders: bool = False) -> dict:
     """The ``data:`` config section that reads the files ``generate`` wrote into ``path``."""
+    dated = {"events": DATED_EVENTS, "span_pattern": DATED_PATTERN} if dated_folders else {"events": "events.csv"}
     return {
         "format": "generic",
         "path": path,
-        "events": "events.csv",
+        **dated,
         "items": "items.csv",
         "users": "users.csv",
         "file_format": "csv",

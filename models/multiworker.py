@@ -6,7 +6,8 @@ element (``make_dataset`` sets the DATA policy), and every worker shuffles with 
 the workers' shards are disjoint; a global batch is N x ``batch_size`` examples
 (``tests/test_pipeline_e2e.py`` compares two workers at 64 with one process at 128). The chief (worker 0) exports the SavedModel and
 writes ``training_stats.json``; the others save into a scratch directory (every worker must take
-part in a save under this strategy) that is removed afterwards.
+part in a save under this strategy) that is removed afterwards; so are their warm-start files.
+Every worker restores the same warm-start base (``base_model``), so they start alike.
 
 On a cluster the platform starts the workers and sets ``TF_CONFIG`` in each (Vertex AI's worker
 pools, Kubeflow's TFJob); the Trainer then trains in place (``run_fn`` sees ``TF_CONFIG``).
@@ -34,7 +35,14 @@ import types
 from typing import List
 
 TF_CONFIG = "TF_CONFIG"
-_FN_ARGS = ("train_files", "eval_files", "transform_output", "serving_model_dir", "model_run_dir", "custom_config")
+# the fn_args fields a worker gets; base_model (the warm-start base) is None without a blessed
+# version, and may be absent from hand-made fn_args
+_FN_ARGS = ("train_files", "eval_files", "transform_output", "serving_model_dir", "model_run_dir", "custom_config", "base_model")
+_OPTIONAL_FN_ARGS = ("base_model",)
+
+
+def _fn_arg_fields(fn_args, names) -> dict:
+    return {name: getattr(fn_args, name, None) if name in _OPTIONAL_FN_ARGS else getattr(fn_args, name) for name in names}
 
 
 def example_dataset_factory():
@@ -78,7 +86,7 @@ def train_on_local_workers(fn_args, workers: int) -> None:
     scratch = tempfile.mkdtemp(prefix="ctr-workers-")
     job = os.path.join(scratch, "job.json")
     with open(job, "w", encoding="utf-8") as handle:
-        json.dump({name: getattr(fn_args, name) for name in _FN_ARGS}, handle)
+        json.dump(_fn_arg_fields(fn_args, _FN_ARGS), handle)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     processes = []
     try:
@@ -125,7 +133,7 @@ def train_as_worker(fn_args, strategy) -> None:
     their export and logs to a scratch directory."""
     from models import trainer
 
-    fields = {name: getattr(fn_args, name) for name in (*_FN_ARGS, "data_accessor")}
+    fields = _fn_arg_fields(fn_args, (*_FN_ARGS, "data_accessor"))
     scratch = None if is_chief(json.loads(os.environ[TF_CONFIG])) else tempfile.mkdtemp(prefix="ctr-worker-")
     if scratch:
         fields.update(serving_model_dir=os.path.join(scratch, "model"), model_run_dir=os.path.join(scratch, "logs"))

@@ -3,7 +3,9 @@
 Reads the transformed examples through the tfxio dataset factory, trains the model named in
 ``custom_config`` under ``tf.distribute.MirroredStrategy`` (all GPUs when there are any, the CPU
 otherwise) or, with ``training.workers`` > 1, on several workers (``models.multiworker``), stops
-early on the eval split's AUC, and exports the serving SavedModel.
+early on the eval split's AUC, and exports the serving SavedModel and the warm-start files
+(``models.warm_start``). With ``training.warm_start``, the model starts from the warm-start files
+of its latest blessed version (``fn_args.base_model``), when there is one.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import tf_keras
 from tfx_bsl.public import tfxio
 
 from contract.trainer_args import TrainerArgs
-from models import multiworker, registry
+from models import multiworker, registry, warm_start
 from models.export import export_serving_model
 from contract.features import LABEL
 from contract.feature_spec import FeatureSpec
@@ -118,6 +120,26 @@ class ThroughputLogger(tf_keras.callbacks.Callback):
         return self.timed_steps * self.batch_size / self.timed_seconds
 
 
+def start_from_base(model, base_model: Optional[str], dataset: tf.data.Dataset, tft_output, spec: FeatureSpec) -> Optional[dict]:
+    """Warm start (``training.warm_start``): restores ``model`` (built here on the first batch of
+    ``dataset``; call under the strategy's scope) from the warm-start files beside ``base_model``,
+    the latest blessed version's serving directory (None when there is none). Returns the
+    restore summary, or None when the model trains from scratch; prints which."""
+    if base_model is None:
+        print(f"[{model.name}] warm start: no blessed version yet, training from scratch", flush=True)
+        return None
+    directory = warm_start.directory_of(base_model)
+    if not warm_start.exists(directory):
+        print(f"[{model.name}] warm start: the blessed version has no warm-start files ({directory}), "
+              "training from scratch", flush=True)
+        return None
+    features, labels = next(iter(dataset))
+    warm_start.create_variables(model, features, labels)
+    summary = warm_start.restore(model, directory, tft_output, spec)
+    print(f"[{model.name}] warm start from {directory}: {warm_start.describe(summary)}", flush=True)
+    return summary
+
+
 def train(fn_args, strategy: Optional[tf.distribute.Strategy] = None):
     """Trains and exports; returns the trained model (``run_fn`` is this without the return)."""
     args = TrainerArgs.from_custom_config(fn_args.custom_config)
@@ -136,6 +158,10 @@ def train(fn_args, strategy: Optional[tf.distribute.Strategy] = None):
     with strategy.scope():
         model = registry.build(args.architecture, spec, vocab, args.model_params, name=name)
         model.compile(optimizer=make_optimizer(training))
+        # built on the eval split's first batch (unshuffled: the training order stays the same);
+        # TFX's fn_args always have base_model, hand-made ones may not
+        warm_start_summary = (start_from_base(model, getattr(fn_args, "base_model", None), eval_ds, tft_output, spec)
+                              if args.training.warm_start else None)
     # train_step/test_step return metric results, already global: Keras' default would sum them
     # again over the workers of a MultiWorkerMirroredStrategy (a training AUC of 1.13 on two)
     model.distribute_reduction_method = "first"
@@ -152,12 +178,14 @@ def train(fn_args, strategy: Optional[tf.distribute.Strategy] = None):
         "epochs": throughput.epochs,
         "train_seconds": time.perf_counter() - started,
         "train_examples_per_second": throughput.examples_per_second,
+        "warm_start": warm_start_summary,
     }
     tf.io.gfile.makedirs(fn_args.model_run_dir)
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, TRAINING_STATS), "w") as handle:
         json.dump(stats, handle, indent=2)
     tf_keras.mixed_precision.set_global_policy("float32")
     export_serving_model(model, tft_output, spec, fn_args.serving_model_dir)
+    warm_start.save(model, tft_output, spec, warm_start.directory_of(fn_args.serving_model_dir))
     return model
 
 

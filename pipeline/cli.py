@@ -100,9 +100,10 @@ def cmd_generate_data(args) -> int:
     summary = synthetic.generate(args.output, **synthetic.preset_arguments(
         args.preset, num_users=args.users, num_items=args.items, events_per_user=args.events_per_user,
         seed=args.seed, days=args.days,
-    ))
+    ), dated_folders=args.dated_folders)
     print(json.dumps(summary, indent=2))
-    print(f"wrote events.csv, items.csv, users.csv and {synthetic.REQUEST_FILE} (a `ctr-pipeline predict` request) to {args.output}")
+    events = f"{synthetic.DATED_EVENTS}/<YYYY-MM-DD>/events.csv" if args.dated_folders else "events.csv"
+    print(f"wrote {events}, items.csv, users.csv and {synthetic.REQUEST_FILE} (a `ctr-pipeline predict` request) to {args.output}")
     return 0
 
 
@@ -133,6 +134,9 @@ def add_generate_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--events-per-user", type=int, default=None)
     parser.add_argument("--days", type=int, default=None)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--dated-folders", action="store_true",
+                        help="write the events as one folder per UTC day (events/<YYYY-MM-DD>/events.csv), the layout of "
+                             "daily retraining (data.span_pattern: '{YYYY}-{MM}-{DD}', configs/daily.yaml)")
 
 
 class Command(NamedTuple):

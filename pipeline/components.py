@@ -25,6 +25,7 @@ from tfx.dsl.component.experimental.annotations import (
     Parameter,
 )
 from tfx.dsl.component.experimental.decorators import component
+from tfx.dsl.components.common import resolver
 from tfx.types import artifact, standard_artifacts
 from tfx.types.standard_artifact_utils import encode_split_names
 
@@ -39,6 +40,24 @@ class Quarantine(artifact.Artifact):
     TYPE_NAME = "pipeline.Quarantine"  # KFP v2 wants "<module>.<Class>" and imports it by that path
 
 
+class SequenceState(artifact.Artifact):
+    """Daily retraining: each user's history state after the spans a SequenceExampleGen ingested
+    (``state-*.jsonl``). Custom properties: ``first_span`` and ``last_span`` of that run, and
+    ``carried_from``, the uri of the state that run started from ("" for none)."""
+
+    TYPE_NAME = "pipeline.SequenceState"
+
+
+class LatestSequenceState(resolver.ResolverStrategy):
+    """The latest ``SequenceState`` in ML Metadata, or none on the first run (TFX's
+    ``LatestArtifactStrategy`` would mark its resolver node failed when there is none)."""
+
+    def resolve_artifacts(self, store, input_dict):
+        del store
+        return {key: sorted(found, key=lambda a: (a.mlmd_artifact.create_time_since_epoch, a.id))[-1:]
+                for key, found in input_dict.items()}
+
+
 @component(use_beam=True)
 def SequenceExampleGen(
     config_json: Parameter[str],
@@ -46,10 +65,18 @@ def SequenceExampleGen(
     code_fingerprint: Parameter[str],
     examples: OutputArtifact[standard_artifacts.Examples],
     quarantine: OutputArtifact[Quarantine],
+    state: OutputArtifact[SequenceState],
+    previous_state: InputArtifact[SequenceState] = None,
     beam_pipeline: BeamComponentParameter[beam.Pipeline] = None,
 ) -> TypedDict("RowCounts", {"log_rows_in": int, "examples_total": int, "log_rows_quarantined": int}):
     """``input_fingerprint`` (paths, sizes, mtimes of the logs) and ``code_fingerprint`` (the
-    sequence builder's source) make the cache see new data and new code."""
+    sequence builder's source) make the cache see new data and new code.
+
+    With ``data.span_pattern`` it ingests the spans after ``previous_state``'s (the latest state
+    of an earlier run), their histories starting from that state, and writes ``state`` for the
+    next run; the examples' ``span`` is the last span ingested. When no span is newer, it
+    rebuilds the previous run's spans from the state that run started from (a retry gives the
+    same examples)."""
     del input_fingerprint, code_fingerprint  # only part of the cache key
     from contract.config import parse_config
     from ingest import sequences
@@ -58,12 +85,20 @@ def SequenceExampleGen(
     config = parse_config(json.loads(config_json))
     spec = FeatureSpec.from_config(config)
     counts_path = os.path.join(quarantine.uri, COUNTS_FILE)
+    chosen, carried_from = _spans_and_prior_state(config.data, previous_state) if config.data.span_pattern else (None, "")
     with beam_pipeline as pipeline:
-        outputs = pipeline | "BuildExamples" >> sequences.BuildExamples(config, spec)
-        sequences.write_outputs(outputs, examples.uri, quarantine.uri, counts_path)
+        outputs = pipeline | "BuildExamples" >> sequences.BuildExamples(
+            config, spec, spans=chosen, prior_state=os.path.join(carried_from, "*") if carried_from else None
+        )
+        sequences.write_outputs(outputs, examples.uri, quarantine.uri, counts_path, state.uri if chosen else None)
     examples.split_names = encode_split_names(list(sequences.SPLITS))
-    examples.span = 0
+    examples.span = chosen[-1].number if chosen else 0
     examples.version = 0
+    if chosen:
+        examples.set_int_custom_property("first_span", chosen[0].number)
+        state.set_int_custom_property("first_span", chosen[0].number)
+        state.set_int_custom_property("last_span", chosen[-1].number)
+        state.set_string_custom_property("carried_from", carried_from)
     with tf.io.gfile.GFile(counts_path) as handle:
         counts = json.load(handle)
     report_counts(counts, quarantine.uri)
@@ -72,6 +107,27 @@ def SequenceExampleGen(
         "examples_total": counts["examples_total"],
         "log_rows_quarantined": counts["log_rows_quarantined"],
     }
+
+
+def _spans_and_prior_state(data, previous_state):
+    """(the spans to ingest, the uri of the history state they start from or "")."""
+    from ingest import spans
+    from ingest.log_files import generic_events_dir
+
+    found = spans.list_spans(generic_events_dir(data), data.span_pattern)
+    if previous_state is None:
+        chosen, carried_from = found, ""
+    else:
+        last = previous_state.get_int_custom_property("last_span")
+        chosen, carried_from = spans.spans_to_ingest(found, last), previous_state.uri
+        if not chosen:  # nothing new: the previous run's spans again, from the state it started from
+            first = previous_state.get_int_custom_property("first_span")
+            chosen = [s for s in found if first <= s.number <= last]
+            carried_from = previous_state.get_string_custom_property("carried_from")
+            print(f"[SequenceExampleGen] no span after {last}: rebuilding spans {first}..{last} as the run that ingested them did", flush=True)
+    names = ", ".join(f"{s.name} ({s.number})" for s in chosen)
+    print(f"[SequenceExampleGen] spans {names}; histories carried from {carried_from or 'nothing (first span)'}", flush=True)
+    return chosen, carried_from
 
 
 def report_counts(counts: dict, quarantine_dir: str) -> None:
@@ -141,9 +197,8 @@ def WarmupRequests(
 
     from serving.warmup import write_warmup_requests
 
-    source = path_utils.serving_model_dir(model.uri)
+    io_utils.copy_dir(model.uri, warmed_model.uri)  # the SavedModel and the Trainer's warm-start files
     target = path_utils.serving_model_dir(warmed_model.uri)
-    io_utils.copy_dir(source, target)
     files = tf.io.gfile.glob(os.path.join(examples.uri, "Split-test", "*"))
     records = tf.data.TFRecordDataset(files, compression_type="GZIP").take(warmup_count)
     path = write_warmup_requests(target, model_name, [r.numpy() for r in records])

@@ -128,11 +128,12 @@ EXAMPLE_SECTIONS = {"data", "sequences", "split", "features"}
 # the code behind each cached step (see components.code_fingerprint)
 EXAMPLE_CODE = (
     "ingest.sequences", "ingest.splits", "ingest.history", "ingest.sources", "ingest.log_files", "ingest.file_parts", "ingest.log_values",
-    "ingest.timestamps", "ingest.log_tables", "contract",
+    "ingest.timestamps", "ingest.log_tables", "ingest.windows", "ingest.spans", "contract",
 )
 TRANSFORM_CODE = ("transforms.preprocessing", "contract")
 TRAINER_CODE = ("models", "contract")
 CODE_FINGERPRINT = "code_fingerprint"
+EXAMPLE_GEN = "SequenceExampleGen"
 
 
 def create_pipeline(
@@ -148,12 +149,21 @@ def create_pipeline(
         raise ValueError(f"models {sorted(unknown)} are not in training.models ({sorted(choices)})")
     spec = FeatureSpec.from_config(config)
 
+    span_nodes, previous_state = [], {}
+    if config.data.span_pattern:  # daily retraining: start from the history state the last run left
+        latest_state = tfx.dsl.Resolver(
+            # KFP compiles only TFX's own strategies; locally, TFX's would mark the node failed on day 1
+            strategy_class=tfx.dsl.experimental.LatestArtifactStrategy if for_kubeflow else components.LatestSequenceState,
+            state=tfx.dsl.Channel(type=components.SequenceState, producer_component_id=EXAMPLE_GEN),
+        ).with_id("LatestSequenceState")
+        span_nodes, previous_state = [latest_state], {"previous_state": latest_state.outputs["state"]}
     example_gen = components.SequenceExampleGen(
         # only what shapes the examples: a training or evaluation change keeps the cached examples
         config_json=config.model_dump_json(include=EXAMPLE_SECTIONS),
         input_fingerprint="" if for_kubeflow else components.input_fingerprint(_data_files(config.data.path)),
         code_fingerprint=components.code_fingerprint(*EXAMPLE_CODE),
-    )
+        **previous_state,
+    ).with_id(EXAMPLE_GEN)
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     schema_gen = components.FeatureSpecSchemaGen(
         feature_spec_json=json.dumps(spec.to_dict()), with_click_prob=int(config.data.columns.click_prob is not None)
@@ -170,7 +180,7 @@ def create_pipeline(
         custom_config={SPEC_KEY: spec.to_dict(), CODE_FINGERPRINT: components.code_fingerprint(*TRANSFORM_CODE)},
     )
     transform.add_upstream_node(anomaly_gate)
-    nodes = [example_gen, statistics_gen, schema_gen, example_validator, anomaly_gate, transform]
+    nodes = span_nodes + [example_gen, statistics_gen, schema_gen, example_validator, anomaly_gate, transform]
     for name in names:
         nodes += _model_nodes(config, spec, name, choices[name], example_gen, transform, vertex_training)
     return tfx.dsl.Pipeline(
@@ -188,6 +198,15 @@ def _model_nodes(
 ) -> list:
     """Trainer, WarmupRequests, resolver, Evaluator, SliceEvaluator (with intervals), ThresholdCheck,
     Pusher, ModelsConfig of one model."""
+    baseline = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model, producer_component_id=f"WarmupRequests.{name}"),
+        model_blessing=tfx.dsl.Channel(
+            type=tfx.types.standard_artifacts.ModelBlessing, producer_component_id=f"Evaluator.{name}"
+        ),
+    ).with_id(f"LatestBlessedModel.{name}")
+    # training.warm_start: the Trainer starts from the latest blessed version (models.warm_start)
+    base_model = {"base_model": baseline.outputs["model"]} if config.training.warm_start else {}
     trainer_component = tfx.extensions.google_cloud_ai_platform.Trainer if vertex_training else tfx.components.Trainer
     trainer = trainer_component(
         run_fn=RUN_FN,
@@ -203,17 +222,11 @@ def _model_nodes(
             training=config.training,
             code_fingerprint=components.code_fingerprint(*TRAINER_CODE),
         ).to_custom_config() | (vertex_training or {}),
+        **base_model,
     ).with_id(f"Trainer.{name}")
     warmed = components.WarmupRequests(
         model=trainer.outputs["model"], examples=example_gen.outputs["examples"], model_name=name
     ).with_id(f"WarmupRequests.{name}")
-    baseline = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model, producer_component_id=warmed.id),
-        model_blessing=tfx.dsl.Channel(
-            type=tfx.types.standard_artifacts.ModelBlessing, producer_component_id=f"Evaluator.{name}"
-        ),
-    ).with_id(f"LatestBlessedModel.{name}")
     evaluator = tfx.components.Evaluator(
         examples=example_gen.outputs["examples"],
         model=warmed.outputs["warmed_model"],
@@ -221,7 +234,7 @@ def _model_nodes(
         eval_config=eval_config(config),
         example_splits=[config.evaluation.split],
     ).with_id(f"Evaluator.{name}")
-    nodes = [trainer, warmed, baseline, evaluator]
+    nodes = [baseline, trainer, warmed, evaluator]
     if config.evaluation.confidence_intervals:  # else the Evaluator computes the slices (eval_config)
         nodes.append(tfx.components.Evaluator(
             examples=example_gen.outputs["examples"],

@@ -143,6 +143,7 @@ def collect(config, models: List[str]) -> dict:
             "validation_auc_by_epoch": [logs.get("val_auc") for logs in stats.get("epochs") or []],
             "epochs": stats.get("epochs") or [],
             "baseline_auc": evaluated.get("baseline", {}).get(AUC),
+            "warm_start": stats.get("warm_start"),
             "intervals": evaluated.get("intervals", {}),
             "slices": evaluated.get("slices", []),
             "calibration": evaluated.get("calibration", []),
@@ -153,11 +154,17 @@ def collect(config, models: List[str]) -> dict:
     oracle = oracle_auc(example_gen["examples"].uri, config.evaluation.split) if "examples" in example_gen else None
     report = {
         "run_id": run.run_id, "split": config.evaluation.split, "models": rows, "oracle_auc": oracle, "stages": stages,
+        "spans": _spans(example_gen["examples"]) if config.data.span_pattern and "examples" in example_gen else None,
         "counts": counts, "examples_uri": example_gen["examples"].uri if "examples" in example_gen else None,
     }
     with open(os.path.join(config.pipeline_root, REPORT_FILE), "w", encoding="utf-8") as handle:
         json.dump(report, handle, indent=2)
     return report
+
+
+def _spans(examples) -> dict:
+    """The spans a daily run ingested (``data.span_pattern``)."""
+    return {"first": _prop(examples, "first_span"), "last": examples.span}
 
 
 TENSORBOARD_DIR = "tensorboard"
@@ -204,14 +211,26 @@ def _non_finite(row: dict) -> List[str]:
 
 def format_report(report: dict) -> str:
     lines = [f"run {report['run_id']} — metrics on the {report['split']} split"]
-    header = f"{'model':<8} {'AUC':>7} {'gAUC':>7} {'logloss':>8} {'blessed':>8} {'train ex/s':>10}  pushed"
+    header = f"{'model':<8} {'AUC':>7} {'gAUC':>7} {'logloss':>8} {'last blessed AUC':>16} {'blessed':>8} {'train ex/s':>10}  pushed"
     lines += [header, "-" * len(header)]
     for row in report["models"]:
         blessed = "-" if row["blessed"] is None else ("yes" if row["blessed"] else "no")
         speed = "-" if row["train_examples_per_second"] is None else f"{row['train_examples_per_second']:,.0f}"
         lines.append(
-            f"{row['model']:<8} {_fmt(row['auc']):>7} {_fmt(row['gauc']):>7} {_fmt(row['logloss']):>8} {blessed:>8} {speed:>10}  {row['pushed'] or '-'}"
+            f"{row['model']:<8} {_fmt(row['auc']):>7} {_fmt(row['gauc']):>7} {_fmt(row['logloss']):>8} {_fmt(row.get('baseline_auc')):>16}"
+            f" {blessed:>8} {speed:>10}  {row['pushed'] or '-'}"
         )
+    if any(row.get("baseline_auc") is not None for row in report["models"]):
+        lines.append("(last blessed AUC: the model's latest blessed version on the same examples, the no-regression gate's reference)")
+    spans = report.get("spans")
+    if spans:
+        lines.append(f"spans ingested: {spans['first']}..{spans['last']} (days since 1970-01-01 for dated folders)")
+    for row in report["models"]:
+        if row.get("warm_start"):
+            tables = row["warm_start"].get("embedding_tables", {})
+            matched = ", ".join(f"{t['field']} {t['tokens_matched']}/{t['vocabulary_size']}" for t in tables.values())
+            lines.append(f"{row['model']} warm-started from its last blessed version: {len(row['warm_start']['copied'])} variables; "
+                         f"embedding rows matched by token: {matched}")
     for row in report["models"]:
         if _non_finite(row):
             lines.append(f"{NOT_FINITE} {row['model']}: {', '.join(_non_finite(row))}, not finite: {NON_FINITE_WHY}")

@@ -19,7 +19,7 @@ import tf_keras
 
 from contract.config import parse_config
 from serving import batch_handlers, batch_inputs, batch_model, batch_outputs, batch_score, cli_options
-from ingest import sequences, synthetic
+from ingest import sequences, synthetic, windows
 from contract.feature_spec import FeatureSpec
 
 MODEL = "dnn"
@@ -233,7 +233,7 @@ def _window_rows(spec, user, flags, start=1_704_000_000):
     """The sequence builder's rows of one user's window: one event per (clicked, liked, disliked)."""
     events = [{"user_id": user, "item_id": f"i{n % 7}", "category": f"c{n % 3}", "timestamp": start + 60 * n,
                "clicked": c, "liked": l, "disliked": d, "source": f"log:{n}"} for n, (c, l, d) in enumerate(flags)]
-    return sequences._rows_of_window(((user, 0), {"events": [events], "carry": []}), spec, None)
+    return windows.rows_of_window(((user, 0), {"events": [events], "carry": []}), spec, None)
 
 
 def _raw_path_batch(spec):

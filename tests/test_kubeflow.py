@@ -228,3 +228,22 @@ def test_editing_the_code_behind_a_step_changes_its_cache_key(demo_config_file, 
         custom = json.loads(nodes[node].exec_properties["custom_config"])
         assert custom["code_fingerprint"] == expected[node], node
     assert len(set(expected.values())) == 3
+
+
+def test_daily_retraining_compiles_with_the_state_and_the_warm_start_base(tmp_path):
+    """configs/daily.yaml: SequenceExampleGen reads the latest history state and every Trainer
+    gets its latest blessed version as the warm-start base."""
+    with open(os.path.join(HERE, os.pardir, "configs", "daily.yaml"), encoding="utf-8") as handle:
+        raw = yaml.safe_load(handle)
+    raw.update(pipeline_root="gs://bucket/daily/root", serving_root="gs://bucket/daily/serving")
+    raw["data"]["path"] = "gs://bucket/daily/data"
+    config_file = tmp_path / "daily.yaml"
+    config_file.write_text(yaml.safe_dump(raw))
+    output = tmp_path / "daily.json"
+    assert kubeflow.run_compile(_compile_args(config=str(config_file), output=output)) == 0
+    tasks = _tasks(json.loads(output.read_text()))
+    state = tasks["SequenceExampleGen"]["inputs"]["artifacts"]["previous_state"]["taskOutputArtifact"]
+    assert state == {"outputArtifactKey": "state", "producerTask": "LatestSequenceState"}
+    for name in raw["training"]["models"]:
+        base = tasks[f"Trainer.{name}"]["inputs"]["artifacts"]["base_model"]["taskOutputArtifact"]
+        assert base["producerTask"].startswith(f"LatestBlessedModel.{name}")

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from contract.config import parse_config
 from contract.feature_spec import FeatureSpec
-from ingest import file_parts, sequences, splits
+from ingest import file_parts, sequences, splits, windows
 from ingest import history as hist
 
 SPEC = FeatureSpec(user_fields=("user_id",), item_fields=("item_id", "genre"), max_length=3, gap_buckets=4)
@@ -25,21 +25,21 @@ def _event(item, ts, clicked, liked=0, disliked=0, user="u1"):
 def _windowed_examples(events, window_seconds, spec=SPEC):
     """The Beam builder's per-window steps, composed in plain Python (as the runner would)."""
     groups = collections.defaultdict(list)
-    for key, event in map(sequences._window_key(window_seconds), events):
+    for key, event in map(windows.window_key(window_seconds), events):
         groups[key].append(event)
     window_events, tails = {}, collections.defaultdict(list)
     for key, group in groups.items():
-        for out in sequences._dedupe_window((key, [group]), spec):  # one read batch
+        for out in windows.dedupe_window((key, [group]), spec):  # one read batch
             if isinstance(out, beam.pvalue.TaggedOutput):
                 if out.tag == "tail":
                     tails[out.value[0]].append(out.value[1])
             else:
                 window_events[out[0]] = out[1]
-    carried = dict(kv for user_tails in tails.items() for kv in sequences._carried_states(user_tails, spec))
+    carried = dict(kv for user_tails in tails.items() for kv in windows.carried_states((user_tails[0], {"tails": user_tails[1], "prior": []}), spec, False))
     examples = []
     for key, group in window_events.items():
         joined = (key, {"events": [group], "carry": [carried[key]]})
-        rows = sequences._rows_of_window(joined, spec, None)
+        rows = windows.rows_of_window(joined, spec, None)
         for (timestamp, user, item), serialized in zip(rows.keys, rows.serialized()):
             features = _decoded(serialized)
             assert (features["timestamp"], features["user_id"], features["item_id"]) == (timestamp, user, item)
