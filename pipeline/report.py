@@ -164,7 +164,7 @@ def collect(config, models: List[str]) -> dict:
 
 def _spans(examples) -> dict:
     """The spans a daily run ingested (``data.span_pattern``)."""
-    return {"first": _prop(examples, "first_span"), "last": examples.span}
+    return {"first": _prop(examples, "first_span"), "last": examples.properties["span"].int_value}
 
 
 TENSORBOARD_DIR = "tensorboard"
