@@ -8,13 +8,14 @@ SOURCE=${SOURCE:-data/daily-source}
 DATA=${DATA:-data/daily}
 USERS=${USERS:-800}
 EVENTS=${EVENTS:-40}
+DAYS=2  # sessions that run past the last midnight make a short third folder: it is not delivered
 
 if [ ! -d "$SOURCE/events" ]; then
-  "$CLI" generate-data --output "$SOURCE" --dated-folders --days 2 --users "$USERS" --events-per-user "$EVENTS"
+  "$CLI" generate-data --output "$SOURCE" --dated-folders --days "$DAYS" --users "$USERS" --events-per-user "$EVENTS"
 fi
 mkdir -p "$DATA/events"
 cp "$SOURCE/items.csv" "$SOURCE/users.csv" "$DATA/"
-for day in $(ls "$SOURCE/events"); do
+for day in $(ls "$SOURCE/events" | head -n "$DAYS"); do
   if [ -d "$DATA/events/$day" ]; then
     echo "== $day was delivered before"
     continue
