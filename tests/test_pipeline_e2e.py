@@ -226,7 +226,8 @@ def test_two_local_workers_train_a_model_like_one_process(first_run, tmp_path, n
     together, signatures = _trained(config, transform, str(tmp_path / "two"), name, params, workers=2, batch_size=64)
     assert (alone["replicas"], together["replicas"]) == (1, 2)
     assert signatures == alone_signatures
-    assert sorted(os.listdir(tmp_path / "two")) == ["logs", "serving"]  # the other worker's export left nothing behind
+    # the chief's export and warm-start files (models.warm_start); the other worker's left nothing behind
+    assert sorted(os.listdir(tmp_path / "two")) == ["WarmStart", "logs", "serving"]
     assert all(0 < epoch["auc"] < 1 and 0 < epoch["val_auc"] < 1 for epoch in together["epochs"])
     assert together["epochs"][0]["loss"] == pytest.approx(alone["epochs"][0]["loss"], rel=0.05)
     best = lambda stats: max(epoch["val_auc"] for epoch in stats["epochs"])  # noqa: E731
