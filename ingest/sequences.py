@@ -143,18 +143,18 @@ class BuildExamples(beam.PTransform):
             | "TailsByUser" >> beam.CoGroupByKey()
             | "Carry" >> beam.FlatMap(carried_states, self.spec, self.keep_state).with_outputs(STATE, main="carry")
         )
-        joined = (
-            {"events": windows.events, "carry": carried.carry}
-            | "Join" >> beam.CoGroupByKey()
-            | "AfterCarriedHistory" >> beam.FlatMap(after_carried_history).with_outputs(QUARANTINE, main="joined")
-        )
+        joined = {"events": windows.events, "carry": carried.carry} | "Join" >> beam.CoGroupByKey()
+        if self.prior_state:  # only a carry from an earlier run can hold events later than a window's
+            checked = joined | "AfterCarriedHistory" >> beam.FlatMap(after_carried_history).with_outputs(QUARANTINE, main="joined")
+            joined, late = checked.joined, checked[QUARANTINE]
+        else:
+            late = pipeline | "NoLateEvents" >> beam.Create([])
         window_rows = (
-            joined.joined
+            joined
             | "Rows" >> beam.Map(
                 lambda joined, users: rows_of_window(joined, self.spec, users), beam.pvalue.AsSingleton(users_side)
             )
         )
-        late = joined[QUARANTINE]
         if not self.split:
             outputs = {ALL: window_rows}
             return self._with_quarantine_and_counts(pipeline, read, windows, late, outputs, item_rows + user_rows)

@@ -35,14 +35,8 @@ import types
 from typing import List
 
 TF_CONFIG = "TF_CONFIG"
-# the fn_args fields a worker gets; base_model (the warm-start base) is None without a blessed
-# version, and may be absent from hand-made fn_args
+# the fn_args fields a worker gets; base_model (the warm-start base) is None without a blessed version
 _FN_ARGS = ("train_files", "eval_files", "transform_output", "serving_model_dir", "model_run_dir", "custom_config", "base_model")
-_OPTIONAL_FN_ARGS = ("base_model",)
-
-
-def _fn_arg_fields(fn_args, names) -> dict:
-    return {name: getattr(fn_args, name, None) if name in _OPTIONAL_FN_ARGS else getattr(fn_args, name) for name in names}
 
 
 def example_dataset_factory():
@@ -86,7 +80,7 @@ def train_on_local_workers(fn_args, workers: int) -> None:
     scratch = tempfile.mkdtemp(prefix="ctr-workers-")
     job = os.path.join(scratch, "job.json")
     with open(job, "w", encoding="utf-8") as handle:
-        json.dump(_fn_arg_fields(fn_args, _FN_ARGS), handle)
+        json.dump({name: getattr(fn_args, name) for name in _FN_ARGS}, handle)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     processes = []
     try:
@@ -133,7 +127,7 @@ def train_as_worker(fn_args, strategy) -> None:
     their export and logs to a scratch directory."""
     from models import trainer
 
-    fields = _fn_arg_fields(fn_args, (*_FN_ARGS, "data_accessor"))
+    fields = {name: getattr(fn_args, name) for name in (*_FN_ARGS, "data_accessor")}
     scratch = None if is_chief(json.loads(os.environ[TF_CONFIG])) else tempfile.mkdtemp(prefix="ctr-worker-")
     if scratch:
         fields.update(serving_model_dir=os.path.join(scratch, "model"), model_run_dir=os.path.join(scratch, "logs"))

@@ -158,9 +158,8 @@ def train(fn_args, strategy: Optional[tf.distribute.Strategy] = None):
     with strategy.scope():
         model = registry.build(args.architecture, spec, vocab, args.model_params, name=name)
         model.compile(optimizer=make_optimizer(training))
-        # built on the eval split's first batch (unshuffled: the training order stays the same);
-        # TFX's fn_args always have base_model, hand-made ones may not
-        warm_start_summary = (start_from_base(model, getattr(fn_args, "base_model", None), eval_ds, tft_output, spec)
+        # built on the eval split's first batch (unshuffled: the training order stays the same)
+        warm_start_summary = (start_from_base(model, fn_args.base_model, eval_ds, tft_output, spec)
                               if args.training.warm_start else None)
     # train_step/test_step return metric results, already global: Keras' default would sum them
     # again over the workers of a MultiWorkerMirroredStrategy (a training AUC of 1.13 on two)

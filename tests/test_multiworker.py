@@ -26,6 +26,7 @@ def test_a_failing_worker_fails_the_training_with_its_name(tmp_path, capsys):
     fn_args = types.SimpleNamespace(
         train_files=[], eval_files=[], transform_output=str(tmp_path / "missing"), serving_model_dir=str(tmp_path / "model"),
         model_run_dir=str(tmp_path / "logs"), custom_config={"model_name": "dnn"},  # not valid TrainerArgs
+        base_model=None,
     )
     with pytest.raises(RuntimeError, match=r"training worker [01] of 2 failed with exit code 1"):
         multiworker.train_on_local_workers(fn_args, 2)

@@ -201,7 +201,7 @@ def _trained(config, transform, model_dir, name, params, workers, batch_size):
     fn_args = types.SimpleNamespace(
         train_files=[os.path.join(examples, "Split-train", "*")], eval_files=[os.path.join(examples, "Split-eval", "*")],
         transform_output=transform["transform_graph"].uri, serving_model_dir=os.path.join(model_dir, "serving"),
-        model_run_dir=os.path.join(model_dir, "logs"), data_accessor=multiworker.example_dataset_factory(),
+        model_run_dir=os.path.join(model_dir, "logs"), data_accessor=multiworker.example_dataset_factory(), base_model=None,
         custom_config=TrainerArgs(model_name=name, architecture=choice.architecture, model_params=choice.params.model_dump(mode="json"),
                                   feature_spec=FeatureSpec.from_config(config).to_dict(), training=training).to_custom_config(),
     )
