@@ -12,7 +12,9 @@ regularisation variants: ``<model>_noreg`` (``--models dnn_noreg,dumn_noreg``) i
 the regularisation every model has by default (TF4CTR's published ML-1M settings, dropout 0.1 and
 embedding L2 0.01; docs/models.md "Training defaults (v2)") and ``tf4ctr_half_l2`` TF4CTR with half
 its embedding L2. ``din_ref`` and ``dnn_ref`` are the baselines
-with exactly FuxiCTR's inputs and networks (benchmarks/peers.md compares them with FuxiCTR).
+with exactly FuxiCTR's inputs and networks (benchmarks/peers.md compares them with FuxiCTR), and
+``tf4ctr_ref`` TF4CTR on the official TF4CTR's inputs (the 10 non-sequence fields), all three at
+the reference schedule (batches of 4,096, up to 10 epochs).
 ``<model>_v1`` is the model trained with the v1 trainer (fixed learning rate, patience 1, no
 clipping, a 10,000-example shuffle buffer, uniform embedding init) instead of the v2 defaults.
 ``fadidn_l<lambda>_t<tau>[_detach]`` (decimal point dropped: ``fadidn_l005_t05``) is FADIDN with other contrastive settings (the grid of
@@ -110,6 +112,9 @@ REFERENCE_VARIANTS: Dict[str, dict] = {
     "dnn_ref": {"architecture": "dnn", "sequences": ["click"], **REFERENCE_SEQUENCE, **NO_REGULARIZATION},
     "din_ref": {"architecture": "din", "attention_units": [64], "attention_activation": "dice", **REFERENCE_SEQUENCE,
                 **NO_REGULARIZATION},
+    # the official TF4CTR's inputs on ml1m-seq (peers README): the 10 non-sequence fields, with
+    # TF4CTR's defaults (the authors' ML-1M settings: SER + WSF, L2 0.01, dropout 0.1)
+    "tf4ctr_ref": {"architecture": "tf4ctr", "sequences": []},
 }
 # training-schedule variants: the same model, trained under other ``training`` settings (a config
 # of their own). ``<model>_v1``: the v1 trainer (before the v2 training defaults of docs/models.md): fixed
@@ -396,7 +401,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--models", default=",".join(MODELS),
                         help="comma-separated models, ablation variants, <model>_noreg, tf4ctr_half_l2, "
-                             "dnn_click, dnn_click_unclick, din_ref, dnn_ref, camn_no_residual, <model>_v1 or <model>_b4096 (default: the six models)")
+                             "dnn_click, dnn_click_unclick, din_ref, dnn_ref, tf4ctr_ref, camn_no_residual, <model>_v1 or <model>_b4096 (default: the six models)")
     parser.add_argument("--ablations", action="store_true", help=f"also the ablation variants: {', '.join(ABLATIONS)}")
     parser.add_argument("--workdir", default=os.path.join(ROOT, "runs", "quality"))
     parser.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "results"))

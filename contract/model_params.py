@@ -136,6 +136,9 @@ class TF4CTRParams(ModelParams):
     """TF4CTR hyper-parameters (docs/models.md "TF4CTR"): the authors' ML-1M best configuration."""
 
     ssem: Literal["ser", "gm", "moe", "share"] = "ser"  # III-C; "share" = no SSEM
+    # feedback types pooled into fields (III-B); None: all of the spec's; (): none, the paper's
+    # flat categorical fields (``tf4ctr_ref``, the official code's inputs on ml1m-seq)
+    sequences: Optional[Tuple[str, ...]] = None
     dfm: Literal["wsf", "vf", "cf", "moef", "sum"] = "wsf"  # III-F; "sum" = no DFM
     ser_easy_embedding_dim: Optional[int] = pydantic.Field(None, ge=1)  # width of E_es; None: d // 2
     tf_loss: bool = True  # eq. 7; off: only BCE(fused) (+ L2) trains the model

@@ -31,7 +31,7 @@ real positions (the gap embedding added per position, as in the DNN baseline).
 """
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import tensorflow as tf
 import tf_keras
@@ -70,10 +70,10 @@ def twin_focus_loss(
 
 
 # ---- input fields (III-B) ------------------------------------------------------------------------
-def num_fields(spec: FeatureSpec) -> int:
+def num_fields(spec: FeatureSpec, sequences: Sequence[str]) -> int:
     """f: user, target-item and context fields, plus one pooled field per sequence and attribute."""
     items = len(spec.item_fields)
-    return len(spec.user_fields) + items + len(CONTEXT_FIELDS) + len(spec.feedback_types) * items
+    return len(spec.user_fields) + items + len(CONTEXT_FIELDS) + len(sequences) * items
 
 
 _UNIFORM_FLOOR = 1e-20  # keeps log(u) finite for the Gumbel noise (pi is float32)
@@ -169,7 +169,8 @@ class TF4CTR(CTRModel):
     Deviations from the paper, and why:
 
     * Fields: the paper's inputs are flat categorical fields; here behaviour sequences enter as extra
-      fields, mean-pooled per attribute over real positions with the gap embedding added (docs/models.md).
+      fields, mean-pooled per attribute over real positions with the gap embedding added (docs/models.md);
+      ``sequences: []`` leaves them out (the paper's inputs).
     * SER: E_hs is the base class's table set (width d), E_es a second full set (user, item, context
       and gap tables) of width ``ser_easy_embedding_dim`` (d // 2 by default, as in the authors' code).
     * TF loss: eq. 7 only writes the positive-sample form; implemented with ``p_t`` for negatives as
@@ -211,7 +212,11 @@ class TF4CTR(CTRModel):
         [B, D_in] to [B, H] with a ``training`` argument (e.g. another model's interaction encoder)."""
         super().__init__(spec, vocab_sizes, params, name=name)
         p = params
-        self.num_fields = num_fields(spec)
+        self.sequences = spec.feedback_types if p.sequences is None else p.sequences
+        unknown = [kind for kind in self.sequences if kind not in spec.feedback_types]
+        if unknown:
+            raise ValueError(f"{name}: sequences {unknown} are not feedback types of the feature spec {list(spec.feedback_types)}")
+        self.num_fields = num_fields(spec, self.sequences)
         D = self.num_fields * self.embedding_dim
         mlp = dict(dropout=p.dropout, batch_norm=p.batch_norm)
 
@@ -251,7 +256,7 @@ class TF4CTR(CTRModel):
     def sample_selection(self, features, training=False) -> Tuple[tf.Tensor, tf.Tensor]:
         """SSEM (III-C): (h_es, h_hs), the inputs of the simple and complex encoders."""
         def flat(embeddings):
-            fields = embeddings.pooled_fields(features)  # [B, f, E]
+            fields = embeddings.pooled_fields(features, self.sequences)  # [B, f, E]
             return tf.reshape(fields, [tf.shape(fields)[0], self.num_fields * embeddings.dim])
 
         ssem = self.params.ssem

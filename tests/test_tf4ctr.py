@@ -154,7 +154,7 @@ def test_ser_separates_the_easy_and_hard_embeddings():
     d = h.SPEC.embedding_dim
     assert model.E_es.tables["item_id"].embeddings.shape[-1] == d // 2
     assert model.embeddings.tables["item_id"].embeddings.shape[-1] == d
-    assert model.MLP_s.blocks[0][0].kernel.shape[0] == num_fields(h.SPEC) * d // 2  # E_es is f * d/2 wide
+    assert model.MLP_s.blocks[0][0].kernel.shape[0] == num_fields(h.SPEC, h.SPEC.feedback_types) * d // 2  # E_es is f * d/2 wide
     easy = _table_gradient_norms(model, features, labels, "tf_easy")
     hard = _table_gradient_norms(model, features, labels, "tf_hard")
     assert easy[("easy", "item_id")] > 0 and easy[("hard", "item_id")] == 0
@@ -271,3 +271,24 @@ def test_unknown_variants_are_rejected():
         TF4CTRParams(ssem="mmoe")
     with pytest.raises(pydantic.ValidationError):
         TF4CTRParams(dfm="none")
+
+
+def test_without_sequences_the_model_reads_only_the_flat_fields():
+    """``sequences: []`` (``tf4ctr_ref``): the paper's flat categorical fields; every history input
+    can change and the prediction does not, while the default model's does."""
+    features, _ = h.random_batch(min_length=2)
+    rng = np.random.default_rng(3)
+    other_histories = dict(features)
+    for feedback in h.SPEC.feedback_types:
+        for name in h.SPEC.transformed_sequence_names(feedback):
+            values = features[name].numpy()
+            other_histories[name] = tf.constant(rng.permutation(values), values.dtype)
+    flat = h.build("tf4ctr", {"sequences": [], "embedding_init_std": 0.05})
+    d = h.SPEC.embedding_dim
+    assert flat.num_fields == len(h.SPEC.user_fields) + len(h.SPEC.item_fields) + 2  # + hour, weekday
+    np.testing.assert_allclose(flat(features)["probability"].numpy(), flat(other_histories)["probability"].numpy(), rtol=1e-6)
+    assert flat.MLP_s.blocks[0][0].kernel.shape[0] == flat.num_fields * d // 2
+    pooled = h.build("tf4ctr", {"embedding_init_std": 0.05})
+    assert not np.allclose(pooled(features)["probability"].numpy(), pooled(other_histories)["probability"].numpy())
+    with pytest.raises(ValueError, match=r"sequences \['clicks'\] are not feedback types"):
+        h.build("tf4ctr", {"sequences": ["clicks"]})
