@@ -222,6 +222,13 @@ class EvaluationConfig(_Strict):
 
 
 class BeamConfig(_Strict):
+    # direct: Beam's DirectRunner in this process (the direct_* settings apply); portable: Beam's
+    # PortableRunner with its embedded job server and an SDK worker pool on a loopback port, the
+    # Fn API path that Flink, Spark and Dataflow run (contract.beam_runner starts the pool)
+    runner: Literal["direct", "portable"] = "direct"
+    # the portable runner's worker pool port: 0 = any free one; TFX's cache keys include the
+    # pool's address, so a fixed port lets a re-run reuse cached steps
+    worker_pool_port: int = pydantic.Field(0, ge=0, le=65535)
     direct_running_mode: Literal["in_memory", "multi_threading", "multi_processing"] = "in_memory"
     direct_num_workers: int = pydantic.Field(1, ge=0)  # 0 = one per core
     extra_args: List[str] = []  # e.g. ["--runner=DataflowRunner", "--project=..."]
@@ -229,16 +236,29 @@ class BeamConfig(_Strict):
     # whole, Parquet by row groups; ingest.file_parts)
     read_part_mb: float = pydantic.Field(64.0, gt=0)
 
+    @pydantic.model_validator(mode="after")
+    def _one_runner(self):
+        if self.runner == "portable" and any(arg.startswith("--runner") for arg in self.extra_args):
+            raise ValueError("beam.runner: portable chooses the runner itself; remove --runner from beam.extra_args "
+                             "(or set beam.runner: direct and pass the runner's flags in beam.extra_args)")
+        return self
+
     @property
     def read_part_bytes(self) -> int:
         return max(1, int(self.read_part_mb * 2**20))
 
-    def pipeline_args(self) -> List[str]:
-        """Beam pipeline options of these settings."""
-        args = [
-            f"--direct_running_mode={self.direct_running_mode}",
-            f"--direct_num_workers={self.direct_num_workers}",
-        ]
+    def pipeline_args(self, worker_pool: Optional[str] = None) -> List[str]:
+        """Beam pipeline options of these settings; the portable runner's need the address of its
+        running SDK worker pool (``contract.beam_runner.beam_pipeline_args`` starts one)."""
+        if self.runner == "portable":
+            if not worker_pool:
+                raise ValueError("beam.runner: portable needs a running SDK worker pool: "
+                                 "open contract.beam_runner.beam_pipeline_args(config.beam)")
+            args = ["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=EXTERNAL",
+                    f"--environment_config={worker_pool}"]
+        else:
+            args = [f"--direct_running_mode={self.direct_running_mode}",
+                    f"--direct_num_workers={self.direct_num_workers}"]
         return args + list(self.extra_args)
 
 

@@ -86,6 +86,9 @@ def compile_kubeflow(
         raise ValueError("--image is required: the container image holding this project (Dockerfile target 'pipeline')")
     if gpus < 0:
         raise ValueError(f"--gpus must be >= 0, got {gpus}")
+    if config.beam.runner == "portable":
+        raise ValueError("beam.runner: portable starts its SDK worker pool on this machine; on Kubeflow set beam.runner: "
+                         "direct and give the cluster's runner in beam.extra_args (e.g. --runner=DataflowRunner ...)")
     if pipeline_root:
         config = config.model_copy(update={"pipeline_root": pipeline_root})
     vertex = None

@@ -138,10 +138,13 @@ EXAMPLE_GEN = "SequenceExampleGen"
 
 def create_pipeline(
     config: PipelineConfig, models: Optional[List[str]] = None, for_kubeflow: bool = False, vertex_training: Optional[dict] = None,
+    beam_args: Optional[List[str]] = None,
 ) -> tfx.dsl.Pipeline:
     """Builds the pipeline for ``config`` (``models`` narrows ``training.models``). With
     ``vertex_training`` (``pipeline.kubeflow.vertex_training``: TFX's ``ai_platform_*`` settings)
-    every Trainer runs as a Vertex AI custom job with those worker pools."""
+    every Trainer runs as a Vertex AI custom job with those worker pools. ``beam_args``: the Beam
+    options of every Beam step (``contract.beam_runner.beam_pipeline_args``; default the config's,
+    which the portable runner has only while its worker pool runs)."""
     choices = validate_model_params(config)
     names = models or list(choices)
     unknown = set(names) - set(choices)
@@ -189,7 +192,7 @@ def create_pipeline(
         components=nodes,
         enable_cache=config.enable_cache,
         metadata_connection_config=None if for_kubeflow else tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path),
-        beam_pipeline_args=config.beam_pipeline_args(),
+        beam_pipeline_args=config.beam_pipeline_args() if beam_args is None else beam_args,
     )
 
 

@@ -59,6 +59,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import argparse
 import dataclasses
 import json
+import tempfile
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -207,22 +208,24 @@ def build_scoring(pipeline: beam.Pipeline, job: ScoreJob) -> dict:
     )
     return result
 
-def default_beam_args(config=None) -> List[str]:
-    if config is not None:
-        return config.beam_pipeline_args()
-    from contract.config import BeamConfig
-
-    return BeamConfig().pipeline_args()
+BEAM_WORKERS_LOG = "beam-workers.log"
 
 
 def score(job: ScoreJob) -> dict:
-    """Runs the scoring job to completion; returns counts.json; raises when rows do not balance."""
+    """Runs the scoring job to completion with the config's Beam runner (the DirectRunner without
+    a config; the portable runner's worker pool logs to beam-workers.log in the output folder);
+    returns counts.json; raises when rows do not balance."""
     import tensorflow as tf
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    args = list(default_beam_args(job.config)) + list(job.beam_args)
-    with beam.Pipeline(options=PipelineOptions(args)) as pipeline:
-        write_outputs(build_scoring(pipeline, job), job)
+    from contract.beam_runner import beam_pipeline_args
+    from contract.config import BeamConfig
+
+    beam_config = job.config.beam if job.config is not None else BeamConfig()
+    log_dir = job.output_dir if "://" not in job.output_dir else tempfile.gettempdir()  # the pool is local
+    with beam_pipeline_args(beam_config, os.path.join(log_dir, BEAM_WORKERS_LOG)) as args:
+        with beam.Pipeline(options=PipelineOptions(list(args) + list(job.beam_args))) as pipeline:
+            write_outputs(build_scoring(pipeline, job), job)
     with tf.io.gfile.GFile(os.path.join(job.output_dir, COUNTS_FILE)) as handle:
         counts = json.load(handle)
     check_counts(counts)
