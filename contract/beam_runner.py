@@ -52,6 +52,7 @@ def sdk_worker_pool(log_path: str, port: int = 0) -> Iterator[str]:
         )
         try:
             _wait_until_listening(pool, port, log_path)
+            print(f"[beam] portable runner: SDK worker pool on localhost:{port}, its log in {log_path}", flush=True)
             yield f"localhost:{port}"
         finally:
             _stop(pool)
