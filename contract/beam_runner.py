@@ -42,7 +42,7 @@ def sdk_worker_pool(log_path: str, port: int = 0) -> Iterator[str]:
     """Runs Beam's SDK worker pool on loopback ``port`` (0: a free one); yields its ``localhost:port``.
     The pool starts each worker with the ``python`` first on PATH, so this interpreter's directory
     goes first."""
-    port = port or _free_port()
+    port = _checked_free(port) if port else _free_port()
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
     with open(log_path, "ab") as log:
@@ -62,6 +62,18 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("localhost", 0))
         return probe.getsockname()[1]
+
+
+def _checked_free(port: int) -> int:
+    """``port``, if nothing listens on it (else the pool would fail to bind while the runner
+    talked to whatever holds the port)."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("localhost", port))
+        except OSError as error:
+            raise RuntimeError(f"beam.worker_pool_port {port} is in use ({error.strerror}): "
+                               "choose another port, or 0 for any free one") from None
+    return port
 
 
 def _wait_until_listening(pool: subprocess.Popen, port: int, log_path: str) -> None:

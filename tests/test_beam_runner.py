@@ -62,3 +62,13 @@ def test_portable_runner_runs_the_steps_in_the_pools_worker_processes(tmp_path):
     assert str(os.getpid()) not in {pid for _, pid in lines}, "a step ran in the launching process"
     assert not _listening(address), "the worker pool outlived the block"
     assert "Starting worker" in log.read_text(encoding="utf-8")
+
+
+def test_a_fixed_pool_port_already_in_use_is_refused_before_anything_runs(tmp_path):
+    with socket.socket() as holder:
+        holder.bind(("localhost", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(RuntimeError, match=f"beam.worker_pool_port {port} is in use"):
+            with beam_pipeline_args(BeamConfig(runner="portable", worker_pool_port=port), str(tmp_path / "log")):
+                pass
