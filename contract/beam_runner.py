@@ -24,6 +24,7 @@ from typing import Iterator, List
 from contract.config import BeamConfig
 
 POOL_START_SECONDS = 120
+BEAM_WORKERS_LOG = "beam-workers.log"  # the pool's output, in the run's folder
 
 
 @contextlib.contextmanager

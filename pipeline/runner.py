@@ -9,13 +9,10 @@ from typing import List, Optional
 
 from tfx import v1 as tfx
 
-from contract.beam_runner import beam_pipeline_args
+from contract.beam_runner import BEAM_WORKERS_LOG, beam_pipeline_args
 from contract.config import PipelineConfig
 from pipeline.killed_runs import abandon_killed_executions, run_lock
 from pipeline.pipeline import create_pipeline
-
-
-BEAM_WORKERS_LOG = "beam-workers.log"
 
 
 def run_local(config: PipelineConfig, models: Optional[List[str]] = None) -> None:

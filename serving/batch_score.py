@@ -208,9 +208,6 @@ def build_scoring(pipeline: beam.Pipeline, job: ScoreJob) -> dict:
     )
     return result
 
-BEAM_WORKERS_LOG = "beam-workers.log"
-
-
 def score(job: ScoreJob) -> dict:
     """Runs the scoring job to completion with the config's Beam runner (the DirectRunner without
     a config; the portable runner's worker pool logs to beam-workers.log in the output folder);
@@ -218,7 +215,7 @@ def score(job: ScoreJob) -> dict:
     import tensorflow as tf
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from contract.beam_runner import beam_pipeline_args
+    from contract.beam_runner import BEAM_WORKERS_LOG, beam_pipeline_args
     from contract.config import BeamConfig
 
     beam_config = job.config.beam if job.config is not None else BeamConfig()

@@ -13,7 +13,8 @@ import tensorflow as tf
 from contract.config import parse_config
 from ingest import synthetic
 from pipeline.report import PipelineRun, collect
-from pipeline.runner import BEAM_WORKERS_LOG, run_local
+from contract.beam_runner import BEAM_WORKERS_LOG
+from pipeline.runner import run_local
 from serving import batch_model, batch_score
 
 pytestmark = pytest.mark.slow
@@ -105,4 +106,4 @@ def test_portable_batch_scores_equal_the_direct_runners(runs, tmp_path):
     assert scores["portable"].keys() == scores["direct"].keys()
     keys = sorted(scores["direct"])
     np.testing.assert_allclose([scores["portable"][k] for k in keys], [scores["direct"][k] for k in keys], rtol=1e-6)
-    assert (tmp_path / "portable" / batch_score.BEAM_WORKERS_LOG).exists()
+    assert (tmp_path / "portable" / BEAM_WORKERS_LOG).exists()
