@@ -2,7 +2,7 @@
 with the pipeline's evaluation configurations and variants of them, one after another.
 
     python benchmarks/evaluator.py --config configs/demo.yaml [--models dnn[,din,...]]
-        [--variants gate,slices,no_intervals,one_pass,slices_together] [--output benchmarks/results]
+        [--variants gate,slices,no_intervals,one_pass,jackknife,gate_jackknife,slices_together] [--output benchmarks/results]
 
 It evaluates the newest run's ``WarmupRequests.<model>`` SavedModel of each model on its evaluation split
 (``evaluation.split``) as the TFX Evaluator does (serialized tf.Examples, no baseline: a first
@@ -16,11 +16,16 @@ run's evaluation), under the config's Beam settings. Variants:
   and every slice in one evaluation, no intervals, no SliceEvaluator);
 * ``one_pass``: the overall slice and every slice in one evaluation with intervals (the design
   before the two were split: TFMA bootstraps every slice).
+* ``jackknife``: ``one_pass`` with TFMA's jackknife intervals instead of the Poisson bootstrap
+  (each example is accumulated once, into one of 20 partitions, and the leave-one-partition-out
+  estimates are merges of those accumulators; the bootstrap accumulates every example once per
+  resample).
+* ``gate_jackknife``: ``gate`` with jackknife intervals.
 * ``slices_together``: ``slices`` for all the models in one evaluation (one TFMA model spec per
   model), against ``slices`` once per model: what one SliceEvaluator for every model would save.
 
-The variants but ``slices_together`` run once per model. Per run: wall seconds and the process's
-CPU seconds. Writes ``evaluator.json`` and
+The variants but ``slices_together`` run once per model. Per run: wall seconds, the process's
+CPU seconds and the overall slice's AUC, gAUC and logloss (a variant with the overall slice). Writes ``evaluator.json`` and
 ``evaluator.md`` to ``--output``.
 """
 from __future__ import annotations
@@ -42,11 +47,13 @@ import apache_beam as beam  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_model_analysis as tfma  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
-from tfx_bsl.tfxio import raw_tf_record  # noqa: E402
+from tfx_bsl.tfxio import tf_example_record  # noqa: E402
 
 from contract.config import PipelineConfig, load_config  # noqa: E402
 from pipeline.pipeline import eval_config, slice_eval_config  # noqa: E402
+from pipeline.metrics import AUC, GAUC_NAME, LOGLOSS  # noqa: E402
 from pipeline.report import PipelineRun  # noqa: E402
+from pipeline.report_evaluation import read_evaluation  # noqa: E402
 
 
 def _with_intervals(config: PipelineConfig, intervals: bool) -> PipelineConfig:
@@ -60,12 +67,20 @@ def _one_pass(config: PipelineConfig) -> tfma.EvalConfig:
     return one
 
 
+def _jackknife(evaluation: tfma.EvalConfig) -> tfma.EvalConfig:
+    """``evaluation`` with jackknife intervals."""
+    evaluation.options.confidence_intervals.method = tfma.ConfidenceIntervalOptions.JACKKNIFE
+    return evaluation
+
+
 # variant -> its EvalConfig for the pipeline's config
 VARIANTS: Dict[str, Callable[[PipelineConfig], tfma.EvalConfig]] = {
     "gate": lambda config: eval_config(_with_intervals(config, True)),
     "slices": lambda config: slice_eval_config(),
     "no_intervals": lambda config: eval_config(_with_intervals(config, False)),
     "one_pass": _one_pass,
+    "jackknife": lambda config: _jackknife(_one_pass(config)),
+    "gate_jackknife": lambda config: _jackknife(eval_config(_with_intervals(config, True))),
     "slices_together": lambda config: slice_eval_config(),
 }
 TOGETHER = "slices_together"
@@ -95,8 +110,10 @@ def evaluate(model_paths: Dict[str, str], files: List[str], config: tfma.EvalCon
         for name, path in model_paths.items()
     ]
     shared_model = shared_model[0] if len(shared_model) == 1 else shared_model
-    tfxio = raw_tf_record.RawTfRecordTFXIO(files, raw_record_column_name=tfma.constants.ARROW_INPUT_COLUMN,
-                                           telemetry_descriptors=["ctr-pipeline-benchmark"])
+    # what the TFX Evaluator reads without a schema: every feature decoded beside the raw records,
+    # so the gAUC groups by user_id as in the pipeline (raw records alone would leave one group)
+    tfxio = tf_example_record.TFExampleRecord(files, raw_record_column_name=tfma.constants.ARROW_INPUT_COLUMN,
+                                              telemetry_descriptors=["ctr-pipeline-benchmark"])
     with beam.Pipeline(options=PipelineOptions(beam_args)) as pipeline:
         _ = (pipeline | "Read" >> tfxio.BeamSource()
              | "Evaluate" >> tfma.ExtractEvaluateAndWriteResults(eval_shared_model=shared_model, eval_config=config, output_path=output))
@@ -144,6 +161,10 @@ def main(argv=None) -> None:
             evaluate(paths, files, VARIANTS[name](config), config.beam_pipeline_args(), output)
             row = {"variant": name, "models": ",".join(paths), "seconds": round(time.perf_counter() - started, 1),
                    "cpu_seconds": round(_cpu_seconds() - cpu_started, 1), "load_average_end": machine.load_average()}
+            # the overall slice's values, where the variant computes it for one model: every
+            # variant must report the same values (only the intervals' method may differ)
+            overall = read_evaluation(output)["metrics"] if len(paths) == 1 else {}
+            row.update({metric: round(overall[metric], 4) if metric in overall else None for metric in (AUC, GAUC_NAME, LOGLOSS)})
         print(f"{name} ({row['models']}): {row['seconds']} s wall, {row['cpu_seconds']} s CPU", flush=True)
         rows.append(row)
 
@@ -154,8 +175,9 @@ def main(argv=None) -> None:
         f"- machine: {machine.describe()}; load average at the start {facts['load_average_start']}",
         f"- models {', '.join(f'`{m}`' for m in model_paths)} of the newest run of `{config.pipeline_name}`, {examples_count} "
         f"{config.evaluation.split} examples, Beam `{' '.join(config.beam_pipeline_args())}`", "",
-        "| variant | models | wall s | CPU s | load at the end |", "|---|---|---:|---:|---|",
-    ] + [f"| {r['variant']} | {r['models']} | {r['seconds']} | {r['cpu_seconds']} | {r['load_average_end']} |" for r in rows]
+        "| variant | models | wall s | CPU s | load at the end | AUC | gAUC | logloss |", "|---|---|---:|---:|---|---:|---:|---:|",
+    ] + [f"| {r['variant']} | {r['models']} | {r['seconds']} | {r['cpu_seconds']} | {r['load_average_end']} "
+         f"| {r[AUC]} | {r[GAUC_NAME]} | {r[LOGLOSS]} |" for r in rows]
     machine.save_results(args.output, "evaluator", figures, "\n".join(lines) + "\n")
 
 
