@@ -16,6 +16,7 @@ def train_two_replicas(*args: str) -> dict:
     import tensorflow as tf
     import tf_keras
 
+    from models.trainer import create_variables
     from tests import model_harness as h
 
     policy = "mixed_float16" if MIXED in args else "float32"
@@ -28,6 +29,7 @@ def train_two_replicas(*args: str) -> dict:
         with strategy.scope():
             model = registry.build(name, h.SPEC, h.VOCAB_SIZES, None)
             model.compile(optimizer=tf_keras.optimizers.Adam(1e-3))
+            create_variables(model, dataset)  # as the Trainer does, on the replicas' variables
         history = model.fit(dataset, epochs=1, verbose=0)
         out = model(features, training=False)
         tf_keras.mixed_precision.set_global_policy("float32")

@@ -1,8 +1,10 @@
 """The training defaults: early stopping on validation AUC, the learning-rate cut on a plateau, clipping, shuffling."""
 import pytest
+import tensorflow as tf
 import tf_keras
 
-from models.trainer import schedule_callbacks
+from tests import model_harness as h
+from models.trainer import create_variables, schedule_callbacks
 
 
 def _compiled_model(learning_rate: float) -> tf_keras.Model:
@@ -80,3 +82,23 @@ def test_the_shuffle_buffer_covers_a_hundred_batches_unless_given_in_examples():
 
     assert shuffle_buffer_size({"shuffle_buffer_batches": 100, "shuffle_buffer_examples": None}, 4096) == 409_600
     assert shuffle_buffer_size({"shuffle_buffer_batches": 100, "shuffle_buffer_examples": 10_000}, 4096) == 10_000
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("architecture", ["dnn", "camn"])
+def test_fit_traces_the_training_step_once_after_create_variables(architecture):
+    """Variables created inside fit's first step make tf.function trace the step twice (create,
+    then run without creating): a second compile of the whole training graph. The Trainer creates
+    the model's and the optimizer's variables first; then fit traces once, and the first step
+    leaves the variables where they were (no fresh ones appear)."""
+    features, labels = h.random_batch(batch=16)
+    data = tf.data.Dataset.from_tensor_slices((features, labels)).batch(8)
+    for prebuilt, traces in ((False, 2), (True, 1)):
+        model = h.build(architecture, {"dropout": 0.0})
+        model.compile(optimizer=tf_keras.optimizers.Adam(1e-3))
+        if prebuilt:
+            create_variables(model, data)
+            before = {id(v) for v in model.variables + model.optimizer.variables}
+        model.fit(data, epochs=1, verbose=0)
+        assert model.train_function.experimental_get_tracing_count() == traces, prebuilt
+    assert {id(v) for v in model.variables + model.optimizer.variables} == before

@@ -180,8 +180,10 @@ def test_the_trainer_warm_starts_from_the_blessed_versions_files_and_says_so(tmp
 
     def start(base):
         tf_keras.utils.set_random_seed(1)
-        model = registry.build("dnn", SPEC, _sizes(VOCAB_B), PARAMS["dnn"])  # not built: the trainer builds it
-        return trainer.start_from_base(model, base, data, tft_output, SPEC)
+        model = registry.build("dnn", SPEC, _sizes(VOCAB_B), PARAMS["dnn"])
+        model.compile(optimizer=tf_keras.optimizers.Adam())
+        trainer.create_variables(model, data)  # as the Trainer does before a warm start
+        return trainer.start_from_base(model, base, tft_output, SPEC)
 
     assert start(None) is None
     assert "[dnn] warm start: no blessed version yet, training from scratch" in capsys.readouterr().out
