@@ -94,7 +94,7 @@ class ThroughputLogger(tf_keras.callbacks.Callback):
     def __init__(self, batch_size: int, warmup_steps: int = 50):
         super().__init__()
         # the batch hooks read no logs: Keras then hands them over as tensors instead of fetching
-        # every metric's value after every step (a sync that cost more than a demo step itself)
+        # every metric's value after every step (a sync and a numpy copy per step)
         self._supports_tf_logs = True
         self.batch_size, self.warmup_steps = batch_size, warmup_steps
         self.steps, self.timed_steps, self.timed_seconds, self.start = 0, 0, 0.0, None
